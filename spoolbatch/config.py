@@ -1,0 +1,137 @@
+"""One typed configuration object, built from defaults, a config file, environment, flags.
+
+Precedence, lowest first: the defaults below; ``SPOOL/config.toml`` (or the file named by
+``SPOOLBATCH_CONFIG``); ``SPOOLBATCH_<FIELD>`` environment variables; command-line flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from spoolbatch.errors import ConfigError
+
+DEFAULT_GPU_MODEL = "google/gemma-3-4b-it"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    """What the vLLM engine is built with; defaults follow the original design."""
+
+    gpu_memory_utilization: float = 0.85
+    max_model_len: int | None = None
+    max_num_seqs: int | None = None
+    enforce_eager: bool = False
+    dtype: str = "auto"
+    cpu_kvcache_gib: int = 1
+    model_dir: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Every setting of spoolbatch; see the README's configuration table."""
+
+    spool: Path = Path("spool")
+    engine: str = "vllm"
+    model: str | None = None
+    chunk_size: int = 5000
+    poll_interval: float = 10.0
+    heartbeat_interval: float = 2.0
+    settle_seconds: float = 2.0
+    fake_latency: float = 0.0
+    max_requests_per_job: int = 50_000
+    max_job_bytes: int = 200 * 1024 * 1024
+    max_queued_jobs: int = 5
+    max_queued_requests: int = 250_000
+    max_line_bytes: int = 8 * 1024 * 1024
+    max_attempts: int = 3
+    gpu_max_memory_pct: float = 95.0
+    gpu_max_temp_c: float = 85.0
+    gpu_min_chunk: int = 500
+    gpu_memory_utilization: float = 0.85
+    max_model_len: int | None = None
+    max_num_seqs: int | None = None
+    enforce_eager: bool = False
+    dtype: str = "auto"
+    cpu_kvcache_gib: int = 1
+    model_dir: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def engine_settings(self) -> EngineSettings:
+        """The subset of settings the vLLM engine is built from."""
+        names = {f.name for f in fields(EngineSettings)}
+        return EngineSettings(**{n: getattr(self, n) for n in names})
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with ``changes`` applied (``None`` values are left out, as unset flags)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _coerce(name: str, kind: Any, raw: Any) -> Any:
+    text = str(kind)
+    try:
+        if isinstance(raw, str):
+            if raw == "" and "None" in text:
+                return None
+            if "bool" in text:
+                if raw.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if raw.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(raw)
+            if "int" in text:
+                return int(raw.replace("_", ""))
+            if "float" in text:
+                return float(raw)
+            if "Path" in text:
+                return Path(raw)
+        if "Path" in text:
+            return Path(raw)
+        return raw
+    except ValueError:
+        raise ConfigError(f"setting {name!r}: cannot read {raw!r} as {text}") from None
+
+
+def _check(config: Config) -> Config:
+    positive = ("chunk_size", "max_requests_per_job", "max_job_bytes", "max_queued_jobs",
+                "max_queued_requests", "max_line_bytes", "max_attempts", "gpu_min_chunk")
+    for name in positive:
+        if getattr(config, name) < 1:
+            raise ConfigError(f"setting {name!r} must be at least 1, got {getattr(config, name)}")
+    for name in ("poll_interval", "heartbeat_interval", "settle_seconds", "fake_latency"):
+        if getattr(config, name) < 0:
+            raise ConfigError(f"setting {name!r} must not be negative")
+    if not 0 < config.gpu_memory_utilization <= 1:
+        raise ConfigError("setting 'gpu_memory_utilization' must be in (0, 1]")
+    return config
+
+
+def load_config(spool: Path | str | None = None, env: dict[str, str] | None = None,
+                **flags: Any) -> Config:
+    """Build the configuration: defaults < config file < environment < ``flags``."""
+    env = dict(os.environ if env is None else env)
+    known = {f.name: f.type for f in fields(Config) if f.name != "extra"}
+    values: dict[str, Any] = {}
+    root = Path(spool or env.get("SPOOLBATCH_SPOOL") or "spool")
+    path = Path(env["SPOOLBATCH_CONFIG"]) if env.get("SPOOLBATCH_CONFIG") else root / "config.toml"
+    if path.is_file():
+        try:
+            data = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        for key, raw in data.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                raise ConfigError(f"{path}: unknown setting {key!r}")
+            values[name] = _coerce(name, known[name], raw)
+    for name, kind in known.items():
+        raw = env.get(f"SPOOLBATCH_{name.upper()}")
+        if raw is not None and name != "spool":
+            values[name] = _coerce(name, kind, raw)
+    values.update({k: v for k, v in flags.items() if v is not None})
+    values["spool"] = root
+    return _check(Config(**values))

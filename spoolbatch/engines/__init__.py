@@ -1,0 +1,26 @@
+"""Inference engines behind one protocol; the vLLM one is imported only when asked for."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from spoolbatch.errors import ConfigError
+
+if TYPE_CHECKING:
+    from spoolbatch.config import Config
+    from spoolbatch.engines.base import Engine
+
+ENGINE_NAMES = ("vllm", "fake")
+
+
+def make_engine(name: str, config: Config) -> Engine:
+    """Build the engine called ``name``; importing vLLM happens here and nowhere else."""
+    if name == "fake":
+        from spoolbatch.engines.fake import FakeEngine
+
+        return FakeEngine(latency=config.fake_latency)
+    if name == "vllm":
+        from spoolbatch.engines.vllm_engine import VllmEngine
+
+        return VllmEngine(config.engine_settings())
+    raise ConfigError(f"unknown engine {name!r}", hint=f"choose one of: {', '.join(ENGINE_NAMES)}")

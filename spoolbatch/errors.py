@@ -1,0 +1,98 @@
+"""The one exception hierarchy of spoolbatch.
+
+This module imports nothing from the package, so every other module can use it.
+User-facing errors render as one line plus an optional hint; the CLI maps each family to
+an exit code (see ``EXIT_CODES`` in ``cli.py`` and the README).
+"""
+
+from __future__ import annotations
+
+
+class SpoolbatchError(Exception):
+    """Base of every error spoolbatch raises on purpose."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def render(self) -> str:
+        """One line for people, plus the hint on a second line if there is one."""
+        return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
+
+
+class ConfigError(SpoolbatchError):
+    """A configuration value (file, environment or flag) is invalid."""
+
+    exit_code = 2
+
+
+class SpoolError(SpoolbatchError):
+    """The spool directory is missing, unreadable or inconsistent."""
+
+    exit_code = 3
+
+
+class JobNotFound(SpoolbatchError):
+    """A command named a job (or group) that the spool does not hold."""
+
+    exit_code = 4
+
+    def __init__(self, job: str) -> None:
+        super().__init__(f"no job or group named {job!r} in the spool", hint="see `spoolbatch list`")
+        self.job = job
+
+
+class InputError(SpoolbatchError):
+    """A job file, or one line of it, is not a usable OpenAI batch input."""
+
+    exit_code = 5
+
+    def __init__(
+        self, message: str, *, path: str | None = None, line: int | None = None,
+        code: str = "invalid_request", hint: str | None = None,
+    ) -> None:
+        where = path or ""
+        if line is not None:
+            where = f"{where}:{line}" if where else f"line {line}"
+        super().__init__(f"{where}: {message}" if where else message, hint=hint)
+        self.path = path
+        self.line = line
+        self.code = code
+        self.reason = message
+
+
+class LimitExceeded(InputError):
+    """A job file or the queue is over one of the configured limits."""
+
+    def __init__(self, limit: str, value: int, maximum: int, *, path: str | None = None,
+                 hint: str | None = None) -> None:
+        super().__init__(
+            f"over the {limit} limit ({value:,} > {maximum:,})", path=path,
+            code="limit_exceeded", hint=hint,
+        )
+        self.limit = limit
+        self.value = value
+        self.maximum = maximum
+
+
+class EngineError(SpoolbatchError):
+    """The inference engine could not be loaded or failed as a whole."""
+
+    exit_code = 6
+
+
+class RequestError(SpoolbatchError):
+    """One request cannot be honoured by the engine; it goes to deadletter, the job goes on."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class DiskFull(SpoolbatchError):
+    """A write failed with ENOSPC; the daemon waits for space and loses nothing."""
+
+    exit_code = 7

@@ -1,0 +1,220 @@
+"""Validate the OpenAI request fields of one body into an engine-neutral ``SamplingSpec``.
+
+Every field OpenAI defines for the three endpoints is either honoured (copied into the
+spec, which each engine maps to its own parameters) or refused with a ``RequestError``
+naming the field. Nothing is silently ignored. Only metadata fields that do not change the
+answer (``user``, ``metadata``, ``store``) are accepted without effect.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from spoolbatch.errors import RequestError
+
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+EMBEDDINGS = "/v1/embeddings"
+ENDPOINTS = (CHAT, COMPLETIONS, EMBEDDINGS)
+
+_METADATA = {"model", "user", "metadata", "store"}
+_GENERATE = {"temperature", "top_p", "n", "stop", "seed", "presence_penalty",
+             "frequency_penalty", "max_tokens", "logit_bias", "stream"}
+_ALLOWED = {
+    CHAT: _METADATA | _GENERATE | {"messages", "max_completion_tokens", "logprobs",
+                                   "top_logprobs", "response_format", "stream_options"},
+    COMPLETIONS: _METADATA | _GENERATE | {"prompt", "logprobs", "echo", "best_of", "suffix"},
+    EMBEDDINGS: _METADATA | {"input", "encoding_format", "dimensions"},
+}
+_ROLES = {"system", "developer", "user", "assistant", "tool"}
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingSpec:
+    """The engine-neutral meaning of one request body."""
+
+    endpoint: str
+    model: str
+    messages: tuple[dict[str, Any], ...] = ()
+    prompt: str = ""
+    inputs: tuple[str, ...] = ()
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    n: int = 1
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    logprobs: bool = False
+    top_logprobs: int = 0
+    json_schema: dict[str, Any] | None = None
+    json_object: bool = False
+    encoding_format: str = "float"
+
+
+def _number(body: dict[str, Any], key: str, default: float, lo: float, hi: float) -> float:
+    value = body.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RequestError("invalid_type", f"'{key}' must be a number, got {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise RequestError("invalid_value", f"'{key}' must be between {lo} and {hi}, got {value}")
+    return float(value)
+
+
+def _integer(body: dict[str, Any], key: str, lo: int, hi: int) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RequestError("invalid_type", f"'{key}' must be an integer, got {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise RequestError("invalid_value", f"'{key}' must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _text(content: Any, where: str) -> str:
+    """A message's content: a string, or a list of text parts (images are refused)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise RequestError("unsupported_content", f"{where}: content part {kind!r} is not supported (text only)")
+            parts.append(part["text"])
+        return "".join(parts)
+    raise RequestError("invalid_type", f"{where}: 'content' must be a string or a list of text parts")
+
+
+def _messages(body: dict[str, Any]) -> tuple[dict[str, Any], ...]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise RequestError("missing_field", "'messages' must be a non-empty list")
+    out = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise RequestError("invalid_type", f"messages[{i}] must be an object")
+        role = message.get("role")
+        if role not in _ROLES:
+            raise RequestError("invalid_value", f"messages[{i}].role {role!r} is not one of {sorted(_ROLES)}")
+        if message.get("tool_calls") or message.get("function_call"):
+            raise RequestError("unsupported_parameter", f"messages[{i}]: tool calls are not supported")
+        out.append({"role": "system" if role == "developer" else role,
+                    "content": _text(message.get("content", ""), f"messages[{i}]")})
+    return tuple(out)
+
+
+def _stop(body: dict[str, Any]) -> tuple[str, ...]:
+    stop = body.get("stop")
+    if stop is None:
+        return ()
+    if isinstance(stop, str):
+        return (stop,)
+    if isinstance(stop, list) and all(isinstance(s, str) for s in stop) and len(stop) <= 4:
+        return tuple(stop)
+    raise RequestError("invalid_value", "'stop' must be a string or a list of up to 4 strings")
+
+
+def _response_format(body: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
+    fmt = body.get("response_format")
+    if fmt is None:
+        return None, False
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text":
+        return None, False
+    if kind == "json_object":
+        return None, True
+    if kind == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema") if isinstance(fmt.get("json_schema"), dict) else None
+        if not isinstance(schema, dict):
+            raise RequestError("invalid_value", "response_format.json_schema.schema must be an object")
+        return schema, False
+    raise RequestError("invalid_value", f"response_format.type {kind!r} is not one of text, json_object, json_schema")
+
+
+def _embedding_inputs(body: dict[str, Any]) -> tuple[str, ...]:
+    value = body.get("input")
+    if isinstance(value, str) and value:
+        return (value,)
+    if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
+        return tuple(value)
+    raise RequestError("invalid_value", "'input' must be a non-empty string or a list of non-empty strings")
+
+
+def _reject_unknown(url: str, body: dict[str, Any]) -> None:
+    unknown = sorted(set(body) - _ALLOWED[url])
+    if unknown:
+        raise RequestError("unsupported_parameter",
+                           f"unsupported field(s) for {url}: {', '.join(unknown)}")
+    if body.get("stream"):
+        raise RequestError("unsupported_parameter", "'stream' cannot be true in a batch")
+
+
+def parse_spec(url: str, body: dict[str, Any]) -> SamplingSpec:
+    """Check every field of ``body`` for ``url``; raise ``RequestError`` on the first refusal."""
+    _reject_unknown(url, body)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise RequestError("missing_field", "'model' must be a non-empty string")
+    if url == EMBEDDINGS:
+        if body.get("dimensions") is not None:
+            raise RequestError("unsupported_parameter", "'dimensions' is not supported: the model's own size is used")
+        encoding = body.get("encoding_format") or "float"
+        if encoding not in ("float", "base64"):
+            raise RequestError("invalid_value", "'encoding_format' must be 'float' or 'base64'")
+        return SamplingSpec(endpoint=url, model=model, inputs=_embedding_inputs(body), encoding_format=encoding)
+
+    common: dict[str, Any] = dict(
+        endpoint=url, model=model,
+        temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
+        top_p=_number(body, "top_p", 1.0, 0.0, 1.0),
+        n=_integer(body, "n", 1, 128) or 1,
+        stop=_stop(body),
+        seed=_integer(body, "seed", -(2**63), 2**63 - 1),
+        presence_penalty=_number(body, "presence_penalty", 0.0, -2.0, 2.0),
+        frequency_penalty=_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
+    )
+    if common["top_p"] == 0.0:
+        raise RequestError("invalid_value", "'top_p' must be greater than 0")
+    bias = body.get("logit_bias")
+    if bias is not None:
+        try:
+            common["logit_bias"] = {int(k): float(v) for k, v in dict(bias).items()}
+        except (TypeError, ValueError):
+            raise RequestError("invalid_value", "'logit_bias' must map token ids to numbers") from None
+    if url == CHAT:
+        max_tokens = _integer(body, "max_completion_tokens", 1, 1 << 30)
+        if max_tokens is None:
+            max_tokens = _integer(body, "max_tokens", 1, 1 << 30)
+        top = _integer(body, "top_logprobs", 0, 20)
+        logprobs = body.get("logprobs") or False
+        if not isinstance(logprobs, bool):
+            raise RequestError("invalid_type", "'logprobs' must be a boolean for chat completions")
+        if top and not logprobs:
+            raise RequestError("invalid_value", "'top_logprobs' needs 'logprobs': true")
+        schema, json_object = _response_format(body)
+        return SamplingSpec(messages=_messages(body), max_tokens=max_tokens, logprobs=logprobs,
+                            top_logprobs=top or 0, json_schema=schema, json_object=json_object, **common)
+    # completions
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise RequestError("invalid_value", "'prompt' must be a string (one prompt per batch line)")
+    if body.get("echo"):
+        raise RequestError("unsupported_parameter", "'echo' is not supported")
+    if body.get("suffix"):
+        raise RequestError("unsupported_parameter", "'suffix' is not supported")
+    best_of = _integer(body, "best_of", 1, 128)
+    if best_of is not None and best_of != common["n"]:
+        raise RequestError("unsupported_parameter", "'best_of' other than 'n' is not supported")
+    top = _integer(body, "logprobs", 0, 5)
+    max_tokens = _integer(body, "max_tokens", 1, 1 << 30)
+    return SamplingSpec(prompt=prompt, max_tokens=16 if max_tokens is None else max_tokens,
+                        logprobs=top is not None, top_logprobs=top or 0, **common)
