@@ -1,0 +1,139 @@
+"""A Prometheus textfile exporter: the daemon's counters for node_exporter's textfile collector.
+
+The daemon fills a :class:`MetricsSample` and calls :func:`write_metrics` with a path such
+as ``/var/lib/node_exporter/textfile_collector/spoolbatch.prom``; node_exporter serves it.
+Several daemons on one host each write their own file and set ``worker`` so their series
+differ.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spoolbatch.gpu import GpuDevice
+
+JOB_STATES = ("queued", "running", "completed", "failed", "cancelled")
+
+
+@dataclass(slots=True)
+class MetricsSample:
+    """Everything one metrics file reports; None leaves a metric out."""
+
+    jobs: Mapping[str, int] = field(default_factory=dict)  # state -> count; missing states are 0
+    requests_done_total: int = 0
+    requests_failed_total: int = 0
+    prompt_tokens_total: int = 0
+    completion_tokens_total: int = 0
+    gpus: Sequence[GpuDevice] = ()
+    last_chunk_requests_per_second: float | None = None
+    last_chunk_tokens_per_second: float | None = None
+    chunk_size: int | None = None
+    up: bool = True
+    heartbeat_timestamp: float | None = None  # None: now
+    worker: str | None = None  # adds worker="..." to every series
+
+
+Labels = Mapping[str, str]
+
+
+def escape_label(value: str) -> str:
+    """A label value escaped for the text format (backslash, double quote, newline)."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _number(value: float | int | bool) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
+
+
+def _family(name: str, kind: str, help_text: str, samples: Iterable[tuple[Labels, float | int | bool]],
+            common: Labels) -> list[str]:
+    rows = []
+    for labels, value in samples:
+        merged = {**common, **labels}
+        inner = ",".join(f'{k}="{escape_label(str(v))}"' for k, v in merged.items())
+        rows.append(f"{name}{{{inner}}} {_number(value)}" if inner else f"{name} {_number(value)}")
+    if not rows:
+        return []
+    help_escaped = help_text.replace("\\", "\\\\").replace("\n", "\\n")
+    return [f"# HELP {name} {help_escaped}", f"# TYPE {name} {kind}", *rows]
+
+
+def render(sample: MetricsSample) -> str:
+    """The text exposition format (version 0.0.4) for ``sample``."""
+    s = sample
+    common: dict[str, str] = {"worker": s.worker} if s.worker else {}
+    gpus = [({"gpu": str(d.index)}, d) for d in s.gpus]
+    lines: list[str] = []
+
+    def add(name: str, kind: str, help_text: str, samples: Iterable[tuple[Labels, Any]]) -> None:
+        lines.extend(_family(name, kind, help_text, [(lb, v) for lb, v in samples if v is not None], common))
+
+    states = [*JOB_STATES, *sorted(set(s.jobs) - set(JOB_STATES))]
+    add("spoolbatch_jobs", "gauge", "Jobs in the spool by state.",
+        [({"state": st}, int(s.jobs.get(st, 0))) for st in states])
+    add("spoolbatch_requests_done_total", "counter", "Requests answered successfully.",
+        [({}, s.requests_done_total)])
+    add("spoolbatch_requests_failed_total", "counter", "Requests sent to the deadletter.",
+        [({}, s.requests_failed_total)])
+    add("spoolbatch_tokens_total", "counter", "Tokens processed, by kind.",
+        [({"kind": "prompt"}, s.prompt_tokens_total), ({"kind": "completion"}, s.completion_tokens_total)])
+    add("spoolbatch_gpu_memory_used_bytes", "gauge", "GPU memory in use (all processes), per NVML.",
+        [(lb, d.memory_used) for lb, d in gpus])
+    add("spoolbatch_gpu_memory_total_bytes", "gauge", "GPU memory installed, per NVML.",
+        [(lb, d.memory_total) for lb, d in gpus])
+    add("spoolbatch_gpu_temperature_celsius", "gauge", "GPU core temperature.",
+        [(lb, d.temperature_c) for lb, d in gpus])
+    add("spoolbatch_gpu_utilization_ratio", "gauge", "GPU busy share over NVML's last sample period (0-1).",
+        [(lb, None if d.utilization_pct is None else d.utilization_pct / 100) for lb, d in gpus])
+    add("spoolbatch_last_chunk_requests_per_second", "gauge", "Throughput of the last finished chunk.",
+        [({}, s.last_chunk_requests_per_second)])
+    add("spoolbatch_last_chunk_tokens_per_second", "gauge", "Token throughput of the last finished chunk.",
+        [({}, s.last_chunk_tokens_per_second)])
+    add("spoolbatch_chunk_size", "gauge", "Requests in the current (or next) chunk.", [({}, s.chunk_size)])
+    add("spoolbatch_up", "gauge", "1 while the daemon runs; 0 written on a clean stop.", [({}, s.up)])
+    stamp = time.time() if s.heartbeat_timestamp is None else s.heartbeat_timestamp
+    add("spoolbatch_heartbeat_timestamp_seconds", "gauge", "Unix time this file was written by the daemon.",
+        [({}, stamp)])
+    return "\n".join(lines) + "\n"
+
+
+def write_metrics(path: str | os.PathLike[str], sample: MetricsSample | Mapping[str, Any],
+                  mode: int = 0o644) -> None:
+    """Atomically replace ``path`` with the metrics of ``sample`` (a MetricsSample or its fields).
+
+    The file is world-readable by default (``mode``) because node_exporter usually runs
+    as another user; it holds counts, never request content. The temp file starts with a
+    dot and ends in ``.tmp`` so the textfile collector (which reads ``*.prom``) skips it.
+    """
+    if not isinstance(sample, MetricsSample):
+        sample = MetricsSample(**sample)
+    target = Path(path)
+    data = render(sample).encode()
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fchmod(fh.fileno(), mode)
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,116 @@
+"""The Prometheus textfile: parsed back with prometheus_client, written atomically."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from prometheus_client import parser  # the test extra, not a runtime dependency
+
+from spoolbatch.gpu import GpuDevice
+from spoolbatch.metrics import MetricsSample, escape_label, render, write_metrics
+
+GIB = 1024**3
+
+
+def sample(**changes: object) -> MetricsSample:
+    values: dict[str, object] = dict(
+        jobs={"queued": 2, "running": 1, "completed": 7},
+        requests_done_total=123_456, requests_failed_total=3,
+        prompt_tokens_total=9_000_000, completion_tokens_total=1_500_000,
+        gpus=(GpuDevice(0, "NVIDIA A4000", 14 * GIB, 16 * GIB, 87.5, 71, 98),
+              GpuDevice(1, "NVIDIA A4000", 1 * GIB, 16 * GIB, 6.25, None, None)),
+        last_chunk_requests_per_second=41.5, last_chunk_tokens_per_second=5230.25,
+        chunk_size=5000, heartbeat_timestamp=1_700_000_000.5,
+    )
+    values.update(changes)
+    return MetricsSample(**values)  # type: ignore[arg-type]
+
+
+def parse(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in parser.text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_prometheus_parses_every_metric(tmp_path: Path) -> None:
+    path = tmp_path / "spoolbatch.prom"
+    write_metrics(path, sample())
+    text = path.read_text()
+    values = parse(text)
+    assert values[("spoolbatch_jobs", (("state", "queued"),))] == 2
+    assert values[("spoolbatch_jobs", (("state", "failed"),))] == 0
+    assert values[("spoolbatch_jobs", (("state", "cancelled"),))] == 0
+    assert values[("spoolbatch_requests_done_total", ())] == 123_456
+    assert values[("spoolbatch_requests_failed_total", ())] == 3
+    assert values[("spoolbatch_tokens_total", (("kind", "prompt"),))] == 9_000_000
+    assert values[("spoolbatch_tokens_total", (("kind", "completion"),))] == 1_500_000
+    assert values[("spoolbatch_gpu_memory_used_bytes", (("gpu", "0"),))] == 14 * GIB
+    assert values[("spoolbatch_gpu_memory_total_bytes", (("gpu", "1"),))] == 16 * GIB
+    assert values[("spoolbatch_gpu_temperature_celsius", (("gpu", "0"),))] == 71
+    assert ("spoolbatch_gpu_temperature_celsius", (("gpu", "1"),)) not in values  # unknown: left out
+    assert values[("spoolbatch_gpu_utilization_ratio", (("gpu", "0"),))] == pytest.approx(0.98)
+    assert values[("spoolbatch_last_chunk_requests_per_second", ())] == 41.5
+    assert values[("spoolbatch_last_chunk_tokens_per_second", ())] == 5230.25
+    assert values[("spoolbatch_chunk_size", ())] == 5000
+    assert values[("spoolbatch_up", ())] == 1
+    assert values[("spoolbatch_heartbeat_timestamp_seconds", ())] == 1_700_000_000.5
+    for name in ("spoolbatch_jobs", "spoolbatch_requests_done_total", "spoolbatch_gpu_utilization_ratio"):
+        assert f"# HELP {name} " in text
+    assert "# TYPE spoolbatch_requests_done_total counter" in text
+    assert "# TYPE spoolbatch_jobs gauge" in text
+    types = {f.name: f.type for f in parser.text_string_to_metric_families(text)}
+    assert types["spoolbatch_tokens"] == "counter"
+    assert types["spoolbatch_chunk_size"] == "gauge"
+
+
+def test_no_gpu_and_no_chunk_yet(tmp_path: Path) -> None:
+    path = tmp_path / "m.prom"
+    write_metrics(path, sample(gpus=(), last_chunk_requests_per_second=None, chunk_size=None, up=False))
+    text = path.read_text()
+    assert "spoolbatch_gpu_" not in text and "spoolbatch_chunk_size" not in text
+    assert parse(text)[("spoolbatch_up", ())] == 0
+
+
+def test_label_values_are_escaped() -> None:
+    assert escape_label('a\\b"c\nd') == 'a\\\\b\\"c\\nd'
+    worker = 'gpu-box "east"\\node\n2'
+    values = parse(render(sample(worker=worker, jobs={"weird\"state": 1})))
+    assert values[("spoolbatch_up", (("worker", worker),))] == 1
+    assert values[("spoolbatch_jobs", (("state", 'weird"state'), ("worker", worker)))] == 1
+
+
+def test_accepts_a_plain_dict(tmp_path: Path) -> None:
+    path = tmp_path / "m.prom"
+    write_metrics(path, {"requests_done_total": 5, "heartbeat_timestamp": 1.0})
+    assert parse(path.read_text())[("spoolbatch_requests_done_total", ())] == 5
+
+
+def test_write_is_atomic_and_readable_by_the_exporter(tmp_path: Path) -> None:
+    path = tmp_path / "spoolbatch.prom"
+    path.write_text("old\n")
+    old_umask = os.umask(0o077)
+    try:
+        write_metrics(path, sample())
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["spoolbatch.prom"]
+
+
+def test_failed_write_leaves_the_old_file_and_no_temp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "spoolbatch.prom"
+    path.write_text("old\n")
+
+    def boom(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", boom)
+    with pytest.raises(OSError):
+        write_metrics(path, sample())
+    assert path.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["spoolbatch.prom"]
