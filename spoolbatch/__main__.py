@@ -1,0 +1,5 @@
+"""``python -m spoolbatch``."""
+
+from spoolbatch.cli import main
+
+main()

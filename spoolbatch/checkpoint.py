@@ -1,0 +1,113 @@
+"""The checkpoint sidecar of a job: how far it got, replaced atomically after each chunk.
+
+The offsets in a checkpoint are the truth: on resume the results, deadletter and ids
+files are cut back to them and the input is read on from ``bytes_consumed``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from spoolbatch.fsutil import atomic_write
+
+
+class JobStatus(StrEnum):
+    """Where a job is in its life."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+
+
+FINAL = (JobStatus.COMPLETED, JobStatus.CANCELLED, JobStatus.REJECTED)
+
+
+@dataclass(slots=True)
+class Checkpoint:
+    """Progress of one job; every field is plain JSON."""
+
+    job: str
+    status: JobStatus = JobStatus.RUNNING
+    input_name: str = ""
+    input_bytes: int = 0
+    total_lines: int = 0
+    lines_consumed: int = 0
+    bytes_consumed: int = 0
+    results_bytes: int = 0
+    deadletter_bytes: int = 0
+    ids_count: int = 0
+    requests_done: int = 0
+    requests_failed: int = 0
+    retries: int = 0
+    chunks: int = 0
+    model: str | None = None
+    url: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    updated_at: float | None = None
+    finished_at: float | None = None
+    busy_seconds: float = 0.0
+    resumes: int = 0
+    worker: str | None = None
+    group: str | None = None
+    message: str | None = None
+
+    @property
+    def total_tokens(self) -> int:
+        """Prompt plus completion tokens so far."""
+        return self.prompt_tokens + self.completion_tokens
+
+    def progress(self) -> float:
+        """Fraction of the input's lines consumed (1.0 when final)."""
+        if self.status in FINAL:
+            return 1.0
+        return min(1.0, self.lines_consumed / self.total_lines) if self.total_lines else 0.0
+
+    def eta_seconds(self) -> float | None:
+        """Seconds left at the rate seen so far, or None before the first chunk."""
+        if self.status in FINAL:
+            return 0.0
+        if not self.lines_consumed or self.busy_seconds <= 0:
+            return None
+        rate = self.lines_consumed / self.busy_seconds
+        return max(0.0, (self.total_lines - self.lines_consumed) / rate)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON, with derived figures for readers."""
+        data = asdict(self)
+        data["status"] = self.status.value
+        data["total_tokens"] = self.total_tokens
+        data["progress"] = round(self.progress(), 6)
+        data["eta_seconds"] = self.eta_seconds()
+        return data
+
+    def save(self, path: Path) -> None:
+        """Replace the sidecar atomically and durably."""
+        self.updated_at = time.time()
+        atomic_write(path, orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2) + b"\n")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Checkpoint:
+        """Read a sidecar's contents, ignoring derived and unknown keys."""
+        names = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        values["status"] = JobStatus(values.get("status", "running"))
+        return cls(**values)
+
+    @classmethod
+    def load(cls, path: Path) -> Checkpoint | None:
+        """The sidecar at ``path``, or None when there is none yet."""
+        try:
+            return cls.from_dict(orjson.loads(path.read_bytes()))
+        except FileNotFoundError:
+            return None

@@ -1,0 +1,316 @@
+"""The command line: each command parses, builds config, makes one library call, renders.
+
+Exit codes: 0 ok; 1 unexpected error; 2 usage or configuration; 3 spool missing or
+unusable; 4 no such job; 5 bad input or over a limit; 6 engine failure; 7 disk full;
+130 interrupted. Errors print one line (and a hint) on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from spoolbatch.config import Config, load_config
+from spoolbatch.errors import SpoolbatchError
+from spoolbatch.spool import Spool
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="Run OpenAI-format batch jobs through vLLM from a spool directory, exactly once.")
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+SpoolOpt = Annotated[Path | None, typer.Option("--spool", envvar="SPOOLBATCH_SPOOL",
+                                              help="Spool root (default ./spool).", show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handles_errors(fn: F) -> F:
+    """Map spoolbatch's exception families to one-line messages and exit codes."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SpoolbatchError as exc:
+            err.print(f"spoolbatch: {exc.render()}", markup=False)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("spoolbatch: interrupted", markup=False)
+            raise typer.Exit(130) from None
+        except BrokenPipeError:
+            raise typer.Exit(0) from None
+    return wrapper  # type: ignore[return-value]
+
+
+def _config(spool: Path | None, **flags: Any) -> Config:
+    return load_config(spool, **flags)
+
+
+def _json(data: Any) -> None:
+    sys.stdout.buffer.write(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS) + b"\n")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+@app.command()
+@handles_errors
+def init(spool: SpoolOpt = None, json: JsonOpt = False) -> None:
+    """Create the spool directories (idempotent)."""
+    config = _config(spool)
+    sp = Spool(config.spool)
+    sp.init()
+    if json:
+        _json({"spool": str(sp.root), "created": True})
+    else:
+        out.print(f"spool ready at {sp.root} (drop jobs into {sp.inbox}/)")
+
+
+@app.command()
+@handles_errors
+def submit(
+    file: Annotated[Path, typer.Argument(help="OpenAI batch input file (JSONL).")],
+    spool: SpoolOpt = None,
+    name: Annotated[str | None, typer.Option(help="Job id to use instead of the file name.")] = None,
+    split: Annotated[bool, typer.Option("--split", help="Cut a file over the per-job limits into a group.")] = False,
+    allow_bad_lines: Annotated[bool, typer.Option("--allow-bad-lines",
+                                                  help="Submit anyway; bad lines go to deadletter.")] = False,
+    json: JsonOpt = False,
+) -> None:
+    """Validate a job file and queue it atomically."""
+    from spoolbatch.submit import submit as do_submit
+
+    result = do_submit(file, _config(spool), name=name, split=split, allow_bad_lines=allow_bad_lines)
+    v = result.validation
+    if json:
+        _json({"jobs": result.jobs, "group": result.group, "requests": result.requests,
+               "bad_lines": v.bad_count if v else 0, "model": v.model if v else None,
+               "url": v.url if v else None, "estimate_seconds": result.estimate_seconds})
+        return
+    what = f"group {result.group} ({len(result.jobs)} jobs: {', '.join(result.jobs)})" if result.group \
+        else f"job {result.jobs[0]}"
+    out.print(f"queued {what}: {result.requests:,} requests for {v.model if v else '?'} ({v.url if v else '?'})")
+    if v and v.bad_count:
+        out.print(f"  {v.bad_count:,} bad line(s) will go to deadletter (first: line {v.bad[0].line}: "
+                  f"{v.bad[0].message})")
+    if result.estimate_seconds is not None:
+        out.print(f"  estimate: about {_duration(result.estimate_seconds)} {result.estimate_basis}")
+    else:
+        out.print(f"  estimate: unknown, {result.estimate_basis}")
+
+
+@app.command()
+@handles_errors
+def run(
+    spool: SpoolOpt = None,
+    once: Annotated[bool, typer.Option("--once", help="Drain the queue, then exit (for cron).")] = False,
+    engine: Annotated[str | None, typer.Option(help="vllm (default) or fake.")] = None,
+    chunk_size: Annotated[int | None, typer.Option(help="Requests per durable chunk (default 5000).")] = None,
+    poll_interval: Annotated[float | None, typer.Option(help="Seconds between inbox scans (default 10).")] = None,
+    heartbeat_interval: Annotated[float | None, typer.Option(help="Seconds between heartbeats.")] = None,
+    settle_seconds: Annotated[float | None, typer.Option(help="A file must be unchanged this long.")] = None,
+    fake_latency: Annotated[float | None, typer.Option(help="Per-request latency of the fake engine.")] = None,
+    model_dir: Annotated[str | None, typer.Option(help="Folder to look for local models in.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-chunk lines on stderr.")] = False,
+) -> None:
+    """The daemon: claim jobs and process them in durable chunks."""
+    from spoolbatch.daemon import Daemon
+
+    config = _config(spool, engine=engine, chunk_size=chunk_size, poll_interval=poll_interval,
+                     heartbeat_interval=heartbeat_interval, settle_seconds=settle_seconds,
+                     fake_latency=fake_latency, model_dir=model_dir)
+    daemon = Daemon(config, echo=not quiet)
+    daemon.install_signal_handlers()
+    raise typer.Exit(daemon.run(once=once))
+
+
+def _status_table(data: dict[str, Any]) -> Table:
+    table = Table(title=f"spool {data['spool']}", title_justify="left")
+    for col in ("job", "status", "progress", "done", "failed", "tokens", "eta"):
+        table.add_column(col, justify="right" if col not in ("job", "status") else "left")
+    for j in data["jobs"]:
+        table.add_row(j["job"], j["status"] + (f" ({j['reason']})" if j.get("reason") else ""),
+                      f"{100 * j['progress']:.1f}%", f"{j['requests_done']:,}", f"{j['requests_failed']:,}",
+                      f"{j['tokens']:,}", _duration(j["eta_seconds"]) if j["status"] == "running" else "-")
+    return table
+
+
+def _render_status(data: dict[str, Any]) -> list[Any]:
+    lines: list[Any] = []
+    if not data["workers"]:
+        lines.append("workers: none has run on this spool")
+    for w in data["workers"]:
+        gpu = w.get("gpu") or {}
+        where = f" job {w['job']} chunk {w.get('chunk')}" if w.get("job") else ""
+        reason = f" ({w['reason']})" if w.get("reason") else ""
+        state = "" if w.get("state") == w["liveness"] else f", {w.get('state')}"
+        lines.append(f"worker {w['worker']}: {w['liveness']}{state}{where}{reason}, "
+                     f"last seen {w['age_seconds']}s ago")
+        if gpu.get("devices"):
+            for d in gpu["devices"]:
+                lines.append(f"  GPU {d['index']} {d.get('name', '')}: memory {d['memory_pct']:.1f}%, "
+                             f"{d.get('temperature_c')}°C, utilisation {d.get('utilization_pct')}%")
+        elif gpu:
+            lines.append(f"  GPU: {gpu.get('reason') or 'none'}")
+    lines.append(f"queue: {data['queue']['jobs']} job(s) waiting")
+    lines.append(_status_table(data))
+    return lines
+
+
+@app.command()
+@handles_errors
+def status(
+    job: Annotated[str | None, typer.Argument(help="Only this job.")] = None,
+    spool: SpoolOpt = None, json: JsonOpt = False,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="A live view, refreshed until Ctrl-C.")] = False,
+    interval: Annotated[float, typer.Option(help="Refresh interval of --watch, seconds.")] = 2.0,
+) -> None:
+    """Workers (alive/stale/dead), GPU, queue, and each job's progress and ETA."""
+    from spoolbatch.status import status as gather
+
+    sp = Spool(_config(spool).spool)
+    if json:
+        _json(gather(sp, job).to_dict())
+        return
+    if not watch:
+        for line in _render_status(gather(sp, job).to_dict()):
+            out.print(line)
+        return
+    from rich.console import Group
+    from rich.live import Live
+
+    with Live(console=out, auto_refresh=False) as live:
+        while True:
+            live.update(Group(*_render_status(gather(sp, job).to_dict()), f"(refreshing every {interval}s; "
+                                                                          "Ctrl-C to leave)"), refresh=True)
+            time.sleep(interval)
+
+
+@app.command("list")
+@handles_errors
+def list_(spool: SpoolOpt = None, json: JsonOpt = False) -> None:
+    """Every job: queued, running, finished, refused."""
+    from spoolbatch.jobs import list_jobs
+
+    jobs = list_jobs(Spool(_config(spool).spool))
+    if json:
+        _json([j.to_dict() for j in jobs])
+        return
+    out.print(_status_table({"spool": _config(spool).spool, "jobs": [j.to_dict() for j in jobs]}))
+
+
+def _write_lines(lines: Any, output: Path | None) -> int:
+    n = 0
+    if output is None:
+        for line in lines:
+            sys.stdout.buffer.write(line)
+            n += 1
+        sys.stdout.buffer.flush()
+        return n
+    from spoolbatch.fsutil import atomic_write
+
+    data = b"".join(lines)
+    atomic_write(output, data)
+    return data.count(b"\n")
+
+
+@app.command()
+@handles_errors
+def results(
+    job: Annotated[str, typer.Argument(help="Job id or group name.")],
+    spool: SpoolOpt = None,
+    errors: Annotated[bool, typer.Option("--errors", help="Print deadletter as OpenAI error lines.")] = False,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write to FILE instead of stdout.")] = None,
+    json: JsonOpt = False,
+) -> None:
+    """Committed OpenAI output lines of a job or group (JSONL)."""
+    from spoolbatch import jobs as j
+
+    sp = Spool(_config(spool).spool)
+    lines = j.errors(sp, job) if errors else j.results(sp, job)
+    n = _write_lines(lines, output)
+    if output is not None:
+        if json:
+            _json({"output": str(output), "lines": n})
+        else:
+            err.print(f"wrote {n:,} lines to {output}")
+
+
+@app.command()
+@handles_errors
+def deadletter(job: Annotated[str, typer.Argument(help="Job id or group name.")], spool: SpoolOpt = None,
+               json: JsonOpt = False) -> None:
+    """Bad records of a job: line, custom_id, error, attempts."""
+    from spoolbatch.jobs import deadletter as records
+
+    items = list(records(Spool(_config(spool).spool), job))
+    if json:
+        _json(items)
+        return
+    table = Table(title=f"deadletter of {job}: {len(items)} record(s)", title_justify="left")
+    for col in ("line", "custom_id", "code", "message", "attempts"):
+        table.add_column(col)
+    for r in items:
+        table.add_row(str(r["line"]), str(r.get("custom_id") or "-"), r["error"]["code"], r["error"]["message"],
+                      str(r.get("attempts", 0)))
+    out.print(table)
+
+
+@app.command()
+@handles_errors
+def logs(job: Annotated[str, typer.Argument(help="Job id.")], spool: SpoolOpt = None,
+         tail: Annotated[int | None, typer.Option("-n", "--tail", help="Only the last N lines.")] = None,
+         json: JsonOpt = False) -> None:
+    """The job's log: claim, chunks, retries, end."""
+    from spoolbatch.jobs import log_lines
+
+    lines = log_lines(Spool(_config(spool).spool), job, tail)
+    if json:
+        _json(lines)
+    else:
+        for line in lines:
+            out.print(line, markup=False)
+
+
+@app.command()
+@handles_errors
+def cancel(job: Annotated[str, typer.Argument(help="Job id.")], spool: SpoolOpt = None,
+           json: JsonOpt = False) -> None:
+    """Remove a queued job, or stop a running one at its next chunk boundary."""
+    from spoolbatch.jobs import cancel as do_cancel
+
+    what = do_cancel(Spool(_config(spool).spool), job)
+    _json({"job": job, "result": what}) if json else out.print(f"{job}: {what}")
+
+
+@app.command()
+@handles_errors
+def retry(job: Annotated[str, typer.Argument(help="Job id.")], spool: SpoolOpt = None,
+          json: JsonOpt = False) -> None:
+    """Resubmit a job's deadletter records as a new job."""
+    from spoolbatch.jobs import retry as do_retry
+
+    new, n = do_retry(Spool(_config(spool).spool), job)
+    _json({"job": new, "records": n}) if json else out.print(f"queued job {new}: {n:,} record(s) from {job}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

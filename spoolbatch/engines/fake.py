@@ -1,0 +1,124 @@
+"""The fake engine: deterministic, in-process, no model; for dry runs, demos and tests.
+
+Its answers are derived from the request alone (a hash of the prompt picks the words), so
+the same request always gets the same body. Token counts are whitespace words. A
+per-request ``latency`` (seconds) makes chunks take real time, for crash and status tests.
+The model name is taken from the request: any model "loads".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from spoolbatch.bodies import Choice, chat_completion, embedding_list, stable_id, text_completion
+from spoolbatch.engines.base import Outcome, Request
+from spoolbatch.sampling import CHAT, EMBEDDINGS, SamplingSpec
+
+_WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike "
+          "november oscar papa quebec romeo sierra tango uniform victor whiskey xray yankee zulu").split()
+EMBEDDING_DIM = 16
+
+
+def _digest(*parts: str) -> bytes:
+    return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=32).digest()
+
+
+def _tokens(text: str) -> int:
+    return max(1, len(text.split()))
+
+
+def _prompt_text(spec: SamplingSpec) -> str:
+    if spec.endpoint == CHAT:
+        return "\n".join(f"{m['role']}: {m['content']}" for m in spec.messages)
+    return spec.prompt
+
+
+def _generate(spec: SamplingSpec, prompt: str, index: int) -> Choice:
+    """Words picked by the prompt's hash; stops at a stop string or at max_tokens."""
+    if spec.json_schema is not None or spec.json_object:
+        text = orjson.dumps(_fake_json(spec.json_schema or {}, _digest(prompt, str(index)))).decode()
+        return Choice(text=text, finish_reason="stop", completion_tokens=_tokens(text))
+    limit = spec.max_tokens if spec.max_tokens is not None else 16
+    seed = _digest(prompt, str(spec.seed), str(index))
+    want = 3 + seed[0] % 12
+    words = [_WORDS[seed[(i + 1) % len(seed)] % len(_WORDS)] for i in range(min(want, limit))]
+    text, finish = " ".join(words), ("length" if want > limit else "stop")
+    for stop in spec.stop:
+        cut = text.find(stop)
+        if cut >= 0:
+            text, finish = text[:cut], "stop"
+    return Choice(text=text, finish_reason=finish, completion_tokens=len(text.split()))
+
+
+def _fake_json(schema: dict[str, Any], seed: bytes) -> Any:
+    """A value that satisfies simple JSON schemas (objects, arrays, scalars, enums)."""
+    if "enum" in schema:
+        return schema["enum"][seed[0] % len(schema["enum"])]
+    kind = schema.get("type", "object")
+    if kind == "object":
+        props = schema.get("properties") or {}
+        return {k: _fake_json(v, seed[1:] + seed[:1]) for k, v in props.items()}
+    if kind == "array":
+        return [_fake_json(schema.get("items") or {"type": "string"}, seed)]
+    if kind == "integer":
+        return int(seed[0])
+    if kind == "number":
+        return seed[0] / 7
+    if kind == "boolean":
+        return bool(seed[0] & 1)
+    return _WORDS[seed[0] % len(_WORDS)]
+
+
+def _embed(text: str) -> list[float]:
+    raw = _digest(text)
+    vector = [(b - 127.5) / 127.5 for b in raw[:EMBEDDING_DIM]]
+    norm = math.sqrt(sum(x * x for x in vector)) or 1.0
+    return [x / norm for x in vector]
+
+
+class FakeEngine:
+    """Implements ``Engine`` without a model; see the module docstring."""
+
+    name = "fake"
+
+    def __init__(self, latency: float = 0.0, created: int | None = None) -> None:
+        self.latency = latency
+        self.created = created
+        self.model: str | None = None
+
+    def load(self, model: str) -> None:
+        """Any model name is accepted."""
+        self.model = model
+
+    def run(self, requests: Sequence[Request]) -> list[Outcome]:
+        """Answer each request from its own content."""
+        created = self.created if self.created is not None else int(time.time())
+        out = []
+        for request in requests:
+            if self.latency:
+                time.sleep(self.latency)
+            out.append(Outcome.ok(self._answer(request, created)))
+        return out
+
+    def _answer(self, request: Request, created: int) -> dict[str, Any]:
+        spec = request.spec
+        if spec.endpoint == EMBEDDINGS:
+            return embedding_list(model=spec.model, vectors=[_embed(t) for t in spec.inputs],
+                                  prompt_tokens=sum(_tokens(t) for t in spec.inputs),
+                                  encoding_format=spec.encoding_format)
+        prompt = _prompt_text(spec)
+        choices = [_generate(spec, prompt, i) for i in range(spec.n)]
+        build = chat_completion if spec.endpoint == CHAT else text_completion
+        prefix = "chatcmpl-" if spec.endpoint == CHAT else "cmpl-"
+        return build(id=stable_id(prefix, request.custom_id, prompt), model=spec.model, created=created,
+                     choices=choices, prompt_tokens=_tokens(prompt))
+
+    def close(self) -> None:
+        """Nothing to release."""
+        self.model = None

@@ -1,0 +1,129 @@
+"""Run one chunk through an engine, surviving engine failures without losing a request.
+
+When the engine raises for a batch (out of memory, a crash, a poison request), the batch
+is split in halves and each half retried, with backoff; a request that still fails on its
+own after ``max_attempts`` becomes a failed outcome (deadletter) and the rest go on. An
+engine that reports itself broken is rebuilt before the next try. Every request ends with
+exactly one outcome, and the number of engine calls is bounded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from spoolbatch.engines.base import Engine, Outcome, Request
+
+
+def describe(exc: BaseException) -> str:
+    """One line for an engine exception."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for CUDA/CPU out-of-memory errors, whatever library raised them."""
+    return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower() or \
+        type(exc).__name__ == "OutOfMemoryError"
+
+
+@dataclass(slots=True)
+class ChunkRun:
+    """Outcomes in request order, with how often each request was tried."""
+
+    outcomes: list[Outcome]
+    attempts: list[int]
+    retries: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class ChunkExecutor:
+    """Runs chunks on an engine with split-and-retry; see the module docstring."""
+
+    def __init__(self, engine_factory: Callable[[], Engine], *, max_attempts: int = 3,
+                 backoff: float = 1.0, backoff_cap: float = 60.0,
+                 log: Callable[[str], None] = lambda message: None,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self._factory = engine_factory
+        self.engine: Engine | None = None
+        self.model: str | None = None
+        self.max_attempts = max_attempts
+        self.backoff = backoff
+        self.backoff_cap = backoff_cap
+        self.log = log
+        self.sleep = sleep
+        self.rebuilds = 0
+
+    def _engine_for(self, model: str) -> Engine:
+        if self.engine is None:
+            self.engine = self._factory()
+            self.model = None
+        if self.model != model:
+            self.engine.load(model)
+            self.model = model
+        return self.engine
+
+    def _rebuild(self, reason: str) -> None:
+        self.log(f"engine broken ({reason}); rebuilding it")
+        if self.engine is not None:
+            try:
+                self.engine.close()
+            except Exception as exc:  # a dead engine may fail to close; it is dropped anyway
+                self.log(f"closing the broken engine failed: {describe(exc)}")
+        self.engine = None
+        self.model = None
+        self.rebuilds += 1
+
+    def run(self, model: str, requests: Sequence[Request]) -> ChunkRun:
+        """One outcome per request, in order; never raises for a request's or a batch's failure."""
+        result = ChunkRun(outcomes=[Outcome.fail("not_run", "not run")] * len(requests),
+                          attempts=[0] * len(requests))
+        pending: list[list[int]] = [list(range(len(requests)))]
+        failures = 0
+        while pending:
+            idx = pending.pop()
+            try:
+                engine = self._engine_for(model)
+                outs = engine.run([requests[i] for i in idx])
+                if len(outs) != len(idx):
+                    raise RuntimeError(f"engine returned {len(outs)} outcomes for {len(idx)} requests")
+            except Exception as exc:
+                message = describe(exc)
+                result.errors.append(message)
+                result.retries += 1
+                failures += 1
+                if getattr(exc, "engine_broken", False) or not is_out_of_memory(exc) and self._looks_dead(exc):
+                    self._rebuild(message)
+                for i in idx:
+                    result.attempts[i] += 1
+                if len(idx) > 1:
+                    half = len(idx) // 2
+                    self.log(f"batch of {len(idx)} failed ({message}); splitting into {half} + {len(idx) - half}")
+                    pending.extend([idx[half:], idx[:half]])
+                elif result.attempts[idx[0]] >= self.max_attempts:
+                    i = idx[0]
+                    code = "out_of_memory" if is_out_of_memory(exc) else "engine_error"
+                    result.outcomes[i] = Outcome.fail(
+                        code, f"failed on its own after {result.attempts[i]} attempts: {message}")
+                    self.log(f"request {requests[i].custom_id!r} (line {requests[i].line}) gave up: {message}")
+                else:
+                    pending.append(idx)
+                self.sleep(min(self.backoff_cap, self.backoff * 2 ** min(failures - 1, 10)) if self.backoff else 0)
+                continue
+            for i, out in zip(idx, outs, strict=True):
+                result.attempts[i] += 1
+                result.outcomes[i] = out
+        return result
+
+    @staticmethod
+    def _looks_dead(exc: BaseException) -> bool:
+        text = str(exc).lower()
+        return any(s in text for s in ("engine core", "enginedead", "engine dead", "died", "broken pipe"))
+
+    def close(self) -> None:
+        """Release the engine."""
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+            self.model = None

@@ -1,0 +1,131 @@
+"""Crash-safe file primitives: atomic replace, durable append, directory fsync.
+
+Every file the daemon writes is private to its user (mode 0600), and nothing here follows
+a symlink that someone placed in the spool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import os
+import socket
+from pathlib import Path
+
+from spoolbatch.errors import DiskFull
+
+FILE_MODE = 0o600
+_counter = itertools.count()
+
+
+def unique_suffix() -> str:
+    """A collision-proof suffix for names two writers could pick at once."""
+    return f"{socket.gethostname()}.{os.getpid()}.{next(_counter)}"
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or create inside ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _raise_disk_full(exc: OSError, path: Path) -> None:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise DiskFull(f"no space left to write {path}", hint="free disk space; the daemon resumes by itself") from exc
+
+
+def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Replace ``path`` with ``data``: temp file beside it, fsync, rename; never a torn file."""
+    tmp = path.with_name(f".{path.name}.{unique_suffix()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        if durable:
+            fsync_dir(path.parent)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        _raise_disk_full(exc, path)
+        raise
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class AppendFile:
+    """An append-only file that a checkpoint refers to by byte offset.
+
+    ``open`` cuts the file back to the committed offset (what a crash may have left past
+    it is discarded), ``write`` buffers, ``commit`` writes and fsyncs and returns the new
+    durable size, which the caller then records in its checkpoint.
+    """
+
+    def __init__(self, path: Path, committed: int) -> None:
+        self.path = path
+        try:
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
+        except OSError as exc:
+            _raise_disk_full(exc, path)
+            raise
+        size = os.fstat(self._fd).st_size
+        if size < committed:
+            os.close(self._fd)
+            raise OSError(errno.EIO, f"{path} is shorter ({size}) than its checkpoint says ({committed})")
+        if size > committed:
+            os.ftruncate(self._fd, committed)
+            os.fsync(self._fd)
+        self.size = committed
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        """Queue ``data`` for the next commit."""
+        self._pending.append(data)
+
+    def commit(self) -> int:
+        """Write what is queued at the committed end, fsync, and return the durable size."""
+        if self._pending:
+            data = b"".join(self._pending)
+            try:
+                written = 0
+                view = memoryview(data)
+                while written < len(data):
+                    written += os.pwrite(self._fd, view[written:], self.size + written)
+                os.fsync(self._fd)
+            except OSError as exc:
+                # Leave nothing past the committed size: the next try starts clean.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, self.size)
+                self._pending.clear()
+                _raise_disk_full(exc, self.path)
+                raise
+            self.size += len(data)
+            self._pending.clear()
+        return self.size
+
+    def discard(self) -> None:
+        """Drop what is queued and not committed."""
+        self._pending.clear()
+
+    def close(self) -> None:
+        """Close the file; uncommitted data is dropped."""
+        self._pending.clear()
+        os.close(self._fd)
+
+    def __enter__(self) -> AppendFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,87 @@
+"""The daemon's heartbeat: a JSON file rewritten every few seconds by a background thread.
+
+Each daemon writes ``workers/HOST-PID.json``; the spool-level ``heartbeat`` file is the
+latest of them (last writer wins), as SPEC.md names it. A thread writes even while a chunk
+keeps the main loop busy, so a long chunk does not look like a dead worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+import orjson
+
+from spoolbatch.fsutil import atomic_write
+from spoolbatch.spool import Spool
+
+
+def worker_id() -> str:
+    """This process's name among the spool's workers."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Heartbeat:
+    """Holds the daemon's current state and writes it out every ``interval`` seconds."""
+
+    def __init__(self, spool: Spool, interval: float, **fields: Any) -> None:
+        self.spool = spool
+        self.interval = max(0.1, interval)
+        self.id = worker_id()
+        self._lock = threading.Lock()
+        self._state: dict[str, Any] = {
+            "worker": self.id, "pid": os.getpid(), "host": socket.gethostname(), "state": "starting",
+            "reason": None, "job": None, "chunk": None, "progress": None, "started_at": time.time(),
+            "interval": self.interval, **fields,
+        }
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.on_beat: list[Any] = []
+
+    def update(self, **fields: Any) -> None:
+        """Change some fields and write soon."""
+        with self._lock:
+            self._state.update(fields)
+        self._wake.set()
+
+    def snapshot(self) -> dict[str, Any]:
+        """A copy of the current state."""
+        with self._lock:
+            return dict(self._state)
+
+    def write(self) -> None:
+        """Write the state now (best effort: a full disk must not kill the daemon)."""
+        with self._lock:
+            self._state["last_seen"] = time.time()
+            data = orjson.dumps(self._state, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
+        for path in (self.spool.worker_file(self.id), self.spool.heartbeat):
+            with contextlib.suppress(Exception):  # best effort: the next beat tries again
+                atomic_write(path, data, durable=False)
+        for hook in self.on_beat:
+            with contextlib.suppress(Exception):  # a hook (metrics, watchdog) never kills the beat
+                hook(self.snapshot())
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.write()
+            self._wake.wait(self.interval)
+            self._wake.clear()
+
+    def start(self) -> None:
+        """Begin writing in the background."""
+        self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop(self, state: str = "stopped") -> None:
+        """Write a last beat with ``state`` and end the thread."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.update(state=state, job=None, chunk=None)
+        self.write()

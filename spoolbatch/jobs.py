@@ -1,0 +1,179 @@
+"""Reading and steering jobs: list, results, deadletter, logs, cancel, retry.
+
+Everything here reads files the daemon wrote; none of it imports an engine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from spoolbatch.checkpoint import Checkpoint, JobStatus
+from spoolbatch.errors import JobNotFound, SpoolbatchError
+from spoolbatch.fsutil import atomic_write
+from spoolbatch.records import error_line
+from spoolbatch.spool import Spool, sanitize_job_id
+
+
+@dataclass(frozen=True, slots=True)
+class JobInfo:
+    """One job as `list` and `status` show it."""
+
+    job: str
+    status: str
+    requests_done: int = 0
+    requests_failed: int = 0
+    total_lines: int = 0
+    progress: float = 0.0
+    eta_seconds: float | None = None
+    model: str | None = None
+    tokens: int = 0
+    updated_at: float | None = None
+    reason: str | None = None
+    owned: bool | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON."""
+        return {k: getattr(self, k) for k in self.__slots__}
+
+
+def _from_checkpoint(ckpt: Checkpoint, owned: bool | None = None) -> JobInfo:
+    status = ckpt.status.value
+    if ckpt.status == JobStatus.RUNNING and owned is False:
+        status = "interrupted"
+    return JobInfo(ckpt.job, status, ckpt.requests_done, ckpt.requests_failed, ckpt.total_lines,
+                   round(ckpt.progress(), 4), ckpt.eta_seconds(), ckpt.model, ckpt.total_tokens,
+                   ckpt.updated_at, ckpt.message, owned)
+
+
+def list_jobs(spool: Spool) -> list[JobInfo]:
+    """Every job of the spool: queued, running, finished and refused ones."""
+    spool.require()
+    jobs: dict[str, JobInfo] = {}
+    for entry in spool.inbox_entries():
+        job = sanitize_job_id(entry.name)
+        jobs[job] = JobInfo(job, JobStatus.QUEUED.value, updated_at=entry.mtime)
+    for path in sorted(spool.done.glob("*.checkpoint.json")):
+        ckpt = Checkpoint.load(path)
+        if ckpt is not None:
+            owned = spool.job_is_owned(ckpt.job) if ckpt.status == JobStatus.RUNNING else None
+            jobs[ckpt.job] = _from_checkpoint(ckpt, owned)
+    for job in spool.running_jobs():
+        if job not in jobs:
+            jobs[job] = JobInfo(job, "claimed", owned=spool.job_is_owned(job))
+    for path in sorted(spool.rejected.glob("*.reason.json")):
+        with contextlib.suppress(OSError, orjson.JSONDecodeError):
+            data = orjson.loads(path.read_bytes())
+            jobs[data["job"]] = JobInfo(data["job"], JobStatus.REJECTED.value, reason=data.get("reason"),
+                                        updated_at=data.get("at"))
+    return sorted(jobs.values(), key=lambda j: (j.updated_at or 0, j.job))
+
+
+def load_checkpoint(spool: Spool, job: str) -> Checkpoint:
+    """The checkpoint of ``job``, or ``JobNotFound``."""
+    ckpt = Checkpoint.load(spool.checkpoint(job))
+    if ckpt is None:
+        raise JobNotFound(job)
+    return ckpt
+
+
+def group_jobs(spool: Spool, name: str) -> list[str]:
+    """The jobs of a group made by `submit --split`, or ``[name]`` for a single job."""
+    path = spool.group(name)
+    if path.is_file():
+        return list(orjson.loads(path.read_bytes())["jobs"])
+    if spool.job_exists(name):
+        return [name]
+    raise JobNotFound(name)
+
+
+def _committed_lines(path: Path, limit: int | None) -> Iterator[bytes]:
+    """Lines of ``path`` up to the committed byte offset (a running job's file grows)."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below, generator
+    except FileNotFoundError:
+        return
+    with f:
+        left = limit
+        for line in f:
+            if left is not None:
+                if left <= 0:
+                    break
+                left -= len(line)
+            if line.endswith(b"\n"):
+                yield line
+
+
+def results(spool: Spool, name: str) -> Iterator[bytes]:
+    """Committed result lines of a job or of every job of a group, in order."""
+    spool.require()
+    for job in group_jobs(spool, name):
+        ckpt = Checkpoint.load(spool.checkpoint(job))
+        yield from _committed_lines(spool.results(job), ckpt.results_bytes if ckpt else 0)
+
+
+def deadletter(spool: Spool, name: str) -> Iterator[dict[str, Any]]:
+    """Committed deadletter records of a job or group."""
+    spool.require()
+    for job in group_jobs(spool, name):
+        ckpt = Checkpoint.load(spool.checkpoint(job))
+        for line in _committed_lines(spool.deadletter_file(job), ckpt.deadletter_bytes if ckpt else 0):
+            yield orjson.loads(line)
+
+
+def errors(spool: Spool, name: str) -> Iterator[bytes]:
+    """Deadletter records as OpenAI batch error-file lines."""
+    for record in deadletter(spool, name):
+        yield error_line(record)
+
+
+def log_lines(spool: Spool, job: str, tail: int | None = None) -> list[str]:
+    """The per-job log, or its last ``tail`` lines."""
+    spool.require()
+    try:
+        lines = spool.log(job).read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        if not spool.job_exists(job):
+            raise JobNotFound(job) from None
+        lines = []
+    return lines[-tail:] if tail else lines
+
+
+def cancel(spool: Spool, job: str) -> str:
+    """Remove a queued job, or stop a running one at its next chunk boundary; what happened."""
+    spool.require()
+    with spool.claim_lock():
+        for entry in spool.inbox_entries():
+            if sanitize_job_id(entry.name) == job or entry.name == job:
+                os.unlink(entry.path)
+                return "removed from the queue"
+        if job in spool.running_jobs():
+            atomic_write(spool.cancel_marker(job), str(time.time()).encode())
+            if spool.job_is_owned(job):
+                return "cancel requested: the daemon stops it at the next chunk boundary, checkpoint kept"
+            return "cancel requested: the job stops when a daemon next picks it up (no daemon holds it now)"
+    ckpt = Checkpoint.load(spool.checkpoint(job))
+    if ckpt is not None:
+        raise SpoolbatchError(f"job {job!r} is already {ckpt.status.value}; nothing to cancel")
+    raise JobNotFound(job)
+
+
+def retry(spool: Spool, job: str) -> tuple[str, int]:
+    """Resubmit a job's deadletter records as a new job; (new job id, records)."""
+    from spoolbatch.submit import write_job
+
+    records = list(deadletter(spool, job))
+    if not records:
+        raise SpoolbatchError(f"job {job!r} has no deadletter records to retry")
+    lines = [r["request"].encode() for r in records if "request_base64" not in r]
+    if not lines:
+        raise SpoolbatchError(f"job {job!r}'s deadletter records are not valid text; fix them by hand")
+    new = write_job(spool, f"{job}.retry", lines)
+    return new, len(lines)

@@ -1,0 +1,156 @@
+"""The OpenAI Batch line format: parse and validate input lines, build output lines.
+
+Input:  ``{"custom_id", "method": "POST", "url", "body"}`` per line.
+Output: ``{"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error"}``.
+Deadletter: one record per bad line with its number, the original text, and the error.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from spoolbatch.bodies import stable_id
+from spoolbatch.engines.base import Outcome, Request
+from spoolbatch.errors import RequestError
+from spoolbatch.sampling import ENDPOINTS, parse_spec
+
+
+@dataclass(frozen=True, slots=True)
+class BadLine:
+    """A line that cannot be run, with everything deadletter needs."""
+
+    line: int
+    raw: bytes
+    code: str
+    message: str
+    custom_id: str | None = None
+    attempts: int = 0
+
+
+def id_hash(custom_id: str) -> int:
+    """A 64-bit hash of a custom_id: duplicate detection without keeping the ids themselves."""
+    return int.from_bytes(hashlib.blake2b(custom_id.encode(), digest_size=8).digest(), "little")
+
+
+class LineParser:
+    """Validates the lines of one job in order, remembering ids, model and endpoint.
+
+    ``seen`` holds hashes of every custom_id accepted so far (restored from the job's ids
+    file on resume); ``model`` and ``url`` are fixed by the first valid line.
+    """
+
+    def __init__(self, *, seen: set[int] | None = None, model: str | None = None,
+                 url: str | None = None, max_line_bytes: int = 8 << 20) -> None:
+        self.seen = seen if seen is not None else set()
+        self.model = model
+        self.url = url
+        self.max_line_bytes = max_line_bytes
+        self.new_ids: list[int] = []
+
+    def parse(self, raw: bytes, line: int) -> Request | BadLine | None:
+        """One line to a ``Request``, a ``BadLine``, or None for a blank line."""
+        text = raw.rstrip(b"\r\n")
+        if not text.strip():
+            return None
+        if len(text) > self.max_line_bytes:
+            return BadLine(line, text, "line_too_long", f"line is {len(text):,} bytes, over the "
+                           f"{self.max_line_bytes:,}-byte limit")
+        try:
+            obj = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            try:
+                text.decode("utf-8")
+            except UnicodeDecodeError as uexc:
+                return BadLine(line, text, "invalid_utf8",
+                               f"line is not valid UTF-8 ({uexc.reason} at byte {uexc.start})")
+            return BadLine(line, text, "invalid_json", f"line is not valid JSON: {exc}")
+        if not isinstance(obj, dict):
+            return BadLine(line, text, "not_an_object", f"line is a JSON {type(obj).__name__}, not an object")
+        custom_id = obj.get("custom_id")
+        if not isinstance(custom_id, str) or not custom_id:
+            return BadLine(line, text, "missing_custom_id", "'custom_id' must be a non-empty string")
+        h = id_hash(custom_id)
+        if h in self.seen:
+            return BadLine(line, text, "duplicate_custom_id", f"custom_id {custom_id!r} was already used in this job",
+                           custom_id)
+        self.seen.add(h)
+        self.new_ids.append(h)
+
+        def bad(code: str, message: str) -> BadLine:
+            return BadLine(line, text, code, message, custom_id)
+
+        if obj.get("method") != "POST":
+            return bad("invalid_method", f"'method' must be \"POST\", got {obj.get('method')!r}")
+        url = obj.get("url")
+        if url not in ENDPOINTS:
+            return bad("invalid_url", f"'url' {url!r} is not one of {', '.join(ENDPOINTS)}")
+        body = obj.get("body")
+        if not isinstance(body, dict):
+            return bad("invalid_body", "'body' must be a JSON object")
+        try:
+            spec = parse_spec(url, body)
+        except RequestError as exc:
+            return bad(exc.code, exc.message)
+        if self.model is None:
+            self.model, self.url = spec.model, url
+        elif spec.model != self.model:
+            return bad("model_mismatch", f"model {spec.model!r} differs from this job's model {self.model!r} "
+                       "(one model per job)")
+        elif url != self.url:
+            return bad("url_mismatch", f"url {url!r} differs from this job's endpoint {self.url!r} "
+                       "(one endpoint per job)")
+        return Request(custom_id=custom_id, line=line, url=url, body=body, spec=spec)
+
+    def take_new_ids(self) -> list[int]:
+        """Hashes accepted since the last call, for the job's ids file."""
+        out, self.new_ids = self.new_ids, []
+        return out
+
+
+def result_line(job: str, request: Request, outcome: Outcome) -> bytes:
+    """The OpenAI batch output line for an answered request."""
+    return orjson.dumps({
+        "id": stable_id("batch_req_", job, request.custom_id),
+        "custom_id": request.custom_id,
+        "response": {"status_code": 200, "request_id": stable_id("req_", job, request.custom_id),
+                     "body": outcome.body},
+        "error": None,
+    }) + b"\n"
+
+
+def _raw_fields(raw: bytes) -> dict[str, Any]:
+    try:
+        return {"request": raw.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"request": raw.decode("utf-8", "backslashreplace"), "request_base64": base64.b64encode(raw).decode()}
+
+
+def deadletter_line(job: str, bad: BadLine) -> bytes:
+    """The deadletter record for a bad line: where it was, what it was, what went wrong."""
+    return orjson.dumps({
+        "job": job, "line": bad.line, "custom_id": bad.custom_id, **_raw_fields(bad.raw),
+        "error": {"code": bad.code, "message": bad.message}, "attempts": bad.attempts,
+    }) + b"\n"
+
+
+def failed_request(request: Request, raw: bytes, outcome: Outcome, attempts: int) -> BadLine:
+    """A valid request that the engine could not answer, as a deadletter entry."""
+    return BadLine(request.line, raw, outcome.error_code or "engine_error",
+                   outcome.error_message or "the engine failed on this request", request.custom_id, attempts)
+
+
+def error_line(record: dict[str, Any]) -> bytes:
+    """A deadletter record as an OpenAI batch error-file line."""
+    custom_id = record.get("custom_id")
+    return orjson.dumps({
+        "id": stable_id("batch_req_", str(record.get("job")), str(custom_id), str(record.get("line"))),
+        "custom_id": custom_id,
+        "response": None,
+        "error": {"code": record["error"]["code"],
+                  "message": f"line {record.get('line')}: {record['error']['message']}"},
+    }) + b"\n"

@@ -1,0 +1,303 @@
+"""The spool directory: its layout, job ids, and claiming work with locks and renames.
+
+``Spool(root)`` knows every path; no other module joins spool paths by hand. Claiming is
+a global claim lock (held for milliseconds) around an atomic rename from ``inbox/`` to
+``active/`` plus a per-job lock that the owning daemon holds for as long as it works on
+the job. The kernel drops that lock when its holder dies, which is how another daemon
+knows it may take the job over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import stat
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from spoolbatch.errors import SpoolError
+from spoolbatch.fsutil import atomic_write, fsync_dir
+
+DIRS = ("inbox", "active", "done", "deadletter", "rejected", "logs", "workers", "control", "groups")
+IGNORED_SUFFIXES = (".tmp", ".part")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+MAX_ID_LEN = 100
+RefuseHook = Callable[[str, str], None]
+
+
+class Waiting(StrEnum):
+    """Why an inbox file is not claimable yet."""
+
+    SETTLING = "settling"
+
+
+def sanitize_job_id(name: str) -> str:
+    """A job id from a file name: no path separators, no leading dots, safe characters only."""
+    base = name.rsplit("/", 1)[-1]
+    for suffix in (".jsonl", ".json", ".ndjson"):
+        if base.lower().endswith(suffix):
+            base = base[: -len(suffix)]
+            break
+    base = _UNSAFE.sub("_", base).lstrip("._-")[:MAX_ID_LEN].rstrip("._-")
+    return base or "job"
+
+
+def is_ignored(name: str) -> bool:
+    """Dotfiles and temporary names are never jobs."""
+    return name.startswith(".") or name.endswith(IGNORED_SUFFIXES)
+
+
+@dataclass(slots=True)
+class Claim:
+    """A job this process owns until ``release``; ``taken_over`` when its last owner died."""
+
+    job: str
+    input_path: Path
+    lock: FileLock
+    taken_over: bool = False
+    original_name: str = ""
+
+    def release(self) -> None:
+        """Give up ownership (the lock file stays; locks are per open file, not per path)."""
+        self.lock.release()
+
+
+@dataclass(frozen=True, slots=True)
+class InboxEntry:
+    """One file waiting in the inbox."""
+
+    name: str
+    path: Path
+    size: int
+    mtime: float
+
+
+class Spool:
+    """Every path of a spool root, and the operations that move files between them."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        for name in DIRS:
+            setattr(self, name, self.root / name)
+        self.inbox: Path
+        self.active: Path
+        self.done: Path
+        self.deadletter: Path
+        self.rejected: Path
+        self.logs: Path
+        self.workers: Path
+        self.control: Path
+        self.groups: Path
+        self.heartbeat = self.root / "heartbeat"
+        self.metrics = self.root / "metrics.prom"
+        self.config_file = self.root / "config.toml"
+        self._claim_lock = self.root / ".claim.lock"
+
+    # --- layout ---------------------------------------------------------------------------
+    def init(self) -> None:
+        """Create the layout (idempotent), private to the current user."""
+        old = os.umask(0o077)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            for name in DIRS:
+                (self.root / name).mkdir(exist_ok=True)
+        finally:
+            os.umask(old)
+
+    def exists(self) -> bool:
+        """True when ``init`` has been run here."""
+        return all((self.root / name).is_dir() for name in DIRS)
+
+    def require(self) -> None:
+        """Raise a clear error when the spool has not been initialised."""
+        if not self.exists():
+            raise SpoolError(f"{self.root} is not a spool", hint=f"run `spoolbatch init --spool {self.root}`")
+
+    def input(self, job: str) -> Path:
+        """The claimed input of a running job."""
+        return self.active / f"{job}.jsonl"
+
+    def job_lock(self, job: str) -> Path:
+        """The lock a daemon holds while it owns ``job``."""
+        return self.active / f"{job}.lock"
+
+    def archived_input(self, job: str) -> Path:
+        """Where a finished job's input is kept (for `retry` and audits)."""
+        return self.done / f"{job}.input.jsonl"
+
+    def results(self, job: str) -> Path:
+        """OpenAI batch output lines of ``job``."""
+        return self.done / f"{job}.results.jsonl"
+
+    def checkpoint(self, job: str) -> Path:
+        """The checkpoint sidecar of ``job``."""
+        return self.done / f"{job}.checkpoint.json"
+
+    def ids(self, job: str) -> Path:
+        """The append-only file of custom_id hashes seen, for duplicate detection across chunks."""
+        return self.done / f"{job}.ids"
+
+    def deadletter_file(self, job: str) -> Path:
+        """Bad records of ``job``."""
+        return self.deadletter / f"{job}.jsonl"
+
+    def rejected_file(self, job: str) -> Path:
+        """A whole file that was refused."""
+        return self.rejected / f"{job}.jsonl"
+
+    def rejected_reason(self, job: str) -> Path:
+        """Why a whole file was refused."""
+        return self.rejected / f"{job}.reason.json"
+
+    def log(self, job: str) -> Path:
+        """The per-job log that `spoolbatch logs` shows."""
+        return self.logs / f"{job}.log"
+
+    def cancel_marker(self, job: str) -> Path:
+        """Present while a cancel of a running job is pending."""
+        return self.control / f"{job}.cancel"
+
+    def group(self, name: str) -> Path:
+        """The manifest of a group of jobs made by `submit --split`."""
+        return self.groups / f"{name}.json"
+
+    def worker_file(self, worker_id: str) -> Path:
+        """One daemon's own heartbeat."""
+        return self.workers / f"{worker_id}.json"
+
+    # --- job ids ---------------------------------------------------------------------------
+    def job_exists(self, job: str, own_inbox_name: str | None = None) -> bool:
+        """True when any file of ``job`` is anywhere in the spool (ids are never reused).
+
+        ``own_inbox_name`` is the inbox file being claimed: it does not collide with itself.
+        """
+        queued = self.inbox / f"{job}.jsonl"
+        return (queued.name != own_inbox_name and (queued.exists() or queued.is_symlink())) or any(
+            p.exists() or p.is_symlink() for p in (self.input(job), self.checkpoint(job),
+            self.rejected_file(job), self.rejected_reason(job), self.results(job), self.group(job),
+        ))
+
+    def unique_job_id(self, name: str, taken: set[str] | None = None, own_inbox_name: str | None = None) -> str:
+        """The sanitised id for ``name``, with ``-2``, ``-3``... when it is already used."""
+        base = sanitize_job_id(name)
+        job, n = base, 1
+        while self.job_exists(job, own_inbox_name) or (taken and job in taken):
+            n += 1
+            job = f"{base}-{n}"
+        return job
+
+    # --- inbox -----------------------------------------------------------------------------
+    def inbox_entries(self) -> list[InboxEntry]:
+        """Waiting files, oldest first; ignored names are left out, odd ones included."""
+        entries = []
+        try:
+            with os.scandir(self.inbox) as it:
+                for entry in it:
+                    if is_ignored(entry.name):
+                        continue
+                    st = entry.stat(follow_symlinks=False)
+                    entries.append(InboxEntry(entry.name, Path(entry.path), st.st_size, st.st_mtime))
+        except FileNotFoundError:
+            raise SpoolError(f"{self.inbox} is missing", hint="run `spoolbatch init`") from None
+        entries.sort(key=lambda e: (e.mtime, e.name))
+        return entries
+
+    @contextlib.contextmanager
+    def claim_lock(self, timeout: float = 30.0) -> Iterator[None]:
+        """Serialise claims between daemons; held only for a scan and a rename."""
+        lock = FileLock(self._claim_lock, timeout=timeout, mode=0o600, preserve_lock_file=True)
+        with lock:
+            yield
+
+    def _try_job_lock(self, job: str) -> FileLock | None:
+        lock = FileLock(self.job_lock(job), timeout=0, mode=0o600, thread_local=False, preserve_lock_file=True)
+        try:
+            lock.acquire()
+        except Timeout:
+            return None
+        return lock
+
+    def running_jobs(self) -> list[str]:
+        """Jobs whose input sits in ``active/``, owned or orphaned."""
+        try:
+            return sorted(p.name[: -len(".jsonl")] for p in self.active.iterdir()
+                          if p.name.endswith(".jsonl") and not p.name.startswith("."))
+        except FileNotFoundError:
+            return []
+
+    def job_is_owned(self, job: str) -> bool:
+        """True when a live process holds ``job``'s lock."""
+        lock = self._try_job_lock(job)
+        if lock is None:
+            return True
+        lock.release()
+        return False
+
+    def claim(self, settle_seconds: float, now: float | None = None,
+              on_refused: RefuseHook | None = None) -> tuple[Claim | None, int]:
+        """Claim one job: an orphan first, else the oldest settled inbox file.
+
+        Returns the claim (or None) and how many inbox files are still settling, so that
+        ``run --once`` waits for a file copied in just before it started.
+        """
+        now = time.time() if now is None else now
+        settling = 0
+        with self.claim_lock():
+            for job in self.running_jobs():
+                lock = self._try_job_lock(job)
+                if lock is not None:
+                    return Claim(job, self.input(job), lock, taken_over=True), settling
+            for entry in self.inbox_entries():
+                try:
+                    st = os.lstat(entry.path)
+                except FileNotFoundError:
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    what = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+                    self._refuse_odd(entry, what, on_refused)
+                    continue
+                if now - st.st_mtime < settle_seconds:
+                    settling += 1
+                    continue
+                job = self.unique_job_id(entry.name, own_inbox_name=entry.name)
+                target = self.input(job)
+                lock = self._try_job_lock(job)
+                if lock is None:  # someone else is finishing a job of that id: try later
+                    continue
+                try:
+                    os.rename(entry.path, target)
+                except FileNotFoundError:
+                    lock.release()
+                    continue
+                fsync_dir(self.active)
+                fsync_dir(self.inbox)
+                return Claim(job, target, lock, original_name=entry.name), settling
+        return None, settling
+
+    def _refuse_odd(self, entry: InboxEntry, what: str, on_refused: RefuseHook | None) -> None:
+        """Move a symlink or device node out of the inbox without following it."""
+        job = self.unique_job_id(entry.name, own_inbox_name=entry.name)
+        target = self.rejected_file(job)
+        try:
+            os.rename(entry.path, target)
+        except FileNotFoundError:
+            return
+        reason = f"{entry.name}: {what}; spoolbatch does not follow links or read special files"
+        self.write_rejection(job, entry.name, "not_a_regular_file", reason)
+        if on_refused:
+            on_refused(job, reason)
+
+    def write_rejection(self, job: str, name: str, code: str, reason: str, hint: str | None = None) -> None:
+        """Record why a whole file was refused, beside it in ``rejected/``."""
+        import orjson
+
+        atomic_write(self.rejected_reason(job), orjson.dumps(
+            {"job": job, "file": name, "code": code, "reason": reason, "hint": hint, "at": time.time()},
+            option=orjson.OPT_INDENT_2))
+

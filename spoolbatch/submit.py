@@ -1,0 +1,201 @@
+"""`spoolbatch submit`: validate a job file streaming, apply the limits, place it atomically.
+
+Placing is write-to-a-dotfile-in-the-inbox, fsync, rename: the daemon never sees a
+partial file. ``--split`` cuts a file over the per-job limits into parts within them and
+records the parts as one group whose results one command returns.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import orjson
+
+from spoolbatch.checkpoint import Checkpoint, JobStatus
+from spoolbatch.config import Config
+from spoolbatch.errors import InputError, LimitExceeded
+from spoolbatch.fsutil import FILE_MODE, atomic_write, fsync_dir, unique_suffix
+from spoolbatch.preflight import check_file, count_lines
+from spoolbatch.records import BadLine, LineParser
+from spoolbatch.spool import Spool, sanitize_job_id
+
+MAX_REPORTED = 10
+
+
+@dataclass(slots=True)
+class Validation:
+    """What a streaming pass over a job file found."""
+
+    requests: int = 0
+    bad: list[BadLine] = field(default_factory=list)
+    bad_count: int = 0
+    model: str | None = None
+    url: str | None = None
+    max_output_tokens: int = 0
+
+
+@dataclass(slots=True)
+class Submitted:
+    """The job ids a submit placed (one, or a group's parts) and what they hold."""
+
+    jobs: list[str]
+    requests: int
+    group: str | None = None
+    validation: Validation | None = None
+    estimate_seconds: float | None = None
+    estimate_basis: str = ""
+
+
+def validate(path: Path, config: Config) -> Validation:
+    """Parse every line as the daemon will; keep the first few bad lines for the message."""
+    out = Validation()
+    parser = LineParser(max_line_bytes=config.max_line_bytes)
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            parsed = parser.parse(raw, n)
+            parser.take_new_ids()
+            if parsed is None:
+                continue
+            if isinstance(parsed, BadLine):
+                out.bad_count += 1
+                if len(out.bad) < MAX_REPORTED:
+                    out.bad.append(parsed)
+                continue
+            out.requests += 1
+            out.max_output_tokens += (parsed.spec.max_tokens or 0) * parsed.spec.n
+    out.model, out.url = parser.model, parser.url
+    return out
+
+
+def queued(spool: Spool) -> tuple[int, int]:
+    """(jobs, requests) waiting in the inbox."""
+    jobs = requests = 0
+    for entry in spool.inbox_entries():
+        if entry.path.is_file() and not entry.path.is_symlink():
+            jobs += 1
+            requests += count_lines(entry.path)[1]
+    return jobs, requests
+
+
+def _check_queue(spool: Spool, config: Config, jobs: int, requests: int, shown: str) -> None:
+    have_jobs, have_requests = queued(spool)
+    hint = "wait for the daemon to drain the queue, or raise the limit in config.toml"
+    if have_jobs + jobs > config.max_queued_jobs:
+        raise LimitExceeded("queued jobs", have_jobs + jobs, config.max_queued_jobs, path=shown, hint=hint)
+    if have_requests + requests > config.max_queued_requests:
+        raise LimitExceeded("queued requests", have_requests + requests, config.max_queued_requests,
+                            path=shown, hint=hint)
+
+
+def _parts(f: BinaryIO, max_lines: int, max_bytes: int) -> Iterator[list[bytes]]:
+    part: list[bytes] = []
+    size = 0
+    for raw in f:
+        if not raw.endswith(b"\n"):
+            raw += b"\n"
+        if part and (len(part) >= max_lines or size + len(raw) > max_bytes):
+            yield part
+            part, size = [], 0
+        part.append(raw)
+        size += len(raw)
+    if part:
+        yield part
+
+
+def _place(spool: Spool, job: str, write: Iterator[bytes] | list[bytes]) -> None:
+    """Write the job into a dotfile in the inbox, fsync, rename into place."""
+    tmp = spool.inbox / f".{job}.{unique_suffix()}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
+        with os.fdopen(fd, "wb") as out:
+            for chunk in write:
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        os.rename(tmp, spool.inbox / f"{job}.jsonl")
+        fsync_dir(spool.inbox)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _copy(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            yield block
+
+
+def estimate(spool: Spool, validation: Validation) -> tuple[float | None, str]:
+    """Seconds the job may take, from the throughput of jobs this spool finished before."""
+    lines = seconds = 0.0
+    try:
+        paths = list(spool.done.glob("*.checkpoint.json"))
+    except OSError:
+        paths = []
+    for p in paths[-50:]:
+        ckpt = Checkpoint.load(p)
+        if ckpt and ckpt.status == JobStatus.COMPLETED and ckpt.busy_seconds > 0:
+            lines += ckpt.lines_consumed
+            seconds += ckpt.busy_seconds
+    if not lines:
+        return None, "no finished job on this spool to measure throughput from yet"
+    rate = lines / seconds
+    return validation.requests / rate, f"at {rate:,.1f} requests/s, as measured on this spool's finished jobs"
+
+
+def submit(path: Path, config: Config, *, name: str | None = None, split: bool = False,
+           allow_bad_lines: bool = False) -> Submitted:
+    """Validate ``path`` and place it in the inbox (or its parts, with ``split``)."""
+    spool = Spool(config.spool)
+    spool.require()
+    shown = str(path)
+    if not path.is_file():
+        raise InputError("no such file", path=shown, code="not_found")
+    limit = (1 << 62) if split else config.max_job_bytes
+    facts = check_file(path, max_bytes=limit, max_requests=(1 << 62) if split else config.max_requests_per_job,
+                       name=shown)
+    result = validate(path, config)
+    if result.bad_count and not allow_bad_lines:
+        first = result.bad[0]
+        raise InputError(
+            f"{first.message} ({result.bad_count:,} bad line(s) in all)", path=shown, line=first.line,
+            code=first.code, hint="fix the lines, or pass --allow-bad-lines to send them to deadletter")
+    if not result.requests:
+        raise InputError("the file holds no valid request", path=shown, code="no_requests")
+    base = name or path.name
+    with spool.claim_lock():
+        if not split or (facts.lines <= config.max_requests_per_job and facts.size <= config.max_job_bytes):
+            _check_queue(spool, config, 1, facts.lines, shown)
+            job = spool.unique_job_id(base)
+            _place(spool, job, _copy(path))
+            seconds, basis = estimate(spool, result)
+            return Submitted([job], result.requests, validation=result, estimate_seconds=seconds,
+                             estimate_basis=basis)
+        parts = -(-facts.lines // config.max_requests_per_job)
+        _check_queue(spool, config, parts, facts.lines, shown)
+        group = spool.unique_job_id(base)
+        jobs: list[str] = []
+        taken: set[str] = {group}
+        with open(path, "rb") as f:
+            for i, part in enumerate(_parts(f, config.max_requests_per_job, config.max_job_bytes), start=1):
+                job = spool.unique_job_id(f"{sanitize_job_id(group)}.part{i:03d}", taken)
+                taken.add(job)
+                _place(spool, job, part)
+                jobs.append(job)
+        atomic_write(spool.group(group), orjson.dumps({"group": group, "source": path.name, "jobs": jobs,
+                                                       "requests": result.requests}, option=orjson.OPT_INDENT_2))
+    seconds, basis = estimate(spool, result)
+    return Submitted(jobs, result.requests, group=group, validation=result, estimate_seconds=seconds,
+                     estimate_basis=basis)
+
+
+def write_job(spool: Spool, name: str, lines: list[bytes]) -> str:
+    """Place ``lines`` as a new job named after ``name`` (used by `retry`)."""
+    with spool.claim_lock():
+        job = spool.unique_job_id(name)
+        _place(spool, job, [ln if ln.endswith(b"\n") else ln + b"\n" for ln in lines])
+    return job

@@ -1,0 +1,126 @@
+"""Shared fixtures: spools, job files, and daemons run as real subprocesses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from spoolbatch.config import Config, load_config
+from spoolbatch.spool import Spool
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def chat_line(i: int, model: str = "m", **body: Any) -> dict[str, Any]:
+    """One valid chat request line."""
+    return {"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": model, "messages": [{"role": "user", "content": f"question {i}"}],
+                     "max_tokens": 8, **body}}
+
+
+def write_jsonl(path: Path, records: list[Any]) -> Path:
+    """Write records (dicts as JSON, bytes/str verbatim) one per line."""
+    with open(path, "wb") as f:
+        for r in records:
+            if isinstance(r, bytes):
+                f.write(r + b"\n")
+            elif isinstance(r, str):
+                f.write(r.encode() + b"\n")
+            else:
+                f.write(orjson.dumps(r) + b"\n")
+    return path
+
+
+def drop(spool: Spool, name: str, records: list[Any], age: float = 60.0) -> Path:
+    """Put a job in the inbox as `cp` would, aged past the settle time."""
+    path = write_jsonl(spool.inbox / name, records)
+    past = time.time() - age
+    os.utime(path, (past, past))
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Every line of a JSONL file, each of which must be whole JSON."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    assert not data or data.endswith(b"\n"), f"{path} ends with a torn line"
+    return [orjson.loads(line) for line in data.splitlines()]
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Spool:
+    """An initialised, empty spool."""
+    sp = Spool(tmp_path / "spool")
+    sp.init()
+    return sp
+
+
+@pytest.fixture
+def config(spool: Spool) -> Config:
+    """Fake engine, small chunks, no settle wait, fast heartbeat."""
+    return load_config(spool.root, env={}, engine="fake", chunk_size=10, settle_seconds=0,
+                       poll_interval=0.1, heartbeat_interval=0.2, max_attempts=2)
+
+
+def daemon_cmd(spool: Spool, *args: str) -> list[str]:
+    """The command line of a fake-engine daemon on ``spool``."""
+    return [sys.executable, "-m", "spoolbatch", "run", "--spool", str(spool.root), "--engine", "fake",
+            "--settle-seconds", "0", "--poll-interval", "0.1", "--heartbeat-interval", "0.2", "-q", *args]
+
+
+@pytest.fixture
+def start_daemon(spool: Spool) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start daemons as subprocesses; every one still running is killed at teardown."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(daemon_cmd(spool, *args), cwd=REPO, env={**os.environ, **(env or {})},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        if proc.stderr:
+            proc.stderr.close()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.05) -> Any:
+    """Poll until ``predicate`` is truthy; fail the test on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {predicate}")
+
+
+def assert_exactly_once(spool: Spool, job: str, expected_ids: set[str]) -> tuple[int, int]:
+    """Every expected custom_id is in results or deadletter exactly once; files agree with the checkpoint."""
+    results = read_jsonl(spool.results(job))
+    dead = read_jsonl(spool.deadletter_file(job))
+    seen = [r["custom_id"] for r in results] + [d["custom_id"] for d in dead if d.get("custom_id")]
+    assert len(seen) == len(set(seen)), f"duplicates: {len(seen) - len(set(seen))}"
+    assert set(seen) == expected_ids, f"missing {len(expected_ids - set(seen))}, extra {len(set(seen) - expected_ids)}"
+    ckpt = orjson.loads(spool.checkpoint(job).read_bytes())
+    assert ckpt["status"] == "completed"
+    assert ckpt["results_bytes"] == spool.results(job).stat().st_size
+    assert ckpt["requests_done"] == len(results)
+    assert ckpt["requests_failed"] == len(dead)
+    if dead:
+        assert ckpt["deadletter_bytes"] == spool.deadletter_file(job).stat().st_size
+    return len(results), len(dead)
