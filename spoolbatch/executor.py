@@ -80,6 +80,7 @@ class ChunkExecutor:
         result = ChunkRun(outcomes=[Outcome.fail("not_run", "not run")] * len(requests),
                           attempts=[0] * len(requests))
         pending: list[list[int]] = [list(range(len(requests)))]
+        alone = [0] * len(requests)  # failures while run on its own: what gives a request up
         failures = 0
         while pending:
             idx = pending.pop()
@@ -101,20 +102,27 @@ class ChunkExecutor:
                     half = len(idx) // 2
                     self.log(f"batch of {len(idx)} failed ({message}); splitting into {half} + {len(idx) - half}")
                     pending.extend([idx[half:], idx[:half]])
-                elif result.attempts[idx[0]] >= self.max_attempts:
-                    i = idx[0]
-                    code = "out_of_memory" if is_out_of_memory(exc) else "engine_error"
-                    result.outcomes[i] = Outcome.fail(
-                        code, f"failed on its own after {result.attempts[i]} attempts: {message}")
-                    self.log(f"request {requests[i].custom_id!r} (line {requests[i].line}) gave up: {message}")
                 else:
-                    pending.append(idx)
+                    self._fail_alone(idx[0], requests, result, alone, exc, pending)
                 self.sleep(min(self.backoff_cap, self.backoff * 2 ** min(failures - 1, 10)) if self.backoff else 0)
                 continue
             for i, out in zip(idx, outs, strict=True):
                 result.attempts[i] += 1
                 result.outcomes[i] = out
         return result
+
+    def _fail_alone(self, i: int, requests: Sequence[Request], result: ChunkRun, alone: list[int],
+                    exc: BaseException, pending: list[list[int]]) -> None:
+        """A request failed on its own: retry it, or give it up after ``max_attempts`` such failures."""
+        alone[i] += 1
+        if alone[i] < self.max_attempts:
+            pending.append([i])
+            return
+        message = describe(exc)
+        code = "out_of_memory" if is_out_of_memory(exc) else "engine_error"
+        result.outcomes[i] = Outcome.fail(
+            code, f"failed on its own {alone[i]} times ({result.attempts[i]} attempts in all): {message}")
+        self.log(f"request {requests[i].custom_id!r} (line {requests[i].line}) gave up: {message}")
 
     @staticmethod
     def _looks_dead(exc: BaseException) -> bool:

@@ -1,0 +1,228 @@
+"""The job pipeline in-process: chunks, checkpoints, resume, cancel, retry, groups, limits."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import orjson
+import pytest
+
+from spoolbatch import jobs
+from spoolbatch.checkpoint import Checkpoint, JobStatus
+from spoolbatch.config import Config
+from spoolbatch.daemon import Daemon
+from spoolbatch.engines.base import Outcome, Request
+from spoolbatch.engines.fake import FakeEngine
+from spoolbatch.errors import InputError, LimitExceeded
+from spoolbatch.executor import ChunkExecutor
+from spoolbatch.spool import Spool, sanitize_job_id
+from spoolbatch.submit import submit
+
+from .conftest import assert_exactly_once, chat_line, drop, read_jsonl, write_jsonl
+
+
+def drain(config: Config) -> Daemon:
+    daemon = Daemon(config, echo=False)
+    while daemon.loop_once().worked:
+        pass
+    return daemon
+
+
+def test_job_runs_in_chunks_and_every_line_is_accounted_for(spool: Spool, config: Config) -> None:
+    records: list[object] = [chat_line(i) for i in range(25)]
+    records.insert(5, "{broken")
+    drop(spool, "job.jsonl", records)
+    drain(config)
+    ckpt = Checkpoint.load(spool.checkpoint("job"))
+    assert ckpt is not None
+    assert ckpt.chunks == 3 and ckpt.lines_consumed == 26 and ckpt.status == JobStatus.COMPLETED
+    assert assert_exactly_once(spool, "job", {f"req-{i}" for i in range(25)}) == (25, 1)
+    dead = read_jsonl(spool.deadletter_file("job"))
+    assert [(d["line"], d["error"]["code"], d["request"]) for d in dead] == [(6, "invalid_json", "{broken")]
+    assert spool.archived_input("job").exists() and not spool.input("job").exists()
+    assert ckpt.completion_tokens > 0 and ckpt.prompt_tokens > 0
+
+
+def test_results_are_openai_batch_lines(spool: Spool, config: Config) -> None:
+    from openai.types.chat import ChatCompletion
+
+    drop(spool, "job.jsonl", [chat_line(i) for i in range(3)])
+    drain(config)
+    for line in read_jsonl(spool.results("job")):
+        assert line["id"].startswith("batch_req_") and line["error"] is None
+        assert line["response"]["status_code"] == 200
+        ChatCompletion.model_validate(line["response"]["body"])
+
+
+def crash_midway(spool: Spool, config: Config, job: str, chunks: int) -> None:
+    """Run ``chunks`` chunks, then leave garbage past the committed offsets as a crash would."""
+    daemon = Daemon(config, echo=False)
+    calls = {"n": 0}
+
+    def stop() -> bool:
+        calls["n"] += 1
+        return calls["n"] > chunks
+
+    claim, _ = spool.claim(0)
+    assert claim is not None
+    from spoolbatch.jobrunner import JobRunner
+    JobRunner(spool, claim, config, daemon.executor, should_stop=stop, echo=False).run()
+    claim.release()
+    for path in (spool.results(job), spool.deadletter_file(job), spool.ids(job)):
+        with open(path, "ab") as f:
+            f.write(b'{"torn": tr')
+
+
+def test_resume_cuts_files_back_to_the_checkpoint(spool: Spool, config: Config) -> None:
+    drop(spool, "job.jsonl", [chat_line(i) for i in range(35)] + ["[1]"])
+    crash_midway(spool, config, "job", chunks=2)
+    ckpt = Checkpoint.load(spool.checkpoint("job"))
+    assert ckpt is not None and ckpt.lines_consumed == 20 and ckpt.status == JobStatus.RUNNING
+    drain(config)
+    assert assert_exactly_once(spool, "job", {f"req-{i}" for i in range(35)}) == (35, 1)
+    final = Checkpoint.load(spool.checkpoint("job"))
+    assert final is not None and final.resumes == 1
+
+
+def test_duplicates_are_caught_across_a_resume(spool: Spool, config: Config) -> None:
+    drop(spool, "job.jsonl", [chat_line(i) for i in range(15)] + [chat_line(3)])
+    crash_midway(spool, config, "job", chunks=1)
+    drain(config)
+    dead = read_jsonl(spool.deadletter_file("job"))
+    assert [(d["line"], d["error"]["code"]) for d in dead] == [(16, "duplicate_custom_id")]
+
+
+def test_a_file_over_the_limit_is_refused_whole(spool: Spool, config: Config) -> None:
+    drop(spool, "big.jsonl", [chat_line(i) for i in range(12)])
+    drain(config.replace(max_requests_per_job=10))
+    reason = orjson.loads(spool.rejected_reason("big").read_bytes())
+    assert reason["code"] == "limit_exceeded" and "requests per job" in reason["reason"]
+    assert spool.rejected_file("big").exists() and not spool.checkpoint("big").exists()
+
+
+def test_job_ids_never_overwrite_earlier_results(spool: Spool, config: Config) -> None:
+    drop(spool, "job.jsonl", [chat_line(1)])
+    drain(config)
+    drop(spool, "job.jsonl", [chat_line(2)])
+    drain(config)
+    assert [r["custom_id"] for r in read_jsonl(spool.results("job"))] == ["req-1"]
+    assert [r["custom_id"] for r in read_jsonl(spool.results("job-2"))] == ["req-2"]
+
+
+@pytest.mark.parametrize(("name", "job"), [
+    ("../../etc/passwd", "passwd"), ("..hidden.jsonl", "hidden"), ("a b$c.jsonl", "a_b_c"),
+    ("ünï\ncode.jsonl", "n_code"), ("....jsonl", "job"),
+])
+def test_job_ids_are_sanitised(name: str, job: str) -> None:
+    assert sanitize_job_id(name) == job
+
+
+def test_cancel_a_queued_job_removes_it(spool: Spool) -> None:
+    drop(spool, "q.jsonl", [chat_line(1)])
+    assert "removed" in jobs.cancel(spool, "q")
+    assert not list(spool.inbox.iterdir())
+
+
+def test_cancel_a_running_job_stops_at_a_chunk_boundary(spool: Spool, config: Config) -> None:
+    drop(spool, "job.jsonl", [chat_line(i) for i in range(40)])
+    crash_midway(spool, config, "job", chunks=1)
+    assert "cancel requested" in jobs.cancel(spool, "job")
+    drain(config)
+    ckpt = Checkpoint.load(spool.checkpoint("job"))
+    assert ckpt is not None and ckpt.status == JobStatus.CANCELLED and ckpt.lines_consumed == 10
+    assert len(read_jsonl(spool.results("job"))) == 10
+    assert not spool.cancel_marker("job").exists()
+
+
+def test_retry_resubmits_deadletter_records(spool: Spool, config: Config) -> None:
+    drop(spool, "job.jsonl", [chat_line(1), chat_line(2, temperature=9)])
+    drain(config)
+    new, n = jobs.retry(spool, "job")
+    assert (new, n) == ("job.retry", 1)
+    assert orjson.loads((spool.inbox / "job.retry.jsonl").read_bytes())["custom_id"] == "req-2"
+
+
+def test_errors_are_openai_error_lines(spool: Spool, config: Config) -> None:
+    drop(spool, "job.jsonl", [chat_line(1), b"nope"])
+    drain(config)
+    (line,) = list(jobs.errors(spool, "job"))
+    err = orjson.loads(line)
+    assert err["response"] is None and err["error"]["code"] == "invalid_json" and "line 2" in err["error"]["message"]
+
+
+def test_submit_validates_places_atomically_and_estimates(spool: Spool, config: Config, tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", [chat_line(i) for i in range(5)])
+    result = submit(src, config)
+    assert result.jobs == ["in"] and result.requests == 5 and result.estimate_seconds is None
+    assert [p.name for p in spool.inbox.iterdir()] == ["in.jsonl"]
+    os.utime(spool.inbox / "in.jsonl", (0, 0))
+    drain(config)
+    again = submit(src, config)
+    assert again.jobs == ["in-2"] and again.estimate_seconds is not None
+
+
+def test_submit_names_the_bad_line(config: Config, tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", [chat_line(1), chat_line(2, model="x")])
+    with pytest.raises(InputError) as info:
+        submit(src, config)
+    assert info.value.line == 2 and "in.jsonl:2" in info.value.message
+
+
+def test_submit_limits_and_split_into_a_group(spool: Spool, config: Config, tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "big.jsonl", [chat_line(i) for i in range(25)])
+    small = config.replace(max_requests_per_job=10)
+    with pytest.raises(LimitExceeded) as info:
+        submit(src, small)
+    assert info.value.limit == "requests per job" and "--split" in (info.value.hint or "")
+    result = submit(src, small, split=True)
+    assert result.group == "big" and result.jobs == ["big.part001", "big.part002", "big.part003"]
+    for p in spool.inbox.iterdir():
+        os.utime(p, (0, 0))
+    drain(small)
+    ids = [orjson.loads(line)["custom_id"] for line in jobs.results(spool, "big")]
+    assert sorted(ids) == sorted(f"req-{i}" for i in range(25))
+    with pytest.raises(LimitExceeded) as q:
+        submit(src, small.replace(max_queued_requests=20), split=True)
+    assert q.value.limit == "queued requests"
+
+
+def test_queue_limit_on_jobs(config: Config, tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", [chat_line(1)])
+    limited = config.replace(max_queued_jobs=2)
+    submit(src, limited)
+    submit(src, limited)
+    with pytest.raises(LimitExceeded, match="queued jobs"):
+        submit(src, limited)
+
+
+class FlakyEngine(FakeEngine):
+    """Raises out-of-memory on batches above ``max_batch`` and always fails on ``poison`` ids."""
+
+    def __init__(self, max_batch: int, poison: set[str]) -> None:
+        super().__init__()
+        self.max_batch = max_batch
+        self.poison = poison
+        self.calls = 0
+
+    def run(self, requests: list[Request]) -> list[Outcome]:  # type: ignore[override]
+        self.calls += 1
+        if len(requests) > self.max_batch:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        if any(r.custom_id in self.poison for r in requests):
+            raise RuntimeError("engine core died unexpectedly")
+        return super().run(requests)
+
+
+def test_executor_splits_on_oom_and_deadletters_a_poison_request(spool: Spool, config: Config) -> None:
+    engine = FlakyEngine(max_batch=4, poison={"req-7"})
+    drop(spool, "job.jsonl", [chat_line(i) for i in range(20)])
+    daemon = Daemon(config.replace(chunk_size=20), echo=False)
+    daemon.executor = ChunkExecutor(lambda: engine, max_attempts=3, backoff=0)
+    while daemon.loop_once().worked:
+        pass
+    assert assert_exactly_once(spool, "job", {f"req-{i}" for i in range(20)}) == (19, 1)
+    (dead,) = read_jsonl(spool.deadletter_file("job"))
+    assert dead["custom_id"] == "req-7" and dead["error"]["code"] == "engine_error"
+    assert "on its own 3 times" in dead["error"]["message"] and dead["attempts"] >= 3
+    assert engine.calls < 40

@@ -1,0 +1,108 @@
+"""The OpenAI line format: validation of input lines and shape of output lines."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from spoolbatch.errors import RequestError
+from spoolbatch.records import BadLine, LineParser, deadletter_line, error_line
+from spoolbatch.sampling import CHAT, COMPLETIONS, EMBEDDINGS, parse_spec
+
+from .conftest import chat_line
+
+
+def parse(parser: LineParser, obj: object, line: int = 1) -> object:
+    raw = obj if isinstance(obj, bytes) else orjson.dumps(obj)
+    return parser.parse(raw + b"\n", line)
+
+
+@pytest.mark.parametrize(("raw", "code"), [
+    (b"{not json", "invalid_json"),
+    (b"[1, 2]", "not_an_object"),
+    (b'"text"', "not_an_object"),
+    (b'{"method": "POST"}', "missing_custom_id"),
+    (b'{"custom_id": "", "method": "POST"}', "missing_custom_id"),
+    (b'{"custom_id": "a", "method": "GET", "url": "/v1/completions", "body": {}}', "invalid_method"),
+    (b'{"custom_id": "a", "method": "POST", "url": "/v1/images", "body": {}}', "invalid_url"),
+    (b'{"custom_id": "a", "method": "POST", "url": "/v1/completions", "body": [1]}', "invalid_body"),
+    (b'{"custom_id": "a", "method": "POST", "url": "/v1/completions", "body": {"prompt": "x"}}', "missing_field"),
+    (b'{"custom_id": "\xff\xfe"}', "invalid_utf8"),
+])
+def test_bad_lines_get_a_code(raw: bytes, code: str) -> None:
+    bad = LineParser().parse(raw, 7)
+    assert isinstance(bad, BadLine)
+    assert bad.code == code
+    assert bad.line == 7
+    assert bad.raw == raw
+
+
+def test_duplicate_and_model_mismatch_and_url_mismatch() -> None:
+    p = LineParser()
+    assert not isinstance(parse(p, chat_line(1)), BadLine)
+    dup = parse(p, chat_line(1), 2)
+    assert isinstance(dup, BadLine) and dup.code == "duplicate_custom_id" and dup.custom_id == "req-1"
+    other = parse(p, chat_line(2, model="other"), 3)
+    assert isinstance(other, BadLine) and other.code == "model_mismatch"
+    cmpl = {"custom_id": "c", "method": "POST", "url": COMPLETIONS, "body": {"model": "m", "prompt": "hi"}}
+    assert isinstance(parse(p, cmpl, 4), BadLine)
+
+
+def test_blank_lines_are_skipped_and_ids_are_remembered() -> None:
+    p = LineParser()
+    assert p.parse(b"\n", 1) is None
+    assert p.parse(b"  \r\n", 2) is None
+    parse(p, chat_line(5))
+    assert len(p.take_new_ids()) == 1
+    assert p.take_new_ids() == []
+
+
+def test_deadletter_keeps_invalid_utf8_bytes_exactly() -> None:
+    raw = b'{"custom_id": "x\xff"}'
+    bad = LineParser().parse(raw, 3)
+    assert isinstance(bad, BadLine)
+    record = orjson.loads(deadletter_line("job", bad))
+    import base64
+    assert base64.b64decode(record["request_base64"]) == raw
+    assert record["line"] == 3 and record["error"]["code"] == "invalid_utf8"
+    err = orjson.loads(error_line(record))
+    assert err["response"] is None and err["error"]["code"] == "invalid_utf8"
+
+
+@pytest.mark.parametrize(("url", "body", "code"), [
+    (CHAT, {"model": "m", "messages": []}, "missing_field"),
+    (CHAT, {"model": "m", "messages": [{"role": "wizard", "content": "x"}]}, "invalid_value"),
+    (CHAT, {"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 3}, "invalid_value"),
+    (CHAT, {"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": []}, "unsupported_parameter"),
+    (CHAT, {"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": True}, "unsupported_parameter"),
+    (CHAT, {"model": "m", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 3}, "invalid_value"),
+    (CHAT, {"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+     "unsupported_content"),
+    (CHAT, {"model": "m", "messages": [{"role": "user", "content": "x"}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "invalid_value"),
+    (COMPLETIONS, {"model": "m", "prompt": ["a", "b"]}, "invalid_value"),
+    (COMPLETIONS, {"model": "m", "prompt": "a", "echo": True}, "unsupported_parameter"),
+    (COMPLETIONS, {"model": "m", "prompt": "a", "max_tokens": "9"}, "invalid_type"),
+    (EMBEDDINGS, {"model": "m", "input": ""}, "invalid_value"),
+    (EMBEDDINGS, {"model": "m", "input": "a", "dimensions": 8}, "unsupported_parameter"),
+])
+def test_sampling_fields_are_honoured_or_refused(url: str, body: dict, code: str) -> None:
+    with pytest.raises(RequestError) as info:
+        parse_spec(url, body)
+    assert info.value.code == code
+
+
+def test_sampling_spec_maps_fields() -> None:
+    spec = parse_spec(CHAT, {"model": "m", "messages": [{"role": "developer", "content": [{"type": "text",
+                                                                                          "text": "be brief"}]}],
+                             "max_completion_tokens": 5, "max_tokens": 99, "stop": "\n", "seed": 3, "n": 2,
+                             "logprobs": True, "top_logprobs": 2,
+                             "response_format": {"type": "json_schema", "json_schema": {"name": "s",
+                                                                                        "schema": {"type": "object"}}}})
+    assert spec.max_tokens == 5 and spec.stop == ("\n",) and spec.seed == 3 and spec.n == 2
+    assert spec.messages == ({"role": "system", "content": "be brief"},)
+    assert spec.logprobs and spec.top_logprobs == 2 and spec.json_schema == {"type": "object"}
+    cmpl = parse_spec(COMPLETIONS, {"model": "m", "prompt": ["only one"], "logprobs": 2})
+    assert cmpl.prompt == "only one" and cmpl.max_tokens == 16 and cmpl.top_logprobs == 2
+    emb = parse_spec(EMBEDDINGS, {"model": "e", "input": ["a", "b"], "encoding_format": "base64"})
+    assert emb.inputs == ("a", "b") and emb.encoding_format == "base64"
