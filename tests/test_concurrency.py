@@ -1,0 +1,88 @@
+"""Several daemons on one spool: each job has one owner, and a dead owner's job is taken over."""
+
+from __future__ import annotations
+
+import signal
+import socket
+from typing import Any
+
+import orjson
+import pytest
+
+from spoolbatch.spool import Spool
+
+from .conftest import assert_exactly_once, chat_line, drop, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def job_ids(job: str, n: int) -> set[str]:
+    """The custom_ids of a job made by ``job_records``."""
+    return {f"{job}-{i}" for i in range(n)}
+
+
+def job_records(job: str, n: int) -> list[dict[str, Any]]:
+    """``n`` valid lines whose ids are unique across jobs."""
+    return [{**chat_line(i), "custom_id": f"{job}-{i}"} for i in range(n)]
+
+
+def checkpoint(spool: Spool, job: str) -> dict[str, Any] | None:
+    """The job's checkpoint, or None before there is one."""
+    try:
+        return orjson.loads(spool.checkpoint(job).read_bytes())
+    except FileNotFoundError:
+        return None
+
+
+def test_three_daemons_process_each_job_exactly_once(spool: Spool, start_daemon: Any) -> None:
+    jobs = [f"job{k}" for k in range(6)]
+    for job in jobs:
+        drop(spool, f"{job}.jsonl", job_records(job, 200))
+    procs = [start_daemon("--once", "--chunk-size", "50", "--fake-latency", "0.001") for _ in range(3)]
+    for proc in procs:
+        assert proc.wait(timeout=60) == 0
+
+    assert list(spool.inbox.iterdir()) == []
+    assert [p.name for p in spool.active.iterdir() if p.name.endswith(".jsonl")] == []
+    owners = set()
+    for job in jobs:
+        assert assert_exactly_once(spool, job, job_ids(job, 200)) == (200, 0)
+        log = spool.log(job).read_text()
+        assert log.count(" claimed ") == 1, log
+        assert "resuming" not in log, log
+        assert log.count("completed:") == 1, log
+        ckpt = checkpoint(spool, job)
+        assert ckpt is not None and ckpt["resumes"] == 0
+        owners.add(ckpt["worker"])
+    # Every owner is one of the three daemons (which of them got work is up to the scheduler).
+    assert owners <= {f"{socket.gethostname()}-{p.pid}" for p in procs}
+    # No job id was made twice (no job-2 from a double claim).
+    assert sorted(p.name for p in spool.done.glob("*.checkpoint.json")) == sorted(
+        f"{job}.checkpoint.json" for job in jobs)
+
+
+def test_dead_owner_is_taken_over_by_a_running_daemon(spool: Spool, start_daemon: Any) -> None:
+    job = "takeover"
+    drop(spool, f"{job}.jsonl", job_records(job, 600))
+    first = start_daemon("--chunk-size", "50", "--fake-latency", "0.005")
+    wait_for(lambda: (checkpoint(spool, job) or {}).get("lines_consumed", 0) >= 100, timeout=30, interval=0.01)
+    second = start_daemon("--chunk-size", "50", "--fake-latency", "0.005")
+    # The second daemon must see the job as owned and leave it alone while the first lives.
+    wait_for(lambda: any(f"-{second.pid}.json" in p.name for p in spool.workers.iterdir()), timeout=30)
+    assert spool.job_is_owned(job)
+    assert "resuming" not in spool.log(job).read_text()
+
+    first.send_signal(signal.SIGKILL)
+    assert first.wait(timeout=10) == -signal.SIGKILL
+    wait_for(lambda: (checkpoint(spool, job) or {}).get("status") == "completed", timeout=60)
+    assert second.poll() is None, "the survivor keeps running after the take-over"
+
+    assert assert_exactly_once(spool, job, job_ids(job, 600)) == (600, 0)
+    log = spool.log(job).read_text()
+    assert log.count(" claimed ") == 1
+    assert log.count("resuming at line") == 1
+    ckpt = checkpoint(spool, job)
+    assert ckpt is not None and ckpt["resumes"] == 1
+    assert ckpt["worker"].endswith(f"-{second.pid}")
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(timeout=30) == 0
