@@ -13,16 +13,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 
+from spoolbatch import sdnotify
 from spoolbatch.checkpoint import Checkpoint
 from spoolbatch.config import Config
 from spoolbatch.engines import make_engine
 from spoolbatch.engines.base import Engine
 from spoolbatch.errors import DiskFull
 from spoolbatch.executor import ChunkExecutor, describe
+from spoolbatch.fsutil import is_disk_full
+from spoolbatch.gpu import GpuMonitor
+from spoolbatch.gpuguard import GpuGuard
 from spoolbatch.heartbeat import Heartbeat
 from spoolbatch.joblog import JobLog
 from spoolbatch.jobrunner import ChunkReport, JobRunner
+from spoolbatch.metrics import write_metrics
 from spoolbatch.spool import Spool
+from spoolbatch.totals import Totals
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +44,7 @@ class Daemon:
     """One worker on one spool."""
 
     def __init__(self, config: Config, *, engine_factory: Callable[[], Engine] | None = None,
-                 echo: bool = True) -> None:
+                 gpu: GpuMonitor | None = None, echo: bool = True) -> None:
         self.config = config
         self.spool = Spool(config.spool)
         self.spool.require()
@@ -51,6 +57,20 @@ class Daemon:
         self.executor = ChunkExecutor(
             engine_factory or (lambda: make_engine(config.engine, config)),
             max_attempts=config.max_attempts, log=self.log)
+        self.guard = GpuGuard(gpu or GpuMonitor(), config, self.heartbeat, self._stop,
+                              reserved_pct=self._reserved_pct, log=self.log)
+        self.totals = Totals()
+        self.heartbeat.on_beat.append(self._on_beat)
+
+    def _reserved_pct(self) -> float:
+        """The share of the card our own engine holds by design (vLLM preallocates it)."""
+        engine = self.executor.engine
+        return self.config.gpu_memory_utilization * 100 if engine is not None and engine.name == "vllm" else 0.0
+
+    def _on_beat(self, beat: dict[str, object]) -> None:
+        """Every heartbeat: feed the systemd watchdog and rewrite the metrics file."""
+        sdnotify.watchdog()
+        write_metrics(self.spool.worker_metrics(self.heartbeat.id), self.totals.sample(self.spool, beat))
 
     # --- signals --------------------------------------------------------------------------
     def request_stop(self, *_: object) -> None:
@@ -83,6 +103,7 @@ class Daemon:
                          "fraction": round(ckpt.progress(), 4), "eta_seconds": ckpt.eta_seconds()},
         }
         if report is not None:
+            self.totals.add(report)
             fields["chunk"] = report.chunk + 1
             fields["last_chunk"] = {"requests": report.lines, "seconds": round(report.seconds, 3),
                                     "requests_per_second": round(report.lines / report.seconds, 1)
@@ -100,17 +121,23 @@ class Daemon:
             return LoopResult(False, settling)
         self.heartbeat.update(state="working", job=claim.job, chunk=None, progress=None, reason=None)
         runner = JobRunner(self.spool, claim, self.config, self.executor, worker=self.heartbeat.id,
-                           should_stop=self._stop.is_set, on_progress=self._progress, echo=self.echo)
+                           should_stop=self._stop.is_set, chunk_size=self.guard.next_chunk_size,
+                           on_progress=self._progress, echo=self.echo)
         try:
             runner.run()
-        except DiskFull as exc:
-            runner.log(f"disk full: {exc.message}; waiting for space, nothing lost")
-            self.heartbeat.update(state="waiting", reason=f"disk full: {exc.message}")
+        except Exception as exc:
+            # Neither a full disk nor a bug may take the queue down: say why, back off, go on.
+            # The job stays claimable; its checkpoint is consistent whatever was half-written.
+            if is_disk_full(exc):
+                what = exc.message if isinstance(exc, DiskFull) else describe(exc)
+                reason = f"disk full: {what}"
+                runner.log(f"{reason}; not taking work until space returns, nothing lost")
+            else:
+                reason = f"job {claim.job} failed, will be retried: {describe(exc)}"
+                runner.log(reason)
+            self.heartbeat.update(state="waiting", reason=reason)
             self._sleep(self.config.poll_interval)
-        except Exception as exc:  # a bug must not take the queue down: log, back off, go on
-            runner.log(f"job failed with an unexpected error, will be retried: {describe(exc)}")
-            self.heartbeat.update(state="waiting", reason=f"job {claim.job}: {describe(exc)}")
-            self._sleep(self.config.poll_interval)
+            return LoopResult(True, settling, claim.job)
         finally:
             claim.release()
         self.heartbeat.update(state="idle", job=None, chunk=None)
@@ -122,7 +149,9 @@ class Daemon:
     # --- the loop -------------------------------------------------------------------------
     def run(self, once: bool = False) -> int:
         """Work until stopped (or, with ``once``, until the queue is drained); exit status."""
+        self.guard.read()
         self.heartbeat.start()
+        sdnotify.ready()
         self.log(f"daemon started (engine {self.config.engine}, spool {self.spool.root}, "
                  f"chunk size {self.config.chunk_size})")
         try:
@@ -137,7 +166,9 @@ class Daemon:
                     if result.settling else self.config.poll_interval
                 self._sleep(wait)
         finally:
+            sdnotify.stopping()
             self.executor.close()
+            self.guard.monitor.close()
             self.heartbeat.stop("stopped")
             self.log("daemon stopped")
         return 0

@@ -33,8 +33,13 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def is_disk_full(exc: BaseException) -> bool:
+    """True for a full disk or an exhausted quota, however it was raised."""
+    return isinstance(exc, DiskFull) or isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 def _raise_disk_full(exc: OSError, path: Path) -> None:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    if is_disk_full(exc):
         raise DiskFull(f"no space left to write {path}", hint="free disk space; the daemon resumes by itself") from exc
 
 

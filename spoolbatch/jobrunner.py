@@ -38,6 +38,7 @@ class ChunkReport:
     done: int
     failed: int
     seconds: float
+    prompt_tokens: int
     completion_tokens: int
     chunk_size: int
 
@@ -135,6 +136,7 @@ class JobRunner:
             f.seek(ckpt.bytes_consumed)
             self.on_progress(ckpt, None)
             while True:
+                size = max(1, self.chunk_size())  # may wait while the GPU is unsafe
                 if sp.cancel_marker(self.job).exists():
                     self.log("cancelled at a chunk boundary; checkpoint kept")
                     self._finish(ckpt, JobStatus.CANCELLED)
@@ -143,7 +145,6 @@ class JobRunner:
                     self.log(f"stopping at a chunk boundary (line {ckpt.lines_consumed:,}); the job resumes later")
                     ckpt.save(sp.checkpoint(self.job))
                     return ckpt
-                size = max(1, self.chunk_size())
                 lines, nbytes = _read_chunk(f, size)
                 if not lines:
                     break
@@ -210,7 +211,7 @@ class JobRunner:
         ckpt.save(self.spool.checkpoint(self.job))
         self.log(f"chunk {ckpt.chunks}: lines {first:,}-{ckpt.lines_consumed:,}, {done:,} answered, "
                  f"{len(bad):,} to deadletter, {seconds:.2f}s")
-        return ChunkReport(ckpt.chunks, len(lines), done, len(bad), seconds, completion_tokens, size)
+        return ChunkReport(ckpt.chunks, len(lines), done, len(bad), seconds, prompt_tokens, completion_tokens, size)
 
     # --- the end --------------------------------------------------------------------------
     def _finish(self, ckpt: Checkpoint, status: JobStatus) -> None:

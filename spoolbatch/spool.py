@@ -171,6 +171,10 @@ class Spool:
         """One daemon's own heartbeat."""
         return self.workers / f"{worker_id}.json"
 
+    def worker_metrics(self, worker_id: str) -> Path:
+        """One daemon's Prometheus textfile (point node_exporter's textfile collector at ``workers/``)."""
+        return self.workers / f"{worker_id}.prom"
+
     # --- job ids ---------------------------------------------------------------------------
     def job_exists(self, job: str, own_inbox_name: str | None = None) -> bool:
         """True when any file of ``job`` is anywhere in the spool (ids are never reused).

@@ -1,0 +1,58 @@
+"""Protect the card between chunks: wait while it is too full or too hot, size the next chunk.
+
+Before every chunk the guard reads NVML; while ``gate`` gives a reason, no chunk starts
+(the reason goes to the heartbeat and the job log), and once the card recovers the chunk
+size is adapted to its free memory, never above the configured ``chunk_size``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from spoolbatch.config import Config
+from spoolbatch.gpu import GpuMonitor, GpuSnapshot, adaptive_chunk_size, gate
+from spoolbatch.heartbeat import Heartbeat
+
+
+class GpuGuard:
+    """Blocks before a chunk while the GPU is unsafe; returns the chunk size to use."""
+
+    def __init__(self, monitor: GpuMonitor, config: Config, heartbeat: Heartbeat, stop: threading.Event, *,
+                 reserved_pct: Callable[[], float] = lambda: 0.0,
+                 log: Callable[[str], None] = lambda message: None) -> None:
+        self.monitor = monitor
+        self.config = config
+        self.heartbeat = heartbeat
+        self.stop = stop
+        self.reserved_pct = reserved_pct
+        self.log = log
+        self.last: GpuSnapshot | None = None
+        self.waits = 0
+
+    def read(self) -> GpuSnapshot:
+        """A fresh reading, also put in the heartbeat."""
+        self.last = self.monitor.read()
+        self.heartbeat.update(gpu=self.last.to_dict())
+        return self.last
+
+    def next_chunk_size(self) -> int:
+        """Wait until the card is safe (or a stop is asked), then size the next chunk."""
+        cfg = self.config
+        reason_logged = None
+        while True:
+            snap = self.read()
+            reason = gate(snap, cfg.gpu_max_memory_pct, cfg.gpu_max_temp_c)
+            if reason is None or self.stop.is_set():
+                break
+            if reason != reason_logged:
+                self.log(f"waiting before the next chunk: {reason}")
+                reason_logged = reason
+                self.waits += 1
+            self.heartbeat.update(state="waiting", reason=reason)
+            self.stop.wait(max(0.05, min(cfg.poll_interval, 10.0)))
+        if reason_logged:
+            self.log("GPU recovered; going on")
+        size = adaptive_chunk_size(snap, cfg.chunk_size, cfg.gpu_min_chunk, reserved_pct=self.reserved_pct())
+        self.heartbeat.update(state="working", reason=None, chunk_size=size)
+        return size

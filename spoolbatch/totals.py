@@ -1,0 +1,52 @@
+"""What one daemon has done since it started, for its Prometheus metrics file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from spoolbatch.metrics import MetricsSample
+
+if TYPE_CHECKING:
+    from spoolbatch.jobrunner import ChunkReport
+    from spoolbatch.spool import Spool
+
+
+@dataclass(slots=True)
+class Totals:
+    """Counters fed by every committed chunk."""
+
+    requests_done: int = 0
+    requests_failed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    last_rps: float | None = None
+    last_tps: float | None = None
+
+    def add(self, report: ChunkReport) -> None:
+        """Count one committed chunk."""
+        self.requests_done += report.done
+        self.requests_failed += report.failed
+        self.prompt_tokens += report.prompt_tokens
+        self.completion_tokens += report.completion_tokens
+        if report.seconds > 0:
+            self.last_rps = report.lines / report.seconds
+            self.last_tps = report.completion_tokens / report.seconds
+
+    def sample(self, spool: Spool, beat: dict[str, Any]) -> MetricsSample:
+        """A metrics sample from these counters, the spool's jobs and the heartbeat's GPU figures."""
+        from spoolbatch.gpu import GpuDevice
+        from spoolbatch.jobs import list_jobs
+
+        jobs: dict[str, int] = {}
+        for job in list_jobs(spool):
+            jobs[job.status] = jobs.get(job.status, 0) + 1
+        gpu = beat.get("gpu") or {}
+        devices = [GpuDevice(**d) for d in gpu.get("devices", [])]
+        return MetricsSample(jobs=jobs, requests_done_total=self.requests_done,
+                             requests_failed_total=self.requests_failed,
+                             prompt_tokens_total=self.prompt_tokens,
+                             completion_tokens_total=self.completion_tokens, gpus=devices,
+                             last_chunk_requests_per_second=self.last_rps, last_chunk_tokens_per_second=self.last_tps,
+                             chunk_size=beat.get("chunk_size"), heartbeat_timestamp=beat.get("last_seen"),
+                             worker=str(beat.get("worker")))
