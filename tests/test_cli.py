@@ -1,0 +1,108 @@
+"""The command line: thin commands, one-line errors with documented exit codes, JSON everywhere."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from spoolbatch.cli import app
+from spoolbatch.spool import Spool
+
+from .conftest import REPO, chat_line, write_jsonl
+
+runner = CliRunner()
+
+
+def cli(spool: Spool, *args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, [*args, "--spool", str(spool.root)])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_init_submit_run_results_round_trip(spool: Spool, tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "jobs.jsonl", [chat_line(i) for i in range(12)])
+    code, out, _ = cli(spool, "submit", str(src), "--json")
+    assert code == 0 and orjson.loads(out)["jobs"] == ["jobs"]
+    code, _, _ = cli(spool, "run", "--once", "--engine", "fake", "--settle-seconds", "0", "-q")
+    assert code == 0
+    code, out, _ = cli(spool, "results", "jobs")
+    assert code == 0 and len(out.splitlines()) == 12
+    out_file = tmp_path / "out.jsonl"
+    code, _, _ = cli(spool, "results", "jobs", "-o", str(out_file))
+    assert code == 0 and len(out_file.read_bytes().splitlines()) == 12
+    code, out, _ = cli(spool, "list", "--json")
+    (job,) = orjson.loads(out)
+    assert job["status"] == "completed" and job["requests_done"] == 12
+    code, out, _ = cli(spool, "status", "jobs", "--json")
+    data = orjson.loads(out)
+    assert data["jobs"][0]["job"] == "jobs" and data["workers"][0]["liveness"] == "stopped"
+    code, out, _ = cli(spool, "logs", "jobs", "--json")
+    assert any("completed" in line for line in orjson.loads(out))
+    code, out, _ = cli(spool, "status")
+    assert code == 0 and "completed" in out
+
+
+def test_deadletter_and_errors_and_retry(spool: Spool, tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "j.jsonl", [chat_line(1), chat_line(2, temperature=5)])
+    code, _, err = cli(spool, "submit", str(src))
+    assert code == 5 and "j.jsonl:2" in err and "temperature" in err and "Traceback" not in err
+    assert cli(spool, "submit", str(src), "--allow-bad-lines")[0] == 0
+    cli(spool, "run", "--once", "--engine", "fake", "--settle-seconds", "0", "-q")
+    code, out, _ = cli(spool, "deadletter", "j", "--json")
+    (record,) = orjson.loads(out)
+    assert record["line"] == 2 and record["error"]["code"] == "invalid_value"
+    code, out, _ = cli(spool, "results", "j", "--errors")
+    assert orjson.loads(out)["error"]["code"] == "invalid_value"
+    code, out, _ = cli(spool, "retry", "j", "--json")
+    assert code == 0 and orjson.loads(out) == {"job": "j.retry", "records": 1}
+
+
+@pytest.mark.parametrize(("args", "code", "words"), [
+    (["results", "nope"], 4, "no job or group named 'nope'"),
+    (["cancel", "nope"], 4, "no job"),
+    (["logs", "nope"], 4, "no job"),
+    (["submit", "/does/not/exist.jsonl"], 5, "no such file"),
+])
+def test_user_mistakes_are_one_line_with_an_exit_code(spool: Spool, args: list[str], code: int, words: str) -> None:
+    got, _, err = cli(spool, *args)
+    assert got == code and words in err and "Traceback" not in err
+
+
+def test_a_missing_spool_says_how_to_make_one(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["status", "--spool", str(tmp_path / "none")])
+    assert result.exit_code == 3 and "spoolbatch init" in result.stderr
+
+
+def test_bad_config_is_a_usage_error(spool: Spool) -> None:
+    spool.config_file.write_text("chunk_size = 0\n")
+    code, _, err = cli(spool, "status")
+    assert code == 2 and "chunk_size" in err
+    spool.config_file.write_text("no_such_setting = 1\n")
+    assert cli(spool, "status")[0] == 2
+
+
+def test_config_file_env_and_flags_in_order(spool: Spool) -> None:
+    from spoolbatch.config import load_config
+
+    spool.config_file.write_text("chunk_size = 100\npoll_interval = 3\n")
+    cfg = load_config(spool.root, env={"SPOOLBATCH_CHUNK_SIZE": "200"})
+    assert (cfg.chunk_size, cfg.poll_interval) == (200, 3.0)
+    assert load_config(spool.root, env={"SPOOLBATCH_CHUNK_SIZE": "200"}, chunk_size=300).chunk_size == 300
+
+
+def test_reading_commands_never_import_vllm_or_torch(spool: Spool) -> None:
+    script = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from spoolbatch.cli import app\n"
+        f"for args in (['status', '--json'], ['list', '--json'], ['init']):\n"
+        f"    r = CliRunner().invoke(app, [*args, '--spool', {str(spool.root)!r}])\n"
+        "    assert r.exit_code == 0, r.output\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('vllm', 'torch', 'transformers'))\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", script], cwd=REPO, check=True)
