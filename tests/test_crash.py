@@ -77,15 +77,10 @@ def assert_files_cover_checkpoint(spool: Spool) -> None:
         assert size >= committed, f"{path.name} is {size} bytes, checkpoint says {committed}"
 
 
-def test_kill9_at_random_instants_then_resume_exactly_once(spool: Spool, start_daemon: Any) -> None:
-    rng = random.Random(20240611)
-    records, ids = crash_records(1000, rng)
-    drop(spool, f"{JOB}.jsonl", records)
-    daemon_args = ("--chunk-size", "50", "--fake-latency", "0.002")
-
-    kills = 0
+def kill_repeatedly(spool: Spool, start_daemon: Any, rng: random.Random, plan: list[str],
+                    daemon_args: tuple[str, ...]) -> list[str]:
+    """Start a daemon and SIGKILL it once per entry of ``plan``; the kinds of kills that landed."""
     kinds: list[str] = []
-    plan = ["early", "mid", "mid", "after_checkpoint", "mid", "mid", "after_checkpoint", "mid"]
     for kind in plan:
         before = lines_consumed(spool)
         proc = start_daemon(*daemon_args)
@@ -104,12 +99,23 @@ def test_kill9_at_random_instants_then_resume_exactly_once(spool: Spool, start_d
             break  # the job finished before this kill; the rest of the plan is moot
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=10) == -signal.SIGKILL
-        kills += 1
         kinds.append(kind)
         assert_files_cover_checkpoint(spool)
         ckpt = checkpoint(spool)
         if ckpt is not None and ckpt["status"] == "completed":
             break
+    return kinds
+
+
+def test_kill9_at_random_instants_then_resume_exactly_once(spool: Spool, start_daemon: Any) -> None:
+    rng = random.Random(20240611)
+    records, ids = crash_records(1000, rng)
+    drop(spool, f"{JOB}.jsonl", records)
+    daemon_args = ("--chunk-size", "50", "--fake-latency", "0.002")
+
+    plan = ["early", "mid", "mid", "after_checkpoint", "mid", "mid", "after_checkpoint", "mid"]
+    kinds = kill_repeatedly(spool, start_daemon, rng, plan, daemon_args)
+    kills = len(kinds)
 
     assert kills >= 5, f"only {kills} kills landed before the job finished: {kinds}"
     assert lines_consumed(spool) < 1000 or checkpoint(spool)["status"] == "completed"
@@ -131,6 +137,37 @@ def test_kill9_at_random_instants_then_resume_exactly_once(spool: Spool, start_d
     log = spool.log(JOB).read_text()
     assert log.count(" claimed ") == 1
     assert "resuming at line" in log
+
+
+def test_kill9_keeps_duplicate_detection_across_resumes(spool: Spool, start_daemon: Any) -> None:
+    # Every 7th line reuses the id of a line 25 earlier: in an earlier chunk, often before a kill.
+    n = 400
+    records = [chat_line(i) for i in range(n)]
+    dup_lines = set()
+    for i in range(30, n):
+        if i % 7 == 6:
+            records[i] = {**chat_line(i), "custom_id": f"req-{i - 25}"}
+            dup_lines.add(i + 1)
+    firsts = {r["custom_id"] for k, r in enumerate(records, start=1) if k not in dup_lines}
+    drop(spool, f"{JOB}.jsonl", records)
+    daemon_args = ("--chunk-size", "20", "--fake-latency", "0.004")
+    kinds = kill_repeatedly(spool, start_daemon, random.Random(7), ["mid", "after_checkpoint", "mid", "mid", "mid"],
+                            daemon_args)
+    assert len(kinds) >= 4, kinds
+    assert start_daemon("--once", *daemon_args).wait(timeout=60) == 0
+
+    results = read_jsonl(spool.results(JOB))
+    dead = read_jsonl(spool.deadletter_file(JOB))
+    ids = [r["custom_id"] for r in results]
+    assert len(ids) == len(set(ids)) and set(ids) == firsts
+    assert [d["line"] for d in dead] == sorted(dup_lines)
+    assert {d["error"]["code"] for d in dead} == {"duplicate_custom_id"}
+    ckpt = checkpoint(spool)
+    assert ckpt is not None and ckpt["status"] == "completed" and ckpt["resumes"] >= 1
+    assert (ckpt["requests_done"], ckpt["requests_failed"]) == (len(results), len(dead))
+    assert ckpt["results_bytes"] == spool.results(JOB).stat().st_size
+    assert ckpt["deadletter_bytes"] == spool.deadletter_file(JOB).stat().st_size
+    assert ckpt["ids_count"] * 8 == spool.ids(JOB).stat().st_size
 
 
 def test_sigterm_stops_at_chunk_boundary_and_resumes(spool: Spool, start_daemon: Any) -> None:
