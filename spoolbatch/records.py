@@ -113,12 +113,12 @@ class LineParser:
 
 
 def result_line(job: str, request: Request, outcome: Outcome) -> bytes:
-    """The OpenAI batch output line for an answered request."""
+    """The OpenAI batch output line for an answered request (ids stable across a redone chunk)."""
+    digest = stable_id("", job, request.custom_id)
     return orjson.dumps({
-        "id": stable_id("batch_req_", job, request.custom_id),
+        "id": f"batch_req_{digest}",
         "custom_id": request.custom_id,
-        "response": {"status_code": 200, "request_id": stable_id("req_", job, request.custom_id),
-                     "body": outcome.body},
+        "response": {"status_code": 200, "request_id": f"req_{digest}", "body": outcome.body},
         "error": None,
     }) + b"\n"
 

@@ -28,6 +28,7 @@ _ALLOWED = {
     EMBEDDINGS: _METADATA | {"input", "encoding_format", "dimensions"},
 }
 _ROLES = {"system", "developer", "user", "assistant", "tool"}
+_PLAIN_ROLES = {"system", "user", "assistant"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +101,10 @@ def _messages(body: dict[str, Any]) -> tuple[dict[str, Any], ...]:
         raise RequestError("missing_field", "'messages' must be a non-empty list")
     out = []
     for i, message in enumerate(messages):
+        if type(message) is dict and len(message) == 2 and type(message.get("content")) is str \
+                and message.get("role") in _PLAIN_ROLES:
+            out.append(message)  # the common case: {"role", "content": str}, nothing to convert
+            continue
         if not isinstance(message, dict):
             raise RequestError("invalid_type", f"messages[{i}] must be an object")
         role = message.get("role")
@@ -172,37 +177,22 @@ def parse_spec(url: str, body: dict[str, Any]) -> SamplingSpec:
             raise RequestError("invalid_value", "'encoding_format' must be 'float' or 'base64'")
         return SamplingSpec(endpoint=url, model=model, inputs=_embedding_inputs(body), encoding_format=encoding)
 
-    common: dict[str, Any] = dict(
-        endpoint=url, model=model,
-        temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
-        top_p=_number(body, "top_p", 1.0, 0.0, 1.0),
-        n=_integer(body, "n", 1, 128) or 1,
-        stop=_stop(body),
-        seed=_integer(body, "seed", -(2**63), 2**63 - 1),
-        presence_penalty=_number(body, "presence_penalty", 0.0, -2.0, 2.0),
-        frequency_penalty=_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
-    )
-    if common["top_p"] == 0.0:
-        raise RequestError("invalid_value", "'top_p' must be greater than 0")
-    bias = body.get("logit_bias")
-    if bias is not None:
-        try:
-            common["logit_bias"] = {int(k): float(v) for k, v in dict(bias).items()}
-        except (TypeError, ValueError):
-            raise RequestError("invalid_value", "'logit_bias' must map token ids to numbers") from None
+    common = _generation_fields(url, body)
+    common.update(endpoint=url, model=model)
     if url == CHAT:
-        max_tokens = _integer(body, "max_completion_tokens", 1, 1 << 30)
+        max_tokens = common.pop("max_completion_tokens", None)
         if max_tokens is None:
-            max_tokens = _integer(body, "max_tokens", 1, 1 << 30)
-        top = _integer(body, "top_logprobs", 0, 20)
+            max_tokens = common.pop("max_tokens", None)
+        else:
+            common.pop("max_tokens", None)
         logprobs = body.get("logprobs") or False
         if not isinstance(logprobs, bool):
             raise RequestError("invalid_type", "'logprobs' must be a boolean for chat completions")
-        if top and not logprobs:
+        if common.get("top_logprobs") and not logprobs:
             raise RequestError("invalid_value", "'top_logprobs' needs 'logprobs': true")
         schema, json_object = _response_format(body)
         return SamplingSpec(messages=_messages(body), max_tokens=max_tokens, logprobs=logprobs,
-                            top_logprobs=top or 0, json_schema=schema, json_object=json_object, **common)
+                            json_schema=schema, json_object=json_object, **common)
     # completions
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
@@ -213,10 +203,43 @@ def parse_spec(url: str, body: dict[str, Any]) -> SamplingSpec:
         raise RequestError("unsupported_parameter", "'echo' is not supported")
     if body.get("suffix"):
         raise RequestError("unsupported_parameter", "'suffix' is not supported")
-    best_of = _integer(body, "best_of", 1, 128)
-    if best_of is not None and best_of != common["n"]:
+    best_of = common.pop("best_of", None)
+    if best_of is not None and best_of != common.get("n", 1):
         raise RequestError("unsupported_parameter", "'best_of' other than 'n' is not supported")
     top = _integer(body, "logprobs", 0, 5)
-    max_tokens = _integer(body, "max_tokens", 1, 1 << 30)
+    max_tokens = common.pop("max_tokens", None)
     return SamplingSpec(prompt=prompt, max_tokens=16 if max_tokens is None else max_tokens,
                         logprobs=top is not None, top_logprobs=top or 0, **common)
+
+
+# Range-checked fields, looked at only when present (the hot path of every line).
+_NUMBERS = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0), "presence_penalty": (-2.0, 2.0),
+            "frequency_penalty": (-2.0, 2.0)}
+_INTEGERS = {"n": (1, 128), "seed": (-(2**63), 2**63 - 1), "max_tokens": (1, 1 << 30),
+             "max_completion_tokens": (1, 1 << 30), "top_logprobs": (0, 20), "best_of": (1, 128)}
+
+
+def _generation_fields(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The sampling fields present in ``body``, checked; absent ones keep SamplingSpec's defaults."""
+    out: dict[str, Any] = {}
+    for key, value in body.items():
+        if value is None:
+            continue
+        if key in _NUMBERS:
+            lo, hi = _NUMBERS[key]
+            out[key] = _number(body, key, 0.0, lo, hi)
+        elif key in _INTEGERS:
+            if key == "top_logprobs" and url != CHAT:
+                continue
+            ilo, ihi = _INTEGERS[key]
+            out[key] = _integer(body, key, ilo, ihi)
+        elif key == "stop":
+            out["stop"] = _stop(body)
+        elif key == "logit_bias":
+            try:
+                out["logit_bias"] = {int(k): float(v) for k, v in dict(value).items()}
+            except (TypeError, ValueError):
+                raise RequestError("invalid_value", "'logit_bias' must map token ids to numbers") from None
+    if out.get("top_p") == 0.0:
+        raise RequestError("invalid_value", "'top_p' must be greater than 0")
+    return out

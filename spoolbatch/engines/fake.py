@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from spoolbatch.bodies import Choice, chat_completion, embedding_list, stable_id, text_completion
+from spoolbatch.bodies import Choice, chat_completion, embedding_list, text_completion
 from spoolbatch.engines.base import Outcome, Request
 from spoolbatch.sampling import CHAT, EMBEDDINGS, SamplingSpec
 
@@ -39,15 +39,15 @@ def _prompt_text(spec: SamplingSpec) -> str:
     return spec.prompt
 
 
-def _generate(spec: SamplingSpec, prompt: str, index: int) -> Choice:
-    """Words picked by the prompt's hash; stops at a stop string or at max_tokens."""
+def _generate(spec: SamplingSpec, digest: bytes, index: int) -> Choice:
+    """Words picked by the request's digest; stops at a stop string or at max_tokens."""
+    seed = digest[index % len(digest):] + digest[:index % len(digest)]
     if spec.json_schema is not None or spec.json_object:
-        text = orjson.dumps(_fake_json(spec.json_schema or {}, _digest(prompt, str(index)))).decode()
+        text = orjson.dumps(_fake_json(spec.json_schema or {}, seed)).decode()
         return Choice(text=text, finish_reason="stop", completion_tokens=_tokens(text))
     limit = spec.max_tokens if spec.max_tokens is not None else 16
-    seed = _digest(prompt, str(spec.seed), str(index))
     want = 3 + seed[0] % 12
-    words = [_WORDS[seed[(i + 1) % len(seed)] % len(_WORDS)] for i in range(min(want, limit))]
+    words = [_WORDS[b % 26] for b in seed[1:1 + min(want, limit)]]
     text, finish = " ".join(words), ("length" if want > limit else "stop")
     for stop in spec.stop:
         cut = text.find(stop)
@@ -113,10 +113,11 @@ class FakeEngine:
                                   prompt_tokens=sum(_tokens(t) for t in spec.inputs),
                                   encoding_format=spec.encoding_format)
         prompt = _prompt_text(spec)
-        choices = [_generate(spec, prompt, i) for i in range(spec.n)]
+        digest = _digest(prompt, str(spec.seed))
+        choices = [_generate(spec, digest, i) for i in range(spec.n)]
         build = chat_completion if spec.endpoint == CHAT else text_completion
         prefix = "chatcmpl-" if spec.endpoint == CHAT else "cmpl-"
-        return build(id=stable_id(prefix, request.custom_id, prompt), model=spec.model, created=created,
+        return build(id=prefix + digest[:12].hex(), model=spec.model, created=created,
                      choices=choices, prompt_tokens=_tokens(prompt))
 
     def close(self) -> None:
