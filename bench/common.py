@@ -37,8 +37,10 @@ def request(i: int, model: str, rng: random.Random, endpoint: str = "/v1/chat/co
 def write_input(path: Path, n: int, model: str = "bench-model", seed: int = 0,
                 endpoint: str = "/v1/chat/completions") -> Path:
     """A job file of ``n`` requests (written once, reused)."""
-    if path.exists() and path.stat().st_size and sum(1 for _ in open(path, "rb")) == n:
-        return path
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb") as f:
+            if sum(1 for _ in f) == n:
+                return path
     rng = random.Random(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
@@ -52,10 +54,8 @@ def machine() -> dict[str, Any]:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     cpu = "unknown"
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
     except OSError:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem, 1), "python": platform.python_version()}
