@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from types import FrameType
 
 from spoolbatch import sdnotify
-from spoolbatch.checkpoint import Checkpoint
+from spoolbatch.checkpoint import FINAL, Checkpoint
+from spoolbatch.chunkplan import PartSummary
 from spoolbatch.config import Config
 from spoolbatch.engines import make_engine
 from spoolbatch.engines.base import Engine
@@ -25,7 +26,7 @@ from spoolbatch.gpu import GpuMonitor
 from spoolbatch.gpuguard import GpuGuard
 from spoolbatch.heartbeat import Heartbeat
 from spoolbatch.joblog import JobLog
-from spoolbatch.jobrunner import ChunkReport, JobRunner
+from spoolbatch.jobrunner import ChunkClaim, JobRunner, order_jobs
 from spoolbatch.metrics import write_metrics
 from spoolbatch.spool import Spool
 from spoolbatch.totals import Totals
@@ -60,6 +61,7 @@ class Daemon:
         self.guard = GpuGuard(gpu or GpuMonitor(), config, self.heartbeat, self._stop,
                               reserved_pct=self._reserved_pct, log=self.log)
         self.totals = Totals()
+        self.runner = JobRunner(self.spool, config, self.executor, worker=self.heartbeat.id, echo=echo)
         self.heartbeat.on_beat.append(self._on_beat)
 
     def _reserved_pct(self) -> float:
@@ -95,53 +97,74 @@ class Daemon:
         return self._stop.is_set()
 
     # --- one iteration --------------------------------------------------------------------
-    def _progress(self, ckpt: Checkpoint, report: ChunkReport | None) -> None:
+    def _progress(self, ckpt: Checkpoint, summary: PartSummary | None) -> None:
         fields: dict[str, object] = {
             "state": "working", "reason": None, "job": ckpt.job, "model": ckpt.model,
             "progress": {"lines_consumed": ckpt.lines_consumed, "total_lines": ckpt.total_lines,
                          "requests_done": ckpt.requests_done, "requests_failed": ckpt.requests_failed,
                          "fraction": round(ckpt.progress(), 4), "eta_seconds": ckpt.eta_seconds()},
         }
-        if report is not None:
-            self.totals.add(report)
-            fields["chunk"] = report.chunk + 1
-            fields["last_chunk"] = {"requests": report.lines, "seconds": round(report.seconds, 3),
-                                    "requests_per_second": round(report.lines / report.seconds, 1)
-                                    if report.seconds else None,
-                                    "completion_tokens": report.completion_tokens}
-        else:
-            fields["chunk"] = ckpt.chunks + 1
+        if summary is not None:
+            self.totals.add(summary)
+            fields["last_chunk"] = {"requests": summary.lines, "seconds": round(summary.seconds, 3),
+                                    "requests_per_second": round(summary.lines / summary.seconds, 1)
+                                    if summary.seconds else None,
+                                    "completion_tokens": summary.completion_tokens}
         self.heartbeat.update(**fields)
 
-    def loop_once(self, now: float | None = None) -> LoopResult:
-        """Claim and run at most one job."""
-        claim, settling = self.spool.claim(self.config.settle_seconds, now=now,
-                                           on_refused=lambda job, why: self.log(f"refused {job}: {why}"))
+    def _next_chunk(self) -> tuple[ChunkClaim | None, int]:
+        """A chunk to answer: of a job already running (the loaded model's first), else of a new one."""
+        size = self.guard.next_chunk_size()  # waits while the GPU is unsafe
+        for job in order_jobs(self.spool, self.executor.model):
+            if self._stop.is_set():
+                return None, 0
+            chunk = self.runner.claim_chunk(job, size)
+            if chunk is not None:
+                return chunk, 0
+        while not self._stop.is_set():
+            claim, settling = self.spool.claim_inbox(
+                self.config.settle_seconds, on_refused=lambda job, why: self.log(f"refused {job}: {why}"))
+            if claim is None:
+                return None, settling
+            if self.runner.setup(claim) is not None:
+                chunk = self.runner.claim_chunk(claim.job, size)
+                if chunk is not None:
+                    return chunk, settling
+        return None, 0
+
+    def loop_once(self) -> LoopResult:
+        """Claim one chunk and answer, commit and merge it."""
+        claim, settling = self._next_chunk()
         if claim is None:
             return LoopResult(False, settling)
-        self.heartbeat.update(state="working", job=claim.job, chunk=None, progress=None, reason=None)
-        runner = JobRunner(self.spool, claim, self.config, self.executor, worker=self.heartbeat.id,
-                           should_stop=self._stop.is_set, chunk_size=self.guard.next_chunk_size,
-                           on_progress=self._progress, echo=self.echo)
+        job, chunk = claim.job, claim.chunk
+        self.heartbeat.update(state="working", job=job, chunk=chunk.index + 1, reason=None,
+                              chunk_lines=[chunk.first_line, chunk.first_line + chunk.lines - 1])
         try:
-            runner.run()
+            summary = self.runner.run_chunk(claim)
+            ckpt = self.runner.merge(job)
+            if ckpt is not None:
+                self._progress(ckpt, summary)
+            if self._stop.is_set() and ckpt is not None and ckpt.status not in FINAL:
+                self.runner.log(job)(f"stopping at a chunk boundary (line {ckpt.lines_consumed:,}); "
+                                     "the job resumes later")
         except Exception as exc:
             # Neither a full disk nor a bug may take the queue down: say why, back off, go on.
-            # The job stays claimable; its checkpoint is consistent whatever was half-written.
+            # The chunk stays claimable; the checkpoint is consistent whatever was half-written.
             if is_disk_full(exc):
                 what = exc.message if isinstance(exc, DiskFull) else describe(exc)
                 reason = f"disk full: {what}"
-                runner.log(f"{reason}; not taking work until space returns, nothing lost")
+                self.runner.log(job)(f"{reason}; not taking work until space returns, nothing lost")
             else:
-                reason = f"job {claim.job} failed, will be retried: {describe(exc)}"
-                runner.log(reason)
+                reason = f"job {job} failed, will be retried: {describe(exc)}"
+                self.runner.log(job)(reason)
             self.heartbeat.update(state="waiting", reason=reason)
             self._sleep(self.config.poll_interval)
-            return LoopResult(True, settling, claim.job)
+            return LoopResult(True, settling, job)
         finally:
             claim.release()
-        self.heartbeat.update(state="idle", job=None, chunk=None)
-        return LoopResult(True, settling, claim.job)
+        self.heartbeat.update(state="idle", job=None, chunk=None, chunk_lines=None)
+        return LoopResult(True, settling, job)
 
     def _sleep(self, seconds: float) -> None:
         self._stop.wait(seconds)

@@ -43,8 +43,12 @@ def _raise_disk_full(exc: OSError, path: Path) -> None:
         raise DiskFull(f"no space left to write {path}", hint="free disk space; the daemon resumes by itself") from exc
 
 
-def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
-    """Replace ``path`` with ``data``: temp file beside it, fsync, rename; never a torn file."""
+def atomic_write(path: Path, data: bytes, *, durable: bool = True, sync_dir: bool = True) -> None:
+    """Replace ``path`` with ``data``: temp file beside it, fsync, rename; never a torn file.
+
+    ``sync_dir=False`` skips the directory fsync when a later durable write in the same
+    directory (a commit marker) will make this rename durable with it.
+    """
     tmp = path.with_name(f".{path.name}.{unique_suffix()}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
@@ -57,7 +61,7 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-        if durable:
+        if durable and sync_dir:
             fsync_dir(path.parent)
     except OSError as exc:
         with contextlib.suppress(OSError):

@@ -1,10 +1,12 @@
-"""Process one claimed job in durable chunks, resuming exactly where its checkpoint says.
+"""Jobs in durable chunks, shared by any number of workers, exactly once.
 
-Per chunk: read up to ``chunk_size`` lines from the committed input offset, validate them,
-answer the valid ones, append result lines, deadletter records and custom_id hashes,
-fsync all three, and only then replace the checkpoint. A crash anywhere before the
-checkpoint replace is undone on resume by cutting the three files back to the
-checkpoint's offsets and redoing the chunk; after it, nothing is redone.
+A worker sets a new job up (whole-file checks, checkpoint), then repeatedly *claims* a
+chunk (under the job lock: fix its byte range in the plan, take its chunk lock), *answers*
+it without any job-wide lock, *commits* it as a part, and *merges* committed parts in chunk
+order into ``done/JOB.results.jsonl``, ``deadletter/JOB.jsonl`` and ``done/JOB.ids``,
+fsyncing them before the checkpoint is replaced. A crash anywhere loses nothing: files
+are cut back to the checkpoint's offsets on the next merge, a part without its marker is
+not a part, and a planned chunk whose lock is free (its worker died) is taken over.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ import contextlib
 import os
 import time
 from array import array
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import BinaryIO
+from dataclasses import dataclass, field
+
+from filelock import FileLock
 
 from spoolbatch.checkpoint import FINAL, Checkpoint, JobStatus
+from spoolbatch.chunkplan import ChunkRange, PartSummary, WorkArea
 from spoolbatch.config import Config
 from spoolbatch.engines.base import Request
 from spoolbatch.errors import InputError
@@ -25,22 +28,25 @@ from spoolbatch.executor import ChunkExecutor
 from spoolbatch.fsutil import AppendFile, fsync_dir
 from spoolbatch.joblog import JobLog
 from spoolbatch.preflight import check_file
-from spoolbatch.records import BadLine, LineParser, deadletter_line, failed_request, result_line
+from spoolbatch.records import BadLine, LineParser, deadletter_line, failed_request, id_hash, result_line
 from spoolbatch.spool import Claim, Spool
 
 
-@dataclass(frozen=True, slots=True)
-class ChunkReport:
-    """What one committed chunk did, for the heartbeat and metrics."""
+@dataclass(slots=True)
+class ChunkClaim:
+    """A chunk this worker answers; its lock is held until ``release``."""
 
-    chunk: int
-    lines: int
-    done: int
-    failed: int
-    seconds: float
-    prompt_tokens: int
-    completion_tokens: int
-    chunk_size: int
+    job: str
+    chunk: ChunkRange
+    lock: FileLock
+    model: str | None
+    url: str | None
+    taken_over: bool = False
+    lines: list[bytes] = field(default_factory=list)
+
+    def release(self) -> None:
+        """Let go of the chunk (committed or not; an uncommitted one is taken over)."""
+        self.lock.release()
 
 
 def load_seen(path: os.PathLike[str], count: int) -> set[int]:
@@ -54,181 +60,315 @@ def load_seen(path: os.PathLike[str], count: int) -> set[int]:
     return set(ids)
 
 
-def _read_chunk(f: BinaryIO, limit: int) -> tuple[list[bytes], int]:
-    lines: list[bytes] = []
-    nbytes = 0
-    while len(lines) < limit:
-        raw = f.readline()
-        if not raw:
-            break
-        lines.append(raw)
-        nbytes += len(raw)
-    return lines, nbytes
+def _read_lines(path: os.PathLike[str], start: int, end: int) -> list[bytes]:
+    with open(path, "rb") as f:
+        f.seek(start)
+        return f.read(end - start).splitlines(keepends=True)
+
+
+def _next_lines(path: os.PathLike[str], start: int, count: int) -> list[bytes]:
+    """Up to ``count`` lines from byte ``start`` (streaming: never reads the rest of the file)."""
+    lines = []
+    with open(path, "rb") as f:
+        f.seek(start)
+        for _ in range(count):
+            raw = f.readline()
+            if not raw:
+                break
+            lines.append(raw)
+    return lines
+
+
+def _first_request(path: os.PathLike[str], max_line_bytes: int) -> tuple[str | None, str | None]:
+    """The model and endpoint of the first valid line: they are the job's (one of each per job)."""
+    parser = LineParser(max_line_bytes=max_line_bytes)
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            if isinstance(parser.parse(raw, n), Request):
+                return parser.model, parser.url
+    return None, None
 
 
 class JobRunner:
-    """Runs one claimed job to its end, its cancellation, or a requested stop."""
+    """One worker's part in running jobs: set up, claim, answer, merge, finish."""
 
-    def __init__(self, spool: Spool, claim: Claim, config: Config, executor: ChunkExecutor, *,
-                 worker: str = "", should_stop: Callable[[], bool] = lambda: False,
-                 chunk_size: Callable[[], int] | None = None,
-                 on_progress: Callable[[Checkpoint, ChunkReport | None], None] = lambda c, r: None,
+    def __init__(self, spool: Spool, config: Config, executor: ChunkExecutor, *, worker: str = "",
                  echo: bool = True) -> None:
         self.spool = spool
-        self.claim = claim
-        self.job = claim.job
         self.config = config
         self.executor = executor
         self.worker = worker
-        self.should_stop = should_stop
-        self.chunk_size = chunk_size or (lambda: config.chunk_size)
-        self.on_progress = on_progress
-        self.log = JobLog(spool.log(claim.job), echo=echo)
+        self.echo = echo
+        self._seen: dict[str, tuple[int, set[int]]] = {}
+        self._started: set[str] = set()
 
-    # --- start ----------------------------------------------------------------------------
-    def _start(self) -> Checkpoint | None:
-        """The checkpoint to go on from, or None when the file was refused whole."""
-        path = self.spool.checkpoint(self.job)
-        ckpt = Checkpoint.load(path)
-        if ckpt is not None:
-            ckpt.resumes += 1
-            ckpt.worker = self.worker
-            self.log(f"resuming at line {ckpt.lines_consumed:,} of {ckpt.total_lines:,} "
-                     f"({ckpt.requests_done:,} done, {ckpt.requests_failed:,} failed)")
-            return ckpt
-        name = self.claim.original_name or f"{self.job}.jsonl"
+    def log(self, job: str) -> JobLog:
+        """The job's log."""
+        return JobLog(self.spool.log(job), echo=self.echo)
+
+    def area(self, job: str) -> WorkArea:
+        """The job's work area."""
+        return WorkArea(self.spool.work_area(job))
+
+    # --- setting a job up ----------------------------------------------------------------------
+    def setup(self, claim: Claim) -> Checkpoint | None:
+        """Check a freshly claimed file and write its first checkpoint (job lock held by ``claim``)."""
         try:
-            facts = check_file(self.claim.input_path, max_bytes=self.config.max_job_bytes,
+            return self._setup(claim.job, claim.original_name or f"{claim.job}.jsonl")
+        finally:
+            claim.release()
+
+    def _setup(self, job: str, name: str) -> Checkpoint | None:
+        sp = self.spool
+        try:
+            facts = check_file(sp.input(job), max_bytes=self.config.max_job_bytes,
                                max_requests=self.config.max_requests_per_job, name=name)
         except InputError as exc:
-            self._reject(name, exc)
+            self.log(job)(f"refused whole: {exc.message}")
+            sp.write_rejection(job, name, exc.code, exc.message, exc.hint)
+            os.rename(sp.input(job), sp.rejected_file(job))
+            fsync_dir(sp.rejected)
+            self._drop_lock_file(job)
             return None
-        ckpt = Checkpoint(job=self.job, input_name=name, input_bytes=facts.size, total_lines=facts.lines,
-                          started_at=time.time(), worker=self.worker)
-        ckpt.save(path)
-        self.log(f"claimed {name} as job {self.job}: {facts.lines:,} lines, {facts.size:,} bytes")
+        model, url = _first_request(sp.input(job), self.config.max_line_bytes)
+        ckpt = Checkpoint(job=job, input_name=name, input_bytes=facts.size, total_lines=facts.lines,
+                          started_at=time.time(), worker=self.worker, model=model, url=url)
+        self.area(job).ensure()
+        ckpt.save(sp.checkpoint(job))
+        self.log(job)(f"claimed {name} as job {job}: {facts.lines:,} lines, {facts.size:,} bytes"
+                      + (f", model {model}" if model else ", no valid request"))
         return ckpt
 
-    def _reject(self, name: str, exc: InputError) -> None:
-        self.log(f"refused whole: {exc.message}")
-        self.spool.write_rejection(self.job, name, exc.code, exc.message, exc.hint)
-        os.rename(self.claim.input_path, self.spool.rejected_file(self.job))
-        fsync_dir(self.spool.rejected)
-        self._drop_lock_file()
-
-    # --- the loop -------------------------------------------------------------------------
-    def run(self) -> Checkpoint | None:
-        """Process chunks until the job ends, is cancelled, or a stop is asked for."""
-        ckpt = self._start()
-        if ckpt is None:
-            return None
-        if ckpt.status in FINAL:
-            self._finish(ckpt, ckpt.status)
-            return ckpt
-        ckpt.status = JobStatus.RUNNING
+    # --- claiming a chunk ----------------------------------------------------------------------
+    def claim_chunk(self, job: str, size: int) -> ChunkClaim | None:
+        """A chunk of ``job`` to answer: one whose worker died, else the next ``size`` lines."""
         sp = self.spool
-        parser = LineParser(seen=load_seen(sp.ids(self.job), ckpt.ids_count), model=ckpt.model, url=ckpt.url,
-                            max_line_bytes=self.config.max_line_bytes)
-        with AppendFile(sp.results(self.job), ckpt.results_bytes) as results, \
-                AppendFile(sp.deadletter_file(self.job), ckpt.deadletter_bytes) as dead, \
-                AppendFile(sp.ids(self.job), ckpt.ids_count * 8) as ids, \
-                open(self.claim.input_path, "rb") as f:
-            f.seek(ckpt.bytes_consumed)
-            self.on_progress(ckpt, None)
-            while True:
-                size = max(1, self.chunk_size())  # may wait while the GPU is unsafe
-                if sp.cancel_marker(self.job).exists():
-                    self.log("cancelled at a chunk boundary; checkpoint kept")
-                    self._finish(ckpt, JobStatus.CANCELLED)
-                    return ckpt
-                if self.should_stop():
-                    self.log(f"stopping at a chunk boundary (line {ckpt.lines_consumed:,}); the job resumes later")
-                    ckpt.save(sp.checkpoint(self.job))
-                    return ckpt
-                lines, nbytes = _read_chunk(f, size)
-                if not lines:
-                    break
-                report = self._chunk(ckpt, parser, lines, nbytes, size, results, dead, ids)
-                self.on_progress(ckpt, report)
-        self.log(f"completed: {ckpt.requests_done:,} answered, {ckpt.requests_failed:,} in deadletter, "
-                 f"{ckpt.total_tokens:,} tokens in {ckpt.busy_seconds:.1f}s")
-        self._finish(ckpt, JobStatus.COMPLETED)
-        return ckpt
+        if not sp.input(job).exists():
+            return None
+        lock = sp.wait_lock(sp.job_lock(job))
+        try:
+            if not sp.input(job).exists():
+                return None
+            ckpt = Checkpoint.load(sp.checkpoint(job)) or self._setup(job, f"{job}.jsonl")
+            if ckpt is None:
+                return None
+            ckpt = self._merge_locked(job, ckpt)
+            if ckpt.status in FINAL or sp.cancel_marker(job).exists():
+                return None
+            area = self.area(job)
+            plan = area.plan()
+            for chunk in plan[ckpt.chunks:]:
+                if area.committed(chunk.index):
+                    continue
+                held = sp.try_lock(area.lock(chunk.index))
+                if held is not None:
+                    ckpt.resumes += 1
+                    ckpt.save(sp.checkpoint(job))
+                    self.log(job)(f"resuming at line {chunk.first_line:,} (chunk {chunk.index + 1}, "
+                                  "whose worker stopped before committing it)")
+                    self._started.add(job)
+                    return ChunkClaim(job, chunk, held, ckpt.model, ckpt.url, taken_over=True)
+            start = plan[-1].end if plan else 0
+            if start >= ckpt.input_bytes:
+                return None
+            lines = _next_lines(sp.input(job), start, size)
+            first = plan[-1].first_line + plan[-1].lines if plan else 1
+            chunk = ChunkRange(len(plan), start, start + sum(map(len, lines)), first, len(lines))
+            area.add(chunk)
+            held = sp.try_lock(area.lock(chunk.index))
+            assert held is not None, "a chunk planned under the job lock is free"
+            if job not in self._started and ckpt.lines_consumed:
+                self.log(job)(f"continuing at line {first:,}")
+            self._started.add(job)
+            return ChunkClaim(job, chunk, held, ckpt.model, ckpt.url, lines=lines)
+        finally:
+            lock.release()
 
-    def _chunk(self, ckpt: Checkpoint, parser: LineParser, lines: list[bytes], nbytes: int, size: int,
-               results: AppendFile, dead: AppendFile, ids: AppendFile) -> ChunkReport:
+    # --- answering a chunk ---------------------------------------------------------------------
+    def run_chunk(self, claim: ChunkClaim) -> PartSummary:
+        """Answer every line of the chunk and commit it as a part."""
         start = time.monotonic()
-        first = ckpt.lines_consumed + 1
+        chunk = claim.chunk
+        lines = claim.lines or _read_lines(self.spool.input(claim.job), chunk.start, chunk.end)
+        parser = LineParser(model=claim.model, url=claim.url, max_line_bytes=self.config.max_line_bytes)
         requests: list[Request] = []
         raws: list[bytes] = []
         bad: list[BadLine] = []
-        for n, raw in enumerate(lines, start=first):
+        for n, raw in enumerate(lines, start=chunk.first_line):
             parsed = parser.parse(raw, n)
             if isinstance(parsed, Request):
                 requests.append(parsed)
                 raws.append(raw.rstrip(b"\r\n"))
             elif parsed is not None:
                 bad.append(parsed)
-        done = prompt_tokens = completion_tokens = 0
-        retries = 0
+        results: list[bytes] = []
+        ids = array("Q")
+        prompt_tokens = completion_tokens = retries = 0
         if requests:
-            assert parser.model is not None
-            run = self.executor.run(parser.model, requests)
+            run = self.executor.run(parser.model or "", requests)
             retries = run.retries
             for request, raw, outcome, attempts in zip(requests, raws, run.outcomes, run.attempts, strict=True):
                 if outcome.failed:
                     bad.append(failed_request(request, raw, outcome, attempts))
-                else:
-                    results.write(result_line(self.job, request, outcome))
-                    done += 1
-                    prompt_tokens += outcome.prompt_tokens
-                    completion_tokens += outcome.completion_tokens
+                    continue
+                results.append(result_line(claim.job, request, outcome))
+                ids.extend((id_hash(request.custom_id), request.line))
+                prompt_tokens += outcome.prompt_tokens
+                completion_tokens += outcome.completion_tokens
         bad.sort(key=lambda b: b.line)
         for b in bad:
-            dead.write(deadletter_line(self.job, b))
-        new_ids = parser.take_new_ids()
-        if new_ids:
-            ids.write(array("Q", new_ids).tobytes())
+            ids.extend((id_hash(b.custom_id) if b.custom_id else 0, b.line))
+        summary = PartSummary(chunk.index, chunk.lines, chunk.end, len(results), len(bad), prompt_tokens,
+                              completion_tokens, time.monotonic() - start, retries, self.worker)
+        self.area(claim.job).commit_part(summary, b"".join(results),
+                                         b"".join(deadletter_line(claim.job, b) for b in bad), ids)
+        return summary
+
+    # --- merging parts into the job's files ----------------------------------------------------
+    def merge(self, job: str) -> Checkpoint | None:
+        """Merge every committed part that is next in order; finish the job when it is all in."""
+        sp = self.spool
+        lock = sp.wait_lock(sp.job_lock(job))
+        try:
+            ckpt = Checkpoint.load(sp.checkpoint(job))
+            if ckpt is None or not sp.input(job).exists():
+                return ckpt
+            return self._merge_locked(job, ckpt)
+        finally:
+            lock.release()
+
+    def _merge_locked(self, job: str, ckpt: Checkpoint) -> Checkpoint:
+        sp = self.spool
+        if ckpt.status in FINAL:
+            self._finish(job, ckpt, ckpt.status)
+            return ckpt
+        area = self.area(job)
+        plan = area.plan()
+        if ckpt.chunks < len(plan) and area.committed(ckpt.chunks):
+            with AppendFile(sp.results(job), ckpt.results_bytes) as results, \
+                    AppendFile(sp.deadletter_file(job), ckpt.deadletter_bytes) as dead, \
+                    AppendFile(sp.ids(job), ckpt.ids_count * 8) as ids:
+                seen = self._seen_for(job, ckpt)
+                while ckpt.chunks < len(plan) and (summary := area.committed(ckpt.chunks)):
+                    self._merge_part(job, ckpt, plan[ckpt.chunks], summary, seen, results, dead, ids)
+                    area.drop_part(summary.index)
+        if ckpt.bytes_consumed >= ckpt.input_bytes and ckpt.chunks >= len(plan):
+            self.log(job)(f"completed: {ckpt.requests_done:,} answered, {ckpt.requests_failed:,} in deadletter, "
+                          f"{ckpt.total_tokens:,} tokens in {ckpt.busy_seconds:.1f}s of engine time")
+            self._finish(job, ckpt, JobStatus.COMPLETED)
+        elif sp.cancel_marker(job).exists() and not self._in_flight(job, ckpt, plan):
+            self.log(job)(f"cancelled at a chunk boundary (line {ckpt.lines_consumed:,}); checkpoint kept")
+            self._finish(job, ckpt, JobStatus.CANCELLED)
+        return ckpt
+
+    def _seen_for(self, job: str, ckpt: Checkpoint) -> set[int]:
+        count, seen = self._seen.get(job, (-1, set()))
+        if count != ckpt.ids_count:
+            seen = load_seen(self.spool.ids(job), ckpt.ids_count)
+        self._seen = {job: (ckpt.ids_count, seen)}
+        return seen
+
+    def _merge_part(self, job: str, ckpt: Checkpoint, chunk: ChunkRange, summary: PartSummary, seen: set[int],
+                    results: AppendFile, dead: AppendFile, ids: AppendFile) -> None:
+        """Append one part; a custom_id an earlier chunk already used becomes a deadletter record."""
+        res, dl, pairs = self.area(job).read_part(summary.index)
+        lines = res.splitlines(keepends=True)
+        keep, dups, new_ids = [], [], array("Q")
+        for i, line in enumerate(lines):
+            h = pairs[2 * i]
+            if h in seen:
+                dups.append(pairs[2 * i + 1])
+            else:
+                seen.add(h)
+                new_ids.append(h)
+                keep.append(line)
+        for j in range(2 * len(lines), len(pairs), 2):
+            h = pairs[j]
+            if h and h not in seen:
+                seen.add(h)
+                new_ids.append(h)
+        extra = self._duplicates(job, chunk, dups) if dups else b""
+        results.write(b"".join(keep))
+        dead.write(dl + extra)
+        ids.write(new_ids.tobytes())
         try:
             ckpt.results_bytes = results.commit()
             ckpt.deadletter_bytes = dead.commit()
             ckpt.ids_count = ids.commit() // 8
         except BaseException:
-            # Undo the in-memory view of this chunk; the files are cut back on the next start.
-            parser.seen.difference_update(new_ids)
+            self._seen.pop(job, None)  # the in-memory set ran ahead of the files
             raise
-        ckpt.model, ckpt.url = parser.model, parser.url
-        ckpt.lines_consumed += len(lines)
-        ckpt.bytes_consumed += nbytes
-        ckpt.requests_done += done
-        ckpt.requests_failed += len(bad)
-        ckpt.prompt_tokens += prompt_tokens
-        ckpt.completion_tokens += completion_tokens
-        ckpt.retries += retries
-        ckpt.chunks += 1
-        seconds = time.monotonic() - start
-        ckpt.busy_seconds += seconds
-        ckpt.save(self.spool.checkpoint(self.job))
-        self.log(f"chunk {ckpt.chunks}: lines {first:,}-{ckpt.lines_consumed:,}, {done:,} answered, "
-                 f"{len(bad):,} to deadletter, {seconds:.2f}s")
-        return ChunkReport(ckpt.chunks, len(lines), done, len(bad), seconds, prompt_tokens, completion_tokens, size)
+        ckpt.chunks = summary.index + 1
+        ckpt.lines_consumed += summary.lines
+        ckpt.bytes_consumed = chunk.end
+        ckpt.requests_done += len(keep)
+        ckpt.requests_failed += summary.failed + len(dups)
+        ckpt.prompt_tokens += summary.prompt_tokens
+        ckpt.completion_tokens += summary.completion_tokens
+        ckpt.busy_seconds += summary.seconds
+        ckpt.retries += summary.retries
+        ckpt.worker = summary.worker
+        ckpt.save(self.spool.checkpoint(job))
+        self._seen[job] = (ckpt.ids_count, seen)
+        self.log(job)(f"chunk {summary.index + 1}: lines {chunk.first_line:,}-{chunk.first_line + chunk.lines - 1:,},"
+                      f" {len(keep):,} answered, {summary.failed + len(dups):,} to deadletter, "
+                      f"{summary.seconds:.2f}s ({summary.worker})")
 
-    # --- the end --------------------------------------------------------------------------
-    def _finish(self, ckpt: Checkpoint, status: JobStatus) -> None:
+    def _duplicates(self, job: str, chunk: ChunkRange, line_numbers: list[int]) -> bytes:
+        raw = _read_lines(self.spool.input(job), chunk.start, chunk.end)
+        out = []
+        for n in line_numbers:
+            text = raw[n - chunk.first_line].rstrip(b"\r\n")
+            cid = LineParser().parse(text, n)
+            custom_id = cid.custom_id if isinstance(cid, Request) else None
+            out.append(deadletter_line(job, BadLine(n, text, "duplicate_custom_id",
+                                                    f"custom_id {custom_id!r} was already used in this job",
+                                                    custom_id)))
+        return b"".join(out)
+
+    def _in_flight(self, job: str, ckpt: Checkpoint, plan: list[ChunkRange]) -> bool:
+        """True when another worker is answering a chunk of ``job`` right now."""
+        area = self.area(job)
+        for chunk in plan[ckpt.chunks:]:
+            held = self.spool.try_lock(area.lock(chunk.index))
+            if held is None:
+                return True
+            held.release()
+        return False
+
+    # --- the end -------------------------------------------------------------------------------
+    def _finish(self, job: str, ckpt: Checkpoint, status: JobStatus) -> None:
         sp = self.spool
+        # A crash may have left bytes past the committed offsets: the final files hold none.
+        for path, size in ((sp.results(job), ckpt.results_bytes), (sp.deadletter_file(job), ckpt.deadletter_bytes),
+                           (sp.ids(job), ckpt.ids_count * 8)):
+            AppendFile(path, size).close()
         if ckpt.status != status or ckpt.finished_at is None:
             ckpt.status = status
             ckpt.finished_at = time.time()
-            ckpt.save(sp.checkpoint(self.job))
-        if self.claim.input_path.exists():
-            os.rename(self.claim.input_path, sp.archived_input(self.job))
+            ckpt.save(sp.checkpoint(job))
+        if sp.input(job).exists():
+            os.rename(sp.input(job), sp.archived_input(job))
             fsync_dir(sp.done)
             fsync_dir(sp.active)
+        self.area(job).remove()
         with contextlib.suppress(FileNotFoundError):
-            sp.cancel_marker(self.job).unlink()
-        self._drop_lock_file()
+            sp.cancel_marker(job).unlink()
+        self._seen.pop(job, None)
+        self._drop_lock_file(job)
 
-    def _drop_lock_file(self) -> None:
-        # Safe while we hold the lock: with the input gone from active/, no one opens it again.
+    def _drop_lock_file(self, job: str) -> None:
+        # Safe while we hold it: with the input gone from active/, no one takes it to work again.
         with contextlib.suppress(FileNotFoundError):
-            self.spool.job_lock(self.job).unlink()
+            self.spool.job_lock(job).unlink()
+
+
+def order_jobs(spool: Spool, loaded_model: str | None) -> list[str]:
+    """Active jobs in the order a worker should help with them: its loaded model first, then oldest."""
+    keyed = []
+    for job in spool.running_jobs():
+        ckpt = Checkpoint.load(spool.checkpoint(job))
+        created = ckpt.created_at if ckpt else 0.0
+        keyed.append((0 if ckpt and ckpt.model == loaded_model else 1, created, job))
+    return [job for _, _, job in sorted(keyed)]
+

@@ -55,12 +55,11 @@ def is_ignored(name: str) -> bool:
 
 @dataclass(slots=True)
 class Claim:
-    """A job this process owns until ``release``; ``taken_over`` when its last owner died."""
+    """A job just moved from the inbox to ``active/``, its job lock held until ``release``."""
 
     job: str
     input_path: Path
     lock: FileLock
-    taken_over: bool = False
     original_name: str = ""
 
     def release(self) -> None:
@@ -124,8 +123,12 @@ class Spool:
         return self.active / f"{job}.jsonl"
 
     def job_lock(self, job: str) -> Path:
-        """The lock a daemon holds while it owns ``job``."""
+        """The lock held briefly to set ``job`` up, plan its chunks, merge them, finish it."""
         return self.active / f"{job}.lock"
+
+    def work_area(self, job: str) -> Path:
+        """``active/JOB.chunks/``: the chunk plan and parts not merged yet."""
+        return self.active / f"{job}.chunks"
 
     def archived_input(self, job: str) -> Path:
         """Where a finished job's input is kept (for `retry` and audits)."""
@@ -219,12 +222,21 @@ class Spool:
         with lock:
             yield
 
-    def _try_job_lock(self, job: str) -> FileLock | None:
-        lock = FileLock(self.job_lock(job), timeout=0, mode=0o600, thread_local=False, preserve_lock_file=True)
+    @staticmethod
+    def try_lock(path: Path) -> FileLock | None:
+        """Take the lock at ``path`` now, or None when a live process holds it."""
+        lock = FileLock(path, timeout=0, mode=0o600, thread_local=False, preserve_lock_file=True)
         try:
             lock.acquire()
         except Timeout:
             return None
+        return lock
+
+    @staticmethod
+    def wait_lock(path: Path, timeout: float = 120.0) -> FileLock:
+        """Take the lock at ``path``, waiting for its holder (held only for short sections)."""
+        lock = FileLock(path, timeout=timeout, mode=0o600, thread_local=False, preserve_lock_file=True)
+        lock.acquire()
         return lock
 
     def running_jobs(self) -> list[str]:
@@ -236,27 +248,30 @@ class Spool:
             return []
 
     def job_is_owned(self, job: str) -> bool:
-        """True when a live process holds ``job``'s lock."""
-        lock = self._try_job_lock(job)
-        if lock is None:
-            return True
-        lock.release()
+        """True when a live worker holds ``job``'s lock or the lock of one of its chunks."""
+        area = self.work_area(job)
+        try:
+            locks = [area / name for name in os.listdir(area) if name.endswith(".lock")]
+        except FileNotFoundError:
+            locks = []
+        for path in (self.job_lock(job), *locks):
+            lock = self.try_lock(path)
+            if lock is None:
+                return True
+            lock.release()
         return False
 
-    def claim(self, settle_seconds: float, now: float | None = None,
-              on_refused: RefuseHook | None = None) -> tuple[Claim | None, int]:
-        """Claim one job: an orphan first, else the oldest settled inbox file.
+    def claim_inbox(self, settle_seconds: float, now: float | None = None,
+                    on_refused: RefuseHook | None = None) -> tuple[Claim | None, int]:
+        """Move the oldest settled inbox file to ``active/`` and return it with its job lock held.
 
-        Returns the claim (or None) and how many inbox files are still settling, so that
+        The caller sets the job up and releases the lock; from then on any worker may take
+        chunks of it. Also returns how many inbox files are still settling, so that
         ``run --once`` waits for a file copied in just before it started.
         """
         now = time.time() if now is None else now
         settling = 0
         with self.claim_lock():
-            for job in self.running_jobs():
-                lock = self._try_job_lock(job)
-                if lock is not None:
-                    return Claim(job, self.input(job), lock, taken_over=True), settling
             for entry in self.inbox_entries():
                 try:
                     st = os.lstat(entry.path)
@@ -270,18 +285,17 @@ class Spool:
                     settling += 1
                     continue
                 job = self.unique_job_id(entry.name, own_inbox_name=entry.name)
-                target = self.input(job)
-                lock = self._try_job_lock(job)
-                if lock is None:  # someone else is finishing a job of that id: try later
+                lock = self.try_lock(self.job_lock(job))
+                if lock is None:  # a job of that id is being finished right now: try later
                     continue
                 try:
-                    os.rename(entry.path, target)
+                    os.rename(entry.path, self.input(job))
                 except FileNotFoundError:
                     lock.release()
                     continue
                 fsync_dir(self.active)
                 fsync_dir(self.inbox)
-                return Claim(job, target, lock, original_name=entry.name), settling
+                return Claim(job, self.input(job), lock, original_name=entry.name), settling
         return None, settling
 
     def _refuse_odd(self, entry: InboxEntry, what: str, on_refused: RefuseHook | None) -> None:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from spoolbatch.metrics import MetricsSample
 
 if TYPE_CHECKING:
-    from spoolbatch.jobrunner import ChunkReport
+    from spoolbatch.chunkplan import PartSummary
     from spoolbatch.spool import Spool
 
 
@@ -23,7 +23,7 @@ class Totals:
     last_rps: float | None = None
     last_tps: float | None = None
 
-    def add(self, report: ChunkReport) -> None:
+    def add(self, report: PartSummary) -> None:
         """Count one committed chunk."""
         self.requests_done += report.done
         self.requests_failed += report.failed

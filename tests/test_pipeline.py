@@ -55,34 +55,40 @@ def test_results_are_openai_batch_lines(spool: Spool, config: Config) -> None:
         ChatCompletion.model_validate(line["response"]["body"])
 
 
-def crash_midway(spool: Spool, config: Config, job: str, chunks: int) -> None:
-    """Run ``chunks`` chunks, then leave garbage past the committed offsets as a crash would."""
+def crash_midway(spool: Spool, config: Config, job: str, chunks: int, *, unmerged: bool = False,
+                 orphan: bool = False) -> None:
+    """Run ``chunks`` chunks, then leave what a crash can: bytes past the committed offsets,
+    a committed part not merged yet (``unmerged``), a planned chunk never committed (``orphan``)."""
     daemon = Daemon(config, echo=False)
-    calls = {"n": 0}
-
-    def stop() -> bool:
-        calls["n"] += 1
-        return calls["n"] > chunks
-
-    claim, _ = spool.claim(0)
-    assert claim is not None
-    from spoolbatch.jobrunner import JobRunner
-    JobRunner(spool, claim, config, daemon.executor, should_stop=stop, echo=False).run()
-    claim.release()
+    for _ in range(chunks):
+        assert daemon.loop_once().worked
+    held = daemon.runner.claim_chunk(job, config.chunk_size) if orphan else None
+    if unmerged:  # committed after the orphan was planned: it cannot merge before the orphan does
+        claim = daemon.runner.claim_chunk(job, config.chunk_size)
+        assert claim is not None
+        daemon.runner.run_chunk(claim)
+        claim.release()
+    if held is not None:
+        held.release()
     for path in (spool.results(job), spool.deadletter_file(job), spool.ids(job)):
         with open(path, "ab") as f:
             f.write(b'{"torn": tr')
 
 
-def test_resume_cuts_files_back_to_the_checkpoint(spool: Spool, config: Config) -> None:
-    drop(spool, "job.jsonl", [chat_line(i) for i in range(35)] + ["[1]"])
-    crash_midway(spool, config, "job", chunks=2)
+@pytest.mark.parametrize(("unmerged", "orphan"), [(False, False), (True, False), (False, True), (True, True)])
+def test_resume_cuts_files_back_and_merges_or_takes_over_chunks(spool: Spool, config: Config, unmerged: bool,
+                                                                  orphan: bool) -> None:
+    drop(spool, "job.jsonl", [chat_line(i) for i in range(45)] + ["[1]"])
+    crash_midway(spool, config, "job", chunks=2, unmerged=unmerged, orphan=orphan)
     ckpt = Checkpoint.load(spool.checkpoint("job"))
     assert ckpt is not None and ckpt.lines_consumed == 20 and ckpt.status == JobStatus.RUNNING
     drain(config)
-    assert assert_exactly_once(spool, "job", {f"req-{i}" for i in range(35)}) == (35, 1)
+    assert assert_exactly_once(spool, "job", {f"req-{i}" for i in range(45)}) == (45, 1)
     final = Checkpoint.load(spool.checkpoint("job"))
-    assert final is not None and final.resumes == 1
+    assert final is not None and final.resumes == int(orphan) and final.chunks == 5
+    assert not spool.work_area("job").exists()
+    log = spool.log("job").read_text()
+    assert ("resuming at line 21" in log) == orphan
 
 
 def test_duplicates_are_caught_across_a_resume(spool: Spool, config: Config) -> None:
@@ -131,6 +137,7 @@ def test_cancel_a_running_job_stops_at_a_chunk_boundary(spool: Spool, config: Co
     drain(config)
     ckpt = Checkpoint.load(spool.checkpoint("job"))
     assert ckpt is not None and ckpt.status == JobStatus.CANCELLED and ckpt.lines_consumed == 10
+    assert ckpt.resumes == 0
     assert len(read_jsonl(spool.results("job"))) == 10
     assert not spool.cancel_marker("job").exists()
 
@@ -218,7 +225,7 @@ def test_executor_splits_on_oom_and_deadletters_a_poison_request(spool: Spool, c
     engine = FlakyEngine(max_batch=4, poison={"req-7"})
     drop(spool, "job.jsonl", [chat_line(i) for i in range(20)])
     daemon = Daemon(config.replace(chunk_size=20), echo=False)
-    daemon.executor = ChunkExecutor(lambda: engine, max_attempts=3, backoff=0)
+    daemon.executor = daemon.runner.executor = ChunkExecutor(lambda: engine, max_attempts=3, backoff=0)
     while daemon.loop_once().worked:
         pass
     assert assert_exactly_once(spool, "job", {f"req-{i}" for i in range(20)}) == (19, 1)

@@ -1,0 +1,127 @@
+"""A job's work area: the plan of its chunks and the committed parts waiting to be merged.
+
+Several workers may share one job. Each takes a *chunk* (a byte range of the input, fixed
+in an append-only plan when first claimed), answers it, and commits it as a *part*: its
+result lines, deadletter records and custom_id hashes, written atomically, then a marker.
+Whoever holds the job lock next merges committed parts, in chunk order, into the job's
+results, deadletter and ids files and replaces the checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from array import array
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import orjson
+
+from spoolbatch.fsutil import AppendFile, atomic_write, fsync_dir
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRange:
+    """Lines ``first_line`` .. ``first_line + lines - 1``: input bytes ``start`` .. ``end``."""
+
+    index: int
+    start: int
+    end: int
+    first_line: int
+    lines: int
+
+
+@dataclass(frozen=True, slots=True)
+class PartSummary:
+    """What a committed chunk holds; the marker file that makes a part count."""
+
+    index: int
+    lines: int
+    end: int
+    done: int
+    failed: int
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float
+    retries: int
+    worker: str
+
+
+class WorkArea:
+    """``active/JOB.chunks/``: plan.jsonl, K.lock, K.results, K.deadletter, K.ids, K.done."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def ensure(self) -> None:
+        """Create the folder (private)."""
+        self.root.mkdir(mode=0o700, exist_ok=True)
+
+    @property
+    def plan_path(self) -> Path:
+        """The append-only plan of chunk ranges."""
+        return self.root / "plan.jsonl"
+
+    def lock(self, index: int) -> Path:
+        """The lock a worker holds while it answers chunk ``index``."""
+        return self.root / f"{index:06d}.lock"
+
+    def _part(self, index: int, kind: str) -> Path:
+        return self.root / f"{index:06d}.{kind}"
+
+    # --- the plan ----------------------------------------------------------------------------
+    def plan(self) -> list[ChunkRange]:
+        """Every chunk claimed so far (a torn last record, from a crash, is not one)."""
+        try:
+            data = self.plan_path.read_bytes()
+        except FileNotFoundError:
+            return []
+        whole = data[: data.rfind(b"\n") + 1]
+        return [ChunkRange(**orjson.loads(line)) for line in whole.splitlines()]
+
+    def add(self, chunk: ChunkRange) -> None:
+        """Append one range durably (caller holds the job lock)."""
+        try:
+            size = self.plan_path.stat().st_size
+            committed = self.plan_path.read_bytes()[:size].rfind(b"\n") + 1
+        except FileNotFoundError:
+            committed = 0
+        with AppendFile(self.plan_path, committed) as plan:
+            plan.write(orjson.dumps(asdict(chunk)) + b"\n")
+            plan.commit()
+
+    # --- parts -------------------------------------------------------------------------------
+    def commit_part(self, summary: PartSummary, results: bytes, deadletter: bytes, ids: array[int]) -> None:
+        """Write a chunk's output, then its marker: only a part with a marker exists."""
+        k = summary.index
+        atomic_write(self._part(k, "results"), results, sync_dir=False)
+        atomic_write(self._part(k, "deadletter"), deadletter, sync_dir=False)
+        atomic_write(self._part(k, "ids"), ids.tobytes(), sync_dir=False)
+        atomic_write(self._part(k, "done"), orjson.dumps(asdict(summary)))
+
+    def committed(self, index: int) -> PartSummary | None:
+        """The marker of part ``index``, or None while it is not committed."""
+        try:
+            return PartSummary(**orjson.loads(self._part(index, "done").read_bytes()))
+        except FileNotFoundError:
+            return None
+
+    def read_part(self, index: int) -> tuple[bytes, bytes, array[int]]:
+        """(result lines, deadletter lines, [hash, line] pairs for each result then each record)."""
+        ids = array("Q")
+        ids.frombytes(self._part(index, "ids").read_bytes())
+        return self._part(index, "results").read_bytes(), self._part(index, "deadletter").read_bytes(), ids
+
+    def drop_part(self, index: int) -> None:
+        """Remove a merged (or abandoned) part's files; the marker goes last."""
+        for kind in ("results", "deadletter", "ids", "lock", "done"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._part(index, kind))
+
+    def remove(self) -> None:
+        """Delete the whole work area once the job is final."""
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(self.root):
+                os.unlink(self.root / name)
+            os.rmdir(self.root)
+            fsync_dir(self.root.parent)
