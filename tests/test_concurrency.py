@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import time
 from typing import Any
 
 import orjson
@@ -64,14 +65,19 @@ def test_three_daemons_process_each_job_exactly_once(spool: Spool, start_daemon:
 def test_dead_owner_is_taken_over_by_a_running_daemon(spool: Spool, start_daemon: Any) -> None:
     job = "takeover"
     drop(spool, f"{job}.jsonl", job_records(job, 600))
-    first = start_daemon("--chunk-size", "50", "--fake-latency", "0.005")
+    first = start_daemon("--chunk-size", "50", "--fake-latency", "0.01")
     wait_for(lambda: (checkpoint(spool, job) or {}).get("lines_consumed", 0) >= 100, timeout=30, interval=0.01)
-    second = start_daemon("--chunk-size", "50", "--fake-latency", "0.005")
-    # The second daemon must see the job as owned and leave it alone while the first lives.
+    second = start_daemon("--chunk-size", "50", "--fake-latency", "0.01")
+    # While the first lives its work is owned: nothing of it is taken over (the second may share chunks).
     wait_for(lambda: any(f"-{second.pid}.json" in p.name for p in spool.workers.iterdir()), timeout=30)
     assert spool.job_is_owned(job)
     assert "resuming" not in spool.log(job).read_text()
 
+    # Kill the first while it is inside a chunk (about 0.5 s each): wait for it to start one.
+    beat = spool.worker_file(f"{socket.gethostname()}-{first.pid}")
+    chunk = orjson.loads(beat.read_bytes()).get("chunk")
+    wait_for(lambda: orjson.loads(beat.read_bytes()).get("chunk") not in (None, chunk), timeout=30, interval=0.01)
+    time.sleep(0.1)
     first.send_signal(signal.SIGKILL)
     assert first.wait(timeout=10) == -signal.SIGKILL
     wait_for(lambda: (checkpoint(spool, job) or {}).get("status") == "completed", timeout=60)
