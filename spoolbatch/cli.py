@@ -311,6 +311,25 @@ def retry(job: Annotated[str, typer.Argument(help="Job id.")], spool: SpoolOpt =
     _json({"job": new, "records": n}) if json else out.print(f"queued job {new}: {n:,} record(s) from {job}")
 
 
+@app.command()
+@handles_errors
+def models(spool: SpoolOpt = None, json: JsonOpt = False) -> None:
+    """Configured and cached models, and whether each is ready to run."""
+    from spoolbatch.models import default_model, list_models
+
+    config = _config(spool)
+    items = list_models(config.model_dir)
+    if json:
+        _json({"default": default_model(), "models": [m.to_dict() for m in items]})
+        return
+    table = Table(title=f"models (default here: {default_model()})", title_justify="left")
+    for col in ("name", "kind", "source", "ready", "path / note"):
+        table.add_column(col)
+    for m in items:
+        table.add_row(m.name, m.kind, m.source, "yes" if m.ready else "no", m.path or m.note)
+    out.print(table)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

