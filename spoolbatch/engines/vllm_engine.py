@@ -140,6 +140,11 @@ class VllmEngine:
             kwargs["max_model_len"] = self.settings.max_model_len
         if self.settings.max_num_seqs:
             kwargs["max_num_seqs"] = self.settings.max_num_seqs
+        if runner == GENERATE:
+            # Compact structured output: with "any whitespace" allowed a weak model can loop on
+            # blanks until max_tokens and never close the JSON. vLLM reads this per engine and
+            # only with a named backend; llguidance covers the most of JSON Schema.
+            kwargs["structured_outputs_config"] = {"backend": "guidance", "disable_any_whitespace": True}
         if self._cpu:
             kwargs["distributed_executor_backend"] = "uni"
         else:
