@@ -121,7 +121,8 @@ def submit(
 def run(
     spool: SpoolOpt = None,
     once: Annotated[bool, typer.Option("--once", help="Drain the queue, then exit (for cron).")] = False,
-    engine: Annotated[str | None, typer.Option(help="vllm (default) or fake.")] = None,
+    engine: Annotated[str | None, typer.Option(
+        help="vllm (default), fake, or ray (vLLM replicas on a Ray cluster; pip install 'spoolbatch[ray]').")] = None,
     chunk_size: Annotated[int | None, typer.Option(help="Requests per durable chunk (default 5000).")] = None,
     poll_interval: Annotated[float | None, typer.Option(help="Seconds between inbox scans (default 10).")] = None,
     heartbeat_interval: Annotated[float | None, typer.Option(help="Seconds between heartbeats.")] = None,
@@ -129,13 +130,30 @@ def run(
     fake_latency: Annotated[float | None, typer.Option(help="Per-request latency of the fake engine.")] = None,
     model_dir: Annotated[str | None, typer.Option(help="Folder to look for local models in.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-chunk lines on stderr.")] = False,
+    ray_address: Annotated[str | None, typer.Option(
+        help="--engine ray: the cluster (HOST:6379 or ray://...); 'auto' (default) joins a running one, "
+             "else starts a local Ray; 'local' always starts one.")] = None,
+    ray_concurrency: Annotated[int | None, typer.Option(
+        help="--engine ray: vLLM replicas (one GPU each on a GPU cluster); default 1.")] = None,
+    gpus: Annotated[str | None, typer.Option(help="One worker per GPU: '0,1,2,3' or 'all', all on this spool.")]
+    = None,
 ) -> None:
     """The daemon: claim jobs and process them in durable chunks."""
+    flags = dict(engine=engine, chunk_size=chunk_size, poll_interval=poll_interval,
+                 heartbeat_interval=heartbeat_interval, settle_seconds=settle_seconds,
+                 fake_latency=fake_latency, model_dir=model_dir, ray_address=ray_address,
+                 ray_concurrency=ray_concurrency)
+    config = _config(spool, **flags)
+    if gpus is not None:
+        from spoolbatch.supervisor import Supervisor, parse_gpus
+
+        args = ["--spool", str(config.spool), *(["--once"] if once else []), *(["-q"] if quiet else [])]
+        for name, value in flags.items():
+            if value is not None:
+                args += [f"--{name.replace('_', '-')}", str(value)]
+        raise typer.Exit(Supervisor(parse_gpus(gpus), args, once=once).run())
     from spoolbatch.daemon import Daemon
 
-    config = _config(spool, engine=engine, chunk_size=chunk_size, poll_interval=poll_interval,
-                     heartbeat_interval=heartbeat_interval, settle_seconds=settle_seconds,
-                     fake_latency=fake_latency, model_dir=model_dir)
     daemon = Daemon(config, echo=not quiet)
     daemon.install_signal_handlers()
     raise typer.Exit(daemon.run(once=once))
@@ -158,7 +176,11 @@ def _render_status(data: dict[str, Any]) -> list[Any]:
         lines.append("workers: none has run on this spool")
     for w in data["workers"]:
         gpu = w.get("gpu") or {}
-        where = f" job {w['job']} chunk {w.get('chunk')}" if w.get("job") else ""
+        lines = w.get("chunk_lines")
+        where = f" job {w['job']} chunk {w.get('chunk')}" + (f" (lines {lines[0]:,}-{lines[1]:,})" if lines else "") \
+            if w.get("job") else ""
+        if w.get("cuda_visible_devices"):
+            where = f" [GPU {w['cuda_visible_devices']}]" + where
         reason = f" ({w['reason']})" if w.get("reason") else ""
         state = "" if w.get("state") == w["liveness"] else f", {w.get('state')}"
         lines.append(f"worker {w['worker']}: {w['liveness']}{state}{where}{reason}, "

@@ -36,7 +36,7 @@ class Heartbeat:
         self._state: dict[str, Any] = {
             "worker": self.id, "pid": os.getpid(), "host": socket.gethostname(), "state": "starting",
             "reason": None, "job": None, "chunk": None, "progress": None, "started_at": time.time(),
-            "interval": self.interval, **fields,
+            "interval": self.interval, "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), **fields,
         }
         self._wake = threading.Event()
         self._stop = threading.Event()

@@ -1,0 +1,83 @@
+"""Several workers on one job: chunks spread over them, exactly once, even when killed at random."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import time
+from typing import Any
+
+import orjson
+import pytest
+
+from spoolbatch.spool import Spool
+
+from .conftest import REPO, assert_exactly_once, chat_line, daemon_cmd, drop, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def chunk_workers(spool: Spool, job: str) -> set[str]:
+    """The workers named in the job log's chunk lines."""
+    return {line.rsplit("(", 1)[1].rstrip(")") for line in spool.log(job).read_text().splitlines()
+            if " chunk " in line and line.endswith(")") and "answered" in line}
+
+
+def test_gpus_flag_runs_one_worker_per_card_on_one_job(spool: Spool) -> None:
+    drop(spool, "big.jsonl", [chat_line(i) for i in range(600)])
+    cmd = daemon_cmd(spool, "--once", "--chunk-size", "30", "--fake-latency", "0.004", "--gpus", "0,1")
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "worker for GPU 0 started" in proc.stderr and "worker for GPU 1 started" in proc.stderr
+    assert assert_exactly_once(spool, "big", {f"req-{i}" for i in range(600)}) == (600, 0)
+    assert len(chunk_workers(spool, "big")) == 2, "both workers answered chunks of the one job"
+    pins = {orjson.loads(p.read_bytes()).get("cuda_visible_devices") for p in spool.workers.glob("*.json")}
+    assert pins == {"0", "1"}
+
+
+def test_sigterm_to_the_supervisor_stops_every_worker_cleanly(spool: Spool) -> None:
+    drop(spool, "big.jsonl", [chat_line(i) for i in range(2000)])
+    cmd = daemon_cmd(spool, "--chunk-size", "50", "--fake-latency", "0.01", "--gpus", "0,1")
+    proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: len(list(spool.workers.glob("*.json"))) == 2, timeout=30)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    states = {orjson.loads(p.read_bytes())["state"] for p in spool.workers.glob("*.json")}
+    assert states == {"stopped"}
+    assert not spool.job_is_owned("big")
+
+
+def test_workers_sharing_a_job_killed_at_random_lose_and_repeat_nothing(spool: Spool, start_daemon: Any) -> None:
+    rng = random.Random(6)
+    n = 1500
+    records: list[object] = [chat_line(i) for i in range(n)]
+    for i in range(5, n, 97):
+        records[i] = chat_line(i, model="other")  # model_mismatch: deadletter
+    drop(spool, "shared.jsonl", records)
+    args = ("--chunk-size", "25", "--fake-latency", "0.003")
+    procs = [start_daemon(*args) for _ in range(3)]
+    kills = 0
+    deadline = time.monotonic() + 60
+    while kills < 9 and time.monotonic() < deadline:
+        time.sleep(rng.uniform(0.2, 0.9))
+        victim = rng.randrange(len(procs))
+        procs[victim].send_signal(signal.SIGKILL)
+        procs[victim].wait(timeout=10)
+        kills += 1
+        procs[victim] = start_daemon(*args)
+    assert kills == 9
+    final = [start_daemon("--once", *args) for _ in range(2)]
+    for proc in final:
+        assert proc.wait(timeout=120) == 0
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    bad = {f"req-{i}" for i in range(5, n, 97)}
+    assert assert_exactly_once(spool, "shared", {f"req-{i}" for i in range(n)}) == (n - len(bad), len(bad))
+    assert len(chunk_workers(spool, "shared")) >= 3
