@@ -1,4 +1,4 @@
-"""Inference engines behind one protocol; the vLLM one is imported only when asked for."""
+"""Inference engines behind one protocol; vLLM and Ray are imported only when asked for."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from spoolbatch.config import Config
     from spoolbatch.engines.base import Engine
 
-ENGINE_NAMES = ("vllm", "fake")
+ENGINE_NAMES = ("vllm", "fake", "ray")
 
 
 def make_engine(name: str, config: Config) -> Engine:
@@ -23,4 +23,8 @@ def make_engine(name: str, config: Config) -> Engine:
         from spoolbatch.engines.vllm_engine import VllmEngine
 
         return VllmEngine(config.engine_settings())
+    if name == "ray":
+        from spoolbatch.engines.ray_engine import RayEngine
+
+        return RayEngine(config.engine_settings(), address=config.ray_address, concurrency=config.ray_concurrency)
     raise ConfigError(f"unknown engine {name!r}", hint=f"choose one of: {', '.join(ENGINE_NAMES)}")
