@@ -7,6 +7,7 @@ unusable; 4 no such job; 5 bad input or over a limit; 6 engine failure; 7 disk f
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 import time
@@ -176,8 +177,8 @@ def _render_status(data: dict[str, Any]) -> list[Any]:
         lines.append("workers: none has run on this spool")
     for w in data["workers"]:
         gpu = w.get("gpu") or {}
-        lines = w.get("chunk_lines")
-        where = f" job {w['job']} chunk {w.get('chunk')}" + (f" (lines {lines[0]:,}-{lines[1]:,})" if lines else "") \
+        span = w.get("chunk_lines")
+        where = f" job {w['job']} chunk {w.get('chunk')}" + (f" (lines {span[0]:,}-{span[1]:,})" if span else "") \
             if w.get("job") else ""
         if w.get("cuda_visible_devices"):
             where = f" [GPU {w['cuda_visible_devices']}]" + where
@@ -218,8 +219,8 @@ def status(
     from rich.console import Group
     from rich.live import Live
 
-    with Live(console=out, auto_refresh=False) as live:
-        while True:
+    with contextlib.suppress(KeyboardInterrupt), Live(console=out, auto_refresh=False) as live:
+        while True:  # Ctrl-C is how a person leaves the live view: exit 0
             live.update(Group(*_render_status(gather(sp, job).to_dict()), f"(refreshing every {interval}s; "
                                                                           "Ctrl-C to leave)"), refresh=True)
             time.sleep(interval)
