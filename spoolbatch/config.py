@@ -59,6 +59,8 @@ class Config:
     dtype: str = "auto"
     cpu_kvcache_gib: int = 1
     model_dir: str | None = None
+    ray_address: str = "auto"  # --engine ray: a cluster address, "auto" (a running one, else local), "local"
+    ray_concurrency: int = 1  # --engine ray: vLLM replicas, one GPU each on a GPU cluster
     extra: dict[str, Any] = field(default_factory=dict)
 
     def engine_settings(self) -> EngineSettings:
@@ -98,7 +100,7 @@ def _coerce(name: str, kind: Any, raw: Any) -> Any:
 
 def _check(config: Config) -> Config:
     positive = ("chunk_size", "max_requests_per_job", "max_job_bytes", "max_queued_jobs",
-                "max_queued_requests", "max_line_bytes", "max_attempts", "gpu_min_chunk")
+                "max_queued_requests", "max_line_bytes", "max_attempts", "gpu_min_chunk", "ray_concurrency")
     for name in positive:
         if getattr(config, name) < 1:
             raise ConfigError(f"setting {name!r} must be at least 1, got {getattr(config, name)}")
