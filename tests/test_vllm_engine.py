@@ -1,5 +1,7 @@
 """The real vLLM engine on the CPU, with a tiny random Llama built at test time.
 
+(The first few tests, unmarked, check model resolution and lazy imports without vLLM.)
+
 One engine serves the whole module (each start costs seconds); the embeddings tests come
 last because they switch it to a pooling runner. Bodies must parse with the official
 ``openai`` types, and greedy text must equal what ``vllm.LLM`` gives for the same params.
@@ -21,8 +23,6 @@ from spoolbatch.config import EngineSettings
 from spoolbatch.engines.base import Engine, Outcome, Request
 from spoolbatch.sampling import CHAT, COMPLETIONS, EMBEDDINGS, parse_spec
 from tests.tiny_model import MAX_POSITIONS, tiny_llama
-
-pytestmark = pytest.mark.vllm
 
 MODEL = "tiny"
 # Bounded fields, so even a random model must close the object within max_tokens.
@@ -64,6 +64,7 @@ def engine(model_dir: Path) -> Iterator[Any]:
     eng.close()
 
 
+@pytest.mark.vllm
 def test_is_an_engine_and_keeps_its_model(engine: Any, model_dir: Path) -> None:
     assert isinstance(engine, Engine)
     llm = engine._llm
@@ -72,6 +73,7 @@ def test_is_an_engine_and_keeps_its_model(engine: Any, model_dir: Path) -> None:
     assert engine.max_model_len == MAX_POSITIONS
 
 
+@pytest.mark.vllm
 def test_chat_parses_as_openai_and_matches_vllm(engine: Any) -> None:
     from openai.types.chat import ChatCompletion
     from vllm import SamplingParams
@@ -98,6 +100,7 @@ def test_chat_parses_as_openai_and_matches_vllm(engine: Any) -> None:
         assert ok(a)["choices"] == ok(b)["choices"]
 
 
+@pytest.mark.vllm
 def test_completions_match_vllm_generate(engine: Any) -> None:
     from openai.types import Completion
     from vllm import SamplingParams
@@ -110,6 +113,7 @@ def test_completions_match_vllm_generate(engine: Any) -> None:
     assert parsed.usage is not None and parsed.usage.prompt_tokens == len(direct.prompt_token_ids)
 
 
+@pytest.mark.vllm
 def test_sampling_fields_n_seed_stop(engine: Any) -> None:
     from openai.types.chat import ChatCompletion
 
@@ -133,6 +137,7 @@ def test_sampling_fields_n_seed_stop(engine: Any) -> None:
         assert stop not in choice["message"]["content"]
 
 
+@pytest.mark.vllm
 def test_logprobs_shapes(engine: Any) -> None:
     from openai.types import Completion
     from openai.types.chat import ChatCompletion
@@ -155,6 +160,7 @@ def test_logprobs_shapes(engine: Any) -> None:
     assert lp.text_offset == sorted(lp.text_offset or []) and (lp.text_offset or [1])[0] == 0
 
 
+@pytest.mark.vllm
 def test_json_schema_gives_valid_json_even_from_gibberish(engine: Any) -> None:
     fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": SCHEMA}}
     (outcome, loose) = engine.run([
@@ -169,6 +175,7 @@ def test_json_schema_gives_valid_json_even_from_gibberish(engine: Any) -> None:
         assert isinstance(json.loads(ok(loose)["choices"][0]["message"]["content"]), dict)
 
 
+@pytest.mark.vllm
 def test_bad_requests_fail_alone(engine: Any) -> None:
     too_long = chat("long", "word " * (MAX_POSITIONS * 2), max_tokens=4)
     bad_schema = chat("schema", max_tokens=4, response_format={
@@ -189,6 +196,7 @@ def test_bad_requests_fail_alone(engine: Any) -> None:
     assert not engine.run([good[0]])[0].failed
 
 
+@pytest.mark.vllm
 def test_max_tokens_absent_means_rest_of_context(engine: Any) -> None:
     (outcome,) = engine.run([chat("r", "hi", temperature=0, logit_bias={str(engine._tokenizer.eos_token_id): -100})])
     body = ok(outcome)
@@ -196,6 +204,7 @@ def test_max_tokens_absent_means_rest_of_context(engine: Any) -> None:
     assert body["choices"][0]["finish_reason"] == "length"
 
 
+@pytest.mark.vllm
 def test_embeddings_with_a_pooling_runner(engine: Any) -> None:
     from openai.types import CreateEmbeddingResponse
 
@@ -216,6 +225,7 @@ def test_embeddings_with_a_pooling_runner(engine: Any) -> None:
     assert outcomes[3].failed and outcomes[3].error_code == "context_length_exceeded"
 
 
+@pytest.mark.vllm
 def test_packaged_minilm_embeddings() -> None:
     from spoolbatch.models import EMBED_DEMO_MODEL, embed_demo_dir
 
@@ -237,3 +247,33 @@ def test_packaged_minilm_embeddings() -> None:
         assert math.sqrt(sum(x * x for x in vectors[0])) == pytest.approx(1.0, abs=1e-3)
     finally:
         eng.close()
+
+
+def test_engine_module_imports_neither_vllm_nor_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, spoolbatch.engines.vllm_engine, spoolbatch.models, spoolbatch.cpu_env;"
+            "bad = [m for m in ('vllm', 'torch', 'transformers') if m in sys.modules]; print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_resolve_model_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from spoolbatch import models
+
+    monkeypatch.setenv("SPOOLBATCH_MODEL_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"architectures": ["BertModel"]}')
+    assert models.resolve_model(str(folder)) == str(folder.resolve())
+    assert models.model_kind(str(folder)) == "embed"
+    assert models.resolve_model("mine", model_dir=tmp_path) == str(folder.resolve())
+    assert models.resolve_model("google/gemma-3-4b-it") == "google/gemma-3-4b-it"  # a hub id passes through
+    demo = models.resolve_model(models.DEMO_HUB_ID, prepare=False)
+    assert demo == str(tmp_path / "cache" / models.DEMO_MODEL)
+    names = {m.name: m for m in models.list_models(model_dir=tmp_path)}
+    assert {models.DEMO_MODEL, models.EMBED_DEMO_MODEL, "mine"} <= set(names)
+    assert names["mine"].kind == "embed" and names["mine"].ready
+    assert not names[models.DEMO_MODEL].ready  # not converted in this cache yet
+    assert models.default_model() in (models.DEMO_MODEL, models.DEFAULT_GPU_MODEL)

@@ -21,7 +21,7 @@ CHAT_TEMPLATE = (
 )
 SPECIALS = ["<unk>", "<s>", "<|im_end|>", "<|im_start|>", "<pad>"]
 VOCAB_SIZE = 512
-MAX_POSITIONS = 256
+MAX_POSITIONS = 128
 
 
 def _corpus() -> list[str]:
