@@ -162,12 +162,13 @@ def run(
 
 def _status_table(data: dict[str, Any]) -> Table:
     table = Table(title=f"spool {data['spool']}", title_justify="left")
-    for col in ("job", "status", "progress", "done", "failed", "tokens", "eta"):
+    for col in ("job", "status", "progress", "done", "deadletter", "retries", "tokens", "eta"):
         table.add_column(col, justify="right" if col not in ("job", "status") else "left")
     for j in data["jobs"]:
         table.add_row(j["job"], j["status"] + (f" ({j['reason']})" if j.get("reason") else ""),
                       f"{100 * j['progress']:.1f}%", f"{j['requests_done']:,}", f"{j['requests_failed']:,}",
-                      f"{j['tokens']:,}", _duration(j["eta_seconds"]) if j["status"] == "running" else "-")
+                      f"{j.get('retries', 0):,}", f"{j['tokens']:,}",
+                      _duration(j["eta_seconds"]) if j["status"] == "running" else "-")
     return table
 
 

@@ -38,6 +38,7 @@ class JobInfo:
     updated_at: float | None = None
     reason: str | None = None
     owned: bool | None = None
+    retries: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON."""
@@ -50,7 +51,7 @@ def _from_checkpoint(ckpt: Checkpoint, owned: bool | None = None) -> JobInfo:
         status = "interrupted"
     return JobInfo(ckpt.job, status, ckpt.requests_done, ckpt.requests_failed, ckpt.total_lines,
                    round(ckpt.progress(), 4), ckpt.eta_seconds(), ckpt.model, ckpt.total_tokens,
-                   ckpt.updated_at, ckpt.message, owned)
+                   ckpt.updated_at, ckpt.message, owned, ckpt.retries)
 
 
 def list_jobs(spool: Spool) -> list[JobInfo]:
