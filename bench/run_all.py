@@ -1,0 +1,60 @@
+"""Every benchmark, one after another (what `make bench` runs); each prints its table and
+writes ``bench/out/NAME.json``. See BENCHMARKS.md for what the figures mean.
+
+``--quick`` runs smaller sizes (a smoke test of the scripts, not figures to quote).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+FULL = [
+    ("overhead", ["overhead.py"]),
+    ("resume", ["resume.py"]),
+    ("startup", ["startup.py"]),
+    ("engine", ["engine.py", "--model", "smollm2", "--prompts", "1000", "--rounds", "2"]),
+]
+QUICK = [
+    ("overhead", ["overhead.py", "--sizes", "10000,50000"]),
+    ("resume", ["resume.py", "--requests", "20000", "--chunk-size", "1000", "--repeat", "1"]),
+    ("startup", ["startup.py", "--lines", "5000", "--repeat", "2"]),
+    ("engine", ["engine.py", "--model", "tiny", "--prompts", "200", "--small-chunk", "50", "--rounds", "1"]),
+]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", help="comma-separated: overhead,resume,startup,engine")
+    args = parser.parse_args()
+    wanted = set(args.only.split(",")) if args.only else None
+    print(f"machine: {os.cpu_count()} cores; load average at start: "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    took, failed = [], []
+    start = time.perf_counter()
+    for name, cmd in QUICK if args.quick else FULL:
+        if wanted is not None and name not in wanted:
+            continue
+        print(f"\n=== {name}: {' '.join(cmd)}", flush=True)
+        t = time.perf_counter()
+        rc = subprocess.run([sys.executable, *cmd], cwd=HERE).returncode
+        took.append((name, time.perf_counter() - t))
+        if rc != 0:
+            failed.append(name)
+    print("\nbenchmark  seconds")
+    for name, seconds in took:
+        print(f"{name:<10} {seconds:7.1f}{'  FAILED' if name in failed else ''}")
+    print(f"{'total':<10} {time.perf_counter() - start:7.1f}  (load average now "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())})")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
