@@ -19,6 +19,8 @@ from spoolbatch.engines.base import Outcome, Request
 from spoolbatch.errors import RequestError
 from spoolbatch.sampling import ENDPOINTS, parse_spec
 
+_BLANK = frozenset(b" \t\n\r\x0b\x0c")  # what bytes.strip() removes
+
 
 @dataclass(frozen=True, slots=True)
 class BadLine:
@@ -55,7 +57,7 @@ class LineParser:
     def parse(self, raw: bytes, line: int) -> Request | BadLine | None:
         """One line to a ``Request``, a ``BadLine``, or None for a blank line."""
         text = raw.rstrip(b"\r\n")
-        if not text.strip():
+        if not text or text[0] in _BLANK and not text.strip():  # strip() only when it may be blank
             return None
         if len(text) > self.max_line_bytes:
             return BadLine(line, text, "line_too_long", f"line is {len(text):,} bytes, over the "
@@ -80,7 +82,19 @@ class LineParser:
                            custom_id)
         self.seen.add(h)
         self.new_ids.append(h)
+        url = obj.get("url")
+        body = obj.get("body")
+        if obj.get("method") == "POST" and url in ENDPOINTS and isinstance(body, dict):
+            try:
+                spec = parse_spec(url, body)
+            except RequestError as exc:
+                return BadLine(line, text, exc.code, exc.message, custom_id)
+            if spec.model == self.model and url == self.url:
+                return Request(custom_id, line, url, body, spec)  # the hot path: every line after the first
+        return self._refuse(obj, line, text, custom_id)
 
+    def _refuse(self, obj: dict[str, Any], line: int, text: bytes, custom_id: str) -> Request | BadLine:
+        """The checks after the custom_id, in order, for a line off the hot path (first line, or bad)."""
         def bad(code: str, message: str) -> BadLine:
             return BadLine(line, text, code, message, custom_id)
 

@@ -99,6 +99,12 @@ def _messages(body: dict[str, Any]) -> tuple[dict[str, Any], ...]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise RequestError("missing_field", "'messages' must be a non-empty list")
+    for message in messages:
+        if not (type(message) is dict and len(message) == 2 and type(message.get("content")) is str
+                and message.get("role") in _PLAIN_ROLES):
+            break
+    else:
+        return tuple(messages)  # the common case: every message plain {"role", "content": str}
     out = []
     for i, message in enumerate(messages):
         if type(message) is dict and len(message) == 2 and type(message.get("content")) is str \
@@ -225,14 +231,17 @@ def _generation_fields(url: str, body: dict[str, Any]) -> dict[str, Any]:
     for key, value in body.items():
         if value is None:
             continue
+        kind = type(value)
         if key in _NUMBERS:
             lo, hi = _NUMBERS[key]
-            out[key] = _number(body, key, 0.0, lo, hi)
+            # plain in-range numbers inline; anything else through _number, which words the refusal
+            out[key] = float(value) if (kind is float or kind is int) and lo <= value <= hi \
+                else _number(body, key, 0.0, lo, hi)
         elif key in _INTEGERS:
             if key == "top_logprobs" and url != CHAT:
                 continue
             ilo, ihi = _INTEGERS[key]
-            out[key] = _integer(body, key, ilo, ihi)
+            out[key] = value if kind is int and ilo <= value <= ihi else _integer(body, key, ilo, ihi)
         elif key == "stop":
             out["stop"] = _stop(body)
         elif key == "logit_bias":

@@ -35,7 +35,7 @@ def _tokens(text: str) -> int:
 
 def _prompt_text(spec: SamplingSpec) -> str:
     if spec.endpoint == CHAT:
-        return "\n".join(f"{m['role']}: {m['content']}" for m in spec.messages)
+        return "\n".join([f"{m['role']}: {m['content']}" for m in spec.messages])
     return spec.prompt
 
 
@@ -49,6 +49,8 @@ def _generate(spec: SamplingSpec, digest: bytes, index: int) -> Choice:
     want = 3 + seed[0] % 12
     words = [_WORDS[b % 26] for b in seed[1:1 + min(want, limit)]]
     text, finish = " ".join(words), ("length" if want > limit else "stop")
+    if not spec.stop:  # the words hold no blanks: one token each
+        return Choice(text, finish, len(words))
     for stop in spec.stop:
         cut = text.find(stop)
         if cut >= 0:
