@@ -35,8 +35,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from spoolbatch.config import EngineSettings
@@ -81,6 +83,21 @@ def _rss_bytes() -> int:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
+
+
+@contextlib.contextmanager
+def _keeping_signal_handlers() -> Iterator[None]:
+    """Put our SIGTERM/SIGINT handlers back after ``ray.init``, which installs its own (they abort)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            if handler is not None:
+                signal.signal(sig, handler)
 
 
 def _lost(exc: BaseException) -> bool:
@@ -132,6 +149,10 @@ class RayEngine:
             raise EngineError(f"Ray is not installed: {exc}", hint="pip install 'spoolbatch[ray]'") from None
         if ray.is_initialized():
             return ray
+        with _keeping_signal_handlers():
+            return self._init(ray)
+
+    def _init(self, ray: Any) -> Any:
         common: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
         if self.address not in (AUTO, LOCAL):
             try:
