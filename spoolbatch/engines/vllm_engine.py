@@ -1,11 +1,14 @@
 """The real engine: vLLM's offline ``LLM``, kept loaded between chunks and jobs.
 
 vLLM and torch are imported inside methods only, so importing this module is cheap.
-A chunk is answered in one batched call per endpoint. Before that call every request is
-checked on its own (chat template, prompt length against the context, sampling
-parameters); a request that fails there gets a failed outcome and never reaches the
-batch. If the batched call still raises for a request-shaped reason, the chunk is split
-in halves until the culprits are isolated, so one bad request never costs the others.
+Chat and completion requests are rendered and tokenized once (the model's chat template
+for chat), checked on their own (prompt length against the context, sampling parameters)
+and enqueued in the engine with ``submit``; ``collect`` steps the engine until that
+chunk's requests are finished. A request that fails its checks gets a failed outcome and
+never reaches the engine. Submitting the next chunk before collecting the current one
+keeps the engine's batch full across chunk boundaries (see ``ChunkExecutor.submit``).
+Embeddings go through one batched ``embed`` call per chunk; if it raises for a
+request-shaped reason the chunk is split in halves until the culprits are isolated.
 
 Engine-wide failures (out of memory, a dead engine) raise ``EngineError``; ``exc.oom`` is
 True when the cause was an out-of-memory error, so the caller can split the chunk.
@@ -19,6 +22,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from spoolbatch import bodies
@@ -70,6 +74,17 @@ def _engine_error(exc: BaseException) -> EngineError:
     return err
 
 
+@dataclass(slots=True)
+class Ticket:
+    """A chunk enqueued in the engine and not collected yet."""
+
+    number: int
+    created: int
+    requests: list[Request]
+    outcomes: list[Outcome | None]
+    waiting: dict[str, int] = field(default_factory=dict)  # engine request id -> index
+
+
 class VllmEngine:
     """The ``Engine`` protocol on vLLM's offline ``LLM`` (GPU build, or the CPU build)."""
 
@@ -86,6 +101,9 @@ class VllmEngine:
         self.max_model_len = 0
         self.vocab_size = 0
         self.load_seconds = 0.0
+        self._tickets = 0
+        self._open: dict[str, int] = {}  # request id -> ticket, still in the engine
+        self._finished: dict[str, Any] = {}  # finished outputs not collected yet
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -166,6 +184,7 @@ class VllmEngine:
 
     def close(self) -> None:
         """Release the model and the memory it holds (safe to call twice)."""
+        self.abort()
         llm, self._llm = self._llm, None
         self._tokenizer = None
         if llm is None:
@@ -200,41 +219,109 @@ class VllmEngine:
 
     def run(self, requests: Sequence[Request]) -> list[Outcome]:
         """Answer every request, in order; per-request problems become failed outcomes."""
-        outcomes: list[Outcome | None] = [None] * len(requests)
         if not requests:
             return []
-        if self._model is None:
-            self.load(requests[0].spec.model, endpoint=requests[0].spec.endpoint)
-        created = int(time.time())
-        by_endpoint: dict[str, list[int]] = {}
-        for i, request in enumerate(requests):
-            by_endpoint.setdefault(request.spec.endpoint, []).append(i)
-        for endpoint, indexes in by_endpoint.items():
-            assert self._model is not None
-            self.load(self._model, endpoint=endpoint)
-            group = [requests[i] for i in indexes]
-            if endpoint == EMBEDDINGS:
-                answers = self._run_embeddings(group)
-            elif endpoint in (CHAT, COMPLETIONS):
-                answers = self._run_generate(group, created)
-            else:
-                answers = [Outcome.fail("unsupported_endpoint", f"endpoint {endpoint!r} is not supported")
-                           for _ in group]
-            for i, outcome in zip(indexes, answers, strict=True):
-                outcomes[i] = outcome
+        embed = [i for i, r in enumerate(requests) if r.spec.endpoint == EMBEDDINGS]
+        if not embed:
+            return self.collect(self.submit(requests))
+        outcomes: list[Outcome | None] = [None] * len(requests)
+        generate = [i for i in range(len(requests)) if i not in set(embed)]
+        if generate:
+            for i, o in zip(generate, self.collect(self.submit([requests[i] for i in generate])), strict=True):
+                outcomes[i] = o
+        self.load(self._model or requests[embed[0]].spec.model, endpoint=EMBEDDINGS)
+        for i, o in zip(embed, self._run_embeddings([requests[i] for i in embed]), strict=True):
+            outcomes[i] = o
         return [o if o is not None else Outcome.fail("internal_error", "no answer") for o in outcomes]
+
+    # pipelining ---------------------------------------------------------------------
+
+    def submit(self, requests: Sequence[Request]) -> Ticket:
+        """Check and enqueue a chunk of chat/completion requests without waiting for them.
+
+        The engine works on everything enqueued, so a chunk submitted before the previous
+        one is collected keeps the batch full across the chunk boundary. Requests that fail
+        their own checks are answered at once with a failed outcome.
+        """
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        if requests and (self._llm is None or self._runner != GENERATE):
+            self.load(self._model or requests[0].spec.model, endpoint=CHAT)
+        self._tickets += 1
+        ticket = Ticket(number=self._tickets, created=int(time.time()), requests=list(requests),
+                        outcomes=[None] * len(requests))
+        for i, request in enumerate(requests):
+            if request.spec.endpoint not in (CHAT, COMPLETIONS):
+                ticket.outcomes[i] = Outcome.fail("unsupported_endpoint",
+                                                  f"{request.spec.endpoint} cannot share a chunk with generation")
+                continue
+            rid = f"sb{ticket.number}-{i}"
+            try:
+                ids = self._prompt_ids(request)
+                params = self.sampling_params(request, len(ids))
+                params.output_kind = RequestOutputKind.FINAL_ONLY
+                self._llm.llm_engine.add_request(rid, TokensPrompt(prompt_token_ids=ids), params)
+            except RequestError as exc:
+                ticket.outcomes[i] = Outcome.fail(exc.code, str(exc))
+                continue
+            except Exception as exc:
+                if not _request_shaped(exc):
+                    self.abort()
+                    raise _engine_error(exc) from exc
+                ticket.outcomes[i] = Outcome.fail("invalid_request", f"rejected by vLLM: {type(exc).__name__}: {exc}")
+                continue
+            ticket.waiting[rid] = i
+            self._open[rid] = ticket.number
+        return ticket
+
+    def collect(self, ticket: Ticket) -> list[Outcome]:
+        """Step the engine until every request of ``ticket`` is finished; outcomes in order."""
+        engine = self._llm.llm_engine if self._llm is not None else None
+        try:
+            while any(rid not in self._finished for rid in ticket.waiting):
+                if engine is None or not engine.has_unfinished_requests():
+                    raise EngineError(f"vLLM lost {sum(r not in self._finished for r in ticket.waiting)} "
+                                      "request(s) of a chunk")
+                for output in engine.step():
+                    if output.finished:
+                        self._finished[output.request_id] = output
+                        self._open.pop(output.request_id, None)
+        except EngineError:
+            self.abort()
+            raise
+        except Exception as exc:
+            self.abort()
+            raise _engine_error(exc) from exc
+        for rid, i in ticket.waiting.items():
+            output = self._finished.pop(rid)
+            try:
+                ticket.outcomes[i] = Outcome.ok(self._generation_body(ticket.requests[i], output, ticket.created))
+            except Exception as exc:  # a body we cannot build (odd logprobs) fails that request alone
+                ticket.outcomes[i] = Outcome.fail("internal_error", f"{type(exc).__name__}: {exc}")
+        ticket.waiting.clear()
+        return [o if o is not None else Outcome.fail("internal_error", "no answer") for o in ticket.outcomes]
+
+    def abort(self) -> None:
+        """Drop every request still in the engine (after a failure; their chunks are redone)."""
+        open_ids, self._open = list(self._open), {}
+        self._finished.clear()
+        if self._llm is not None and open_ids:
+            with contextlib.suppress(Exception):
+                self._llm.llm_engine.abort_request(open_ids)
 
     # generation ---------------------------------------------------------------------
 
-    def _prompt_len(self, request: Request) -> int:
+    def _prompt_ids(self, request: Request) -> list[int]:
+        """The prompt's token ids, rendered and tokenized once (the chat template for chat)."""
         spec = request.spec
         if spec.endpoint == CHAT:
             ids = self._tokenizer.apply_chat_template(
                 [dict(m) for m in spec.messages], add_generation_prompt=True, tokenize=True)
             if isinstance(ids, dict) or hasattr(ids, "keys"):  # BatchEncoding on some versions
                 ids = ids["input_ids"]
-            return len(ids)
-        return len(self._tokenizer.encode(spec.prompt))
+            return list(ids)
+        return list(self._tokenizer.encode(spec.prompt))
 
     def sampling_params(self, request: Request, prompt_len: int) -> Any:
         """The ``SamplingParams`` for ``request``; raise ``RequestError`` when it cannot be honoured."""
@@ -272,36 +359,6 @@ class VllmEngine:
             if _request_shaped(exc):
                 raise RequestError("invalid_request", f"rejected by vLLM: {exc}") from None
             raise
-
-    def _run_generate(self, group: Sequence[Request], created: int) -> list[Outcome]:
-        outcomes: list[Outcome | None] = [None] * len(group)
-        ready: list[tuple[int, Any]] = []
-        for i, request in enumerate(group):
-            try:
-                ready.append((i, self.sampling_params(request, self._prompt_len(request))))
-            except RequestError as exc:
-                outcomes[i] = Outcome.fail(exc.code, str(exc))
-            except Exception as exc:
-                if not _request_shaped(exc):
-                    raise _engine_error(exc) from exc
-                outcomes[i] = Outcome.fail("invalid_request", f"{type(exc).__name__}: {exc}")
-
-        def call(items: Sequence[tuple[int, Any]]) -> list[Any]:
-            reqs = [group[i] for i, _ in items]
-            params = [p for _, p in items]
-            if reqs[0].spec.endpoint == CHAT:
-                return self._llm.chat([[dict(m) for m in r.spec.messages] for r in reqs], params, use_tqdm=False)
-            return self._llm.generate([r.spec.prompt for r in reqs], params, use_tqdm=False)
-
-        # chat and completions never share a call (one uses the chat template)
-        for endpoint in (CHAT, COMPLETIONS):
-            items = [(i, p) for i, p in ready if group[i].spec.endpoint == endpoint]
-            for (i, _), result in zip(items, self._isolating(items, call), strict=True):
-                if isinstance(result, Outcome):
-                    outcomes[i] = result
-                else:
-                    outcomes[i] = Outcome.ok(self._generation_body(group[i], result, created))
-        return [o if o is not None else Outcome.fail("internal_error", "no answer") for o in outcomes]
 
     def _isolating(self, items: Sequence[Any], call: Callable[[Sequence[Any]], list[Any]]) -> list[Any]:
         """``call(items)``; when it fails for a request-shaped reason, halve until the culprit is alone."""
