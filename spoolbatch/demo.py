@@ -50,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(root, ignore_errors=True)
     spool = Spool(root)
     spool.init()
-    config = load_config(root, engine=args.engine, settle_seconds=0, poll_interval=1, max_model_len=2048)
+    # No max_model_len here: one setting serves every job, and vLLM refuses a length past a
+    # model's own (all-MiniLM-L6-v2 has 512), which sent the embeddings example to deadletter.
+    config = load_config(root, engine=args.engine, settle_seconds=0, poll_interval=1)
     staged = root / "staged"
     staged.mkdir()
     names = [("chat.jsonl", model), ("completions.jsonl", model)]
