@@ -9,13 +9,13 @@ chunk is cut into ``concurrency`` contiguous slices, one per replica, and the ou
 put back in order. Replicas stay loaded between chunks and jobs.
 
 Why actors and not a ``ray.data.llm`` processor per chunk: a Ray Data pipeline starts its
-vLLM actor pool on every execution and tears it down at the end, so a processor run per
-chunk pays the 34-46 s engine start (measured here) on every chunk, and a single pipeline
-over the whole job would bypass the spool's chunk claims. Ray Data LLM also needs one
-processor (one engine) per endpoint, and returns its own row shape that we would have to
-turn back into OpenAI bodies. Measured on the same tiny model (see README): a Data LLM
-processor answers about 40 rows/s after its start; the actor pool runs at vLLM's
-in-process speed once loaded.
+vLLM actor pool on every execution and tears it down at the end. Measured here, one
+processor built once and run on two 200-row chunks started a new vLLM engine for each
+(34-46 s on a quiet box, minutes on a busy one), and answers about 40 rows/s once up; a
+single pipeline over a whole job would instead bypass the spool's chunk claims. Ray Data
+LLM also needs one processor (one engine) per endpoint and its own row shape, which we
+would have to turn back into OpenAI bodies. The actors start once and then answer at
+vLLM's in-process speed, less a Ray round trip per chunk (``bench/ray_backend.py``).
 
 Why not Ray Data's ``CheckpointConfig``: it tracks finished rows of one read-to-write
 pipeline by an id column, on storage every node sees. The spool already does this per
@@ -202,7 +202,8 @@ class RayEngine:
             self._replicas = [r for r in self._replicas if r not in replicas]
             raise EngineError(f"Ray replicas could not load {self._model!r}: {type(exc).__name__}: {exc}",
                               hint="the model must be readable on every Ray node (shared storage or the same "
-                                   "hub cache), and spoolbatch[ray] installed there") from None
+                                   "hub cache), spoolbatch[ray] installed there, and the cluster must have "
+                                   "room for --ray-concurrency replicas (`ray status`)") from None
         self.replica_facts = facts
         log.info("ray replicas ready: %s", facts)
 
