@@ -124,3 +124,43 @@ def assert_exactly_once(spool: Spool, job: str, expected_ids: set[str]) -> tuple
     if dead:
         assert ckpt["deadletter_bytes"] == spool.deadletter_file(job).stat().st_size
     return len(results), len(dead)
+
+
+# --- the real engine, shared ------------------------------------------------------------------
+class SharedEngine:
+    """One session-wide engine lent to many daemons: their ``close()`` leaves it loaded.
+
+    Everything else (``load``, ``run``, ``submit``/``collect``/``abort`` of a pipelining
+    engine, ``name``) is the wrapped engine's, so the daemon drives it as it would its own.
+    """
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.engine, name)
+
+    def close(self) -> None:
+        """Nothing: the session closes the engine once, at its end."""
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random Llama (tests/tiny_model.py), built once per session."""
+    pytest.importorskip("vllm")
+    pytest.importorskip("tokenizers")
+    from tests.tiny_model import tiny_llama
+
+    return tiny_llama(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def shared_vllm_engine(tiny_model_dir: Path) -> Iterator[SharedEngine]:
+    """One ``VllmEngine`` on the tiny model for the whole session (each start costs seconds)."""
+    from spoolbatch.config import EngineSettings
+    from spoolbatch.engines.vllm_engine import VllmEngine
+
+    engine = VllmEngine(EngineSettings())
+    engine.load(str(tiny_model_dir))
+    yield SharedEngine(engine)
+    engine.close()
