@@ -26,7 +26,7 @@ from spoolbatch.gpu import GpuMonitor
 from spoolbatch.gpuguard import GpuGuard
 from spoolbatch.heartbeat import Heartbeat
 from spoolbatch.joblog import JobLog
-from spoolbatch.jobrunner import ChunkClaim, JobRunner, order_jobs
+from spoolbatch.jobrunner import ChunkClaim, JobRunner, PreparedChunk, order_jobs
 from spoolbatch.metrics import write_metrics
 from spoolbatch.spool import Spool
 from spoolbatch.totals import Totals
@@ -62,6 +62,7 @@ class Daemon:
                               reserved_pct=self._reserved_pct, log=self.log)
         self.totals = Totals()
         self.runner = JobRunner(self.spool, config, self.executor, worker=self.heartbeat.id, echo=echo)
+        self._ahead: PreparedChunk | None = None  # the next chunk, already handed to the engine
         self.heartbeat.on_beat.append(self._on_beat)
 
     def _reserved_pct(self) -> float:
@@ -112,16 +113,22 @@ class Daemon:
                                     "completion_tokens": summary.completion_tokens}
         self.heartbeat.update(**fields)
 
-    def _next_chunk(self) -> tuple[ChunkClaim | None, int]:
-        """A chunk to answer: of a job already running (the loaded model's first), else of a new one."""
-        size = self.guard.next_chunk_size()  # waits while the GPU is unsafe
-        for job in order_jobs(self.spool, self.executor.model):
+    def _next_chunk(self, *, model: str | None = None, block: bool = True) -> tuple[ChunkClaim | None, int]:
+        """A chunk to answer: of a job already running (the loaded model's first), else of a new one.
+
+        ``model`` (a look-ahead) limits the search to running jobs of that model, and with
+        ``block=False`` an unsafe GPU means no chunk rather than a wait.
+        """
+        size = self.guard.next_chunk_size(block=block)  # waits while the GPU is unsafe
+        if size is None:
+            return None, 0
+        for job in order_jobs(self.spool, model or self.executor.model, only_model=model):
             if self._stop.is_set():
                 return None, 0
             chunk = self.runner.claim_chunk(job, size)
             if chunk is not None:
                 return chunk, 0
-        while not self._stop.is_set():
+        while model is None and not self._stop.is_set():
             claim, settling = self.spool.claim_inbox(
                 self.config.settle_seconds, on_refused=lambda job, why: self.log(f"refused {job}: {why}"))
             if claim is None:
@@ -132,16 +139,34 @@ class Daemon:
                     return chunk, settling
         return None, 0
 
+    def _look_ahead(self, current: PreparedChunk) -> None:
+        """Claim and submit the next chunk of the same model while the current one is answered.
+
+        The engine then has the next chunk's requests before the current one's last ones
+        finish, so its batch never drains at a chunk boundary. Each chunk is still
+        committed and merged on its own, so checkpoints stay exact.
+        """
+        if self._ahead is not None or self._stop.is_set() or not current.requests:
+            return
+        claim, _ = self._next_chunk(model=current.claim.model, block=False)
+        if claim is not None:
+            self._ahead = self.runner.prepare(claim)
+
     def loop_once(self) -> LoopResult:
-        """Claim one chunk and answer, commit and merge it."""
-        claim, settling = self._next_chunk()
-        if claim is None:
-            return LoopResult(False, settling)
-        job, chunk = claim.job, claim.chunk
+        """Answer, commit and merge one chunk (having handed the next one to the engine already)."""
+        settling = 0
+        current, self._ahead = self._ahead, None
+        if current is None:
+            claim, settling = self._next_chunk()
+            if claim is None:
+                return LoopResult(False, settling)
+            current = self.runner.prepare(claim)
+        job, chunk = current.claim.job, current.claim.chunk
         self.heartbeat.update(state="working", job=job, chunk=chunk.index + 1, reason=None,
                               chunk_lines=[chunk.first_line, chunk.first_line + chunk.lines - 1])
         try:
-            summary = self.runner.run_chunk(claim)
+            self._look_ahead(current)
+            summary = self.runner.commit(current)
             ckpt = self.runner.merge(job)
             if ckpt is not None:
                 self._progress(ckpt, summary)
@@ -162,8 +187,9 @@ class Daemon:
             self._sleep(self.config.poll_interval)
             return LoopResult(True, settling, job)
         finally:
-            claim.release()
-        self.heartbeat.update(state="idle", job=None, chunk=None, chunk_lines=None)
+            current.claim.release()
+        if self._ahead is None:
+            self.heartbeat.update(state="idle", job=None, chunk=None, chunk_lines=None)
         return LoopResult(True, settling, job)
 
     def _sleep(self, seconds: float) -> None:
@@ -178,7 +204,7 @@ class Daemon:
         self.log(f"daemon started (engine {self.config.engine}, spool {self.spool.root}, "
                  f"chunk size {self.config.chunk_size})")
         try:
-            while not self._stop.is_set():
+            while not self._stop.is_set() or self._ahead is not None:
                 result = self.loop_once()
                 if result.worked:
                     continue

@@ -12,8 +12,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from spoolbatch.engines.base import Engine, Outcome, Request
+from spoolbatch.engines.base import Engine, Outcome, PipelinedEngine, Request
+from spoolbatch.sampling import CHAT, COMPLETIONS
 
 
 def describe(exc: BaseException) -> str:
@@ -26,6 +28,16 @@ def is_out_of_memory(exc: BaseException) -> bool:
     """True for CUDA/CPU out-of-memory errors, whatever library raised them."""
     return isinstance(exc, MemoryError) or bool(getattr(exc, "oom", False)) or \
         "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError"
+
+
+@dataclass(slots=True)
+class Pending:
+    """A chunk submitted to the engine and not collected yet."""
+
+    model: str
+    requests: list[Request]
+    ticket: Any = None
+    generation: int = 0
 
 
 @dataclass(slots=True)
@@ -54,6 +66,51 @@ class ChunkExecutor:
         self.log = log
         self.sleep = sleep
         self.rebuilds = 0
+        self._generation = 0  # bumped when the engine dropped what was enqueued
+
+    def submit(self, model: str, requests: Sequence[Request]) -> Pending:
+        """Hand a chunk to a pipelining engine now; ``collect`` gets its outcomes.
+
+        With an engine that cannot pipeline (or a chunk with embeddings), nothing happens
+        until ``collect``, which then runs the chunk as ``run`` does.
+        """
+        pending = Pending(model, list(requests), generation=self._generation)
+        if not requests or any(r.spec.endpoint not in (CHAT, COMPLETIONS) for r in requests):
+            return pending
+        try:
+            engine = self._engine_for(model)
+            if isinstance(engine, PipelinedEngine):
+                pending.ticket = engine.submit(pending.requests)
+        except Exception as exc:  # collect falls back to run(), which splits and retries
+            self.log(f"could not enqueue a chunk ({describe(exc)}); it will run on its own")
+            self._drop_in_flight(exc)
+        return pending
+
+    def collect(self, pending: Pending) -> ChunkRun:
+        """Outcomes of a submitted chunk; on any engine failure, redo it with split-and-retry."""
+        if pending.ticket is not None and pending.generation == self._generation and self.engine is not None:
+            try:
+                outcomes = self.engine.collect(pending.ticket)  # type: ignore[attr-defined]
+                if len(outcomes) == len(pending.requests):
+                    return ChunkRun(outcomes=outcomes, attempts=[1] * len(outcomes))
+                raise RuntimeError(f"engine returned {len(outcomes)} outcomes for {len(pending.requests)} requests")
+            except Exception as exc:
+                self.log(f"a pipelined chunk failed ({describe(exc)}); redoing it with split and retry")
+                self._drop_in_flight(exc)
+        return self.run(pending.model, pending.requests)
+
+    def _drop_in_flight(self, exc: BaseException) -> None:
+        """Void every ticket in flight (their requests are redone by ``run``) and rebuild a dead engine."""
+        self._generation += 1
+        if self.engine is not None:
+            try:
+                if isinstance(self.engine, PipelinedEngine):
+                    self.engine.abort()
+            except Exception:  # noqa: BLE001 - a dead engine may not abort; it is rebuilt below
+                self._rebuild(describe(exc))
+                return
+        if getattr(exc, "engine_broken", False) or not is_out_of_memory(exc) and self._looks_dead(exc):
+            self._rebuild(describe(exc))
 
     def _engine_for(self, model: str) -> Engine:
         if self.engine is None:

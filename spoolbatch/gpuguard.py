@@ -36,8 +36,11 @@ class GpuGuard:
         self.heartbeat.update(gpu=self.last.to_dict())
         return self.last
 
-    def next_chunk_size(self) -> int:
-        """Wait until the card is safe (or a stop is asked), then size the next chunk."""
+    def next_chunk_size(self, block: bool = True) -> int | None:
+        """Wait until the card is safe (or a stop is asked), then size the next chunk.
+
+        With ``block=False`` an unsafe card gives None at once instead of a wait.
+        """
         cfg = self.config
         reason_logged = None
         while True:
@@ -45,6 +48,8 @@ class GpuGuard:
             reason = gate(snap, cfg.gpu_max_memory_pct, cfg.gpu_max_temp_c)
             if reason is None or self.stop.is_set():
                 break
+            if not block:
+                return None
             if reason != reason_logged:
                 self.log(f"waiting before the next chunk: {reason}")
                 reason_logged = reason

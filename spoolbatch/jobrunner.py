@@ -24,7 +24,7 @@ from spoolbatch.chunkplan import ChunkRange, PartSummary, WorkArea
 from spoolbatch.config import Config
 from spoolbatch.engines.base import Request
 from spoolbatch.errors import InputError
-from spoolbatch.executor import ChunkExecutor
+from spoolbatch.executor import ChunkExecutor, Pending
 from spoolbatch.fsutil import AppendFile, fsync_dir
 from spoolbatch.joblog import JobLog
 from spoolbatch.preflight import check_file
@@ -47,6 +47,18 @@ class ChunkClaim:
     def release(self) -> None:
         """Let go of the chunk (committed or not; an uncommitted one is taken over)."""
         self.lock.release()
+
+
+@dataclass(slots=True)
+class PreparedChunk:
+    """A claimed chunk, validated, its requests handed to the engine."""
+
+    claim: ChunkClaim
+    started: float
+    requests: list[Request] = field(default_factory=list)
+    raws: list[bytes] = field(default_factory=list)
+    bad: list[BadLine] = field(default_factory=list)
+    pending: Pending | None = None
 
 
 def load_seen(path: os.PathLike[str], count: int) -> set[int]:
@@ -185,29 +197,39 @@ class JobRunner:
             lock.release()
 
     # --- answering a chunk ---------------------------------------------------------------------
-    def run_chunk(self, claim: ChunkClaim) -> PartSummary:
-        """Answer every line of the chunk and commit it as a part."""
-        start = time.monotonic()
+    def prepare(self, claim: ChunkClaim) -> PreparedChunk:
+        """Read and validate the chunk's lines and hand its requests to the engine (without waiting)."""
         chunk = claim.chunk
         lines = claim.lines or _read_lines(self.spool.input(claim.job), chunk.start, chunk.end)
         parser = LineParser(model=claim.model, url=claim.url, max_line_bytes=self.config.max_line_bytes)
-        requests: list[Request] = []
-        raws: list[bytes] = []
-        bad: list[BadLine] = []
+        prepared = PreparedChunk(claim, time.monotonic())
         for n, raw in enumerate(lines, start=chunk.first_line):
             parsed = parser.parse(raw, n)
             if isinstance(parsed, Request):
-                requests.append(parsed)
-                raws.append(raw.rstrip(b"\r\n"))
+                prepared.requests.append(parsed)
+                prepared.raws.append(raw.rstrip(b"\r\n"))
             elif parsed is not None:
-                bad.append(parsed)
+                prepared.bad.append(parsed)
+        claim.lines = []
+        if prepared.requests:
+            prepared.pending = self.executor.submit(parser.model or "", prepared.requests)
+        return prepared
+
+    def run_chunk(self, claim: ChunkClaim) -> PartSummary:
+        """Answer every line of the chunk and commit it as a part."""
+        return self.commit(self.prepare(claim))
+
+    def commit(self, prepared: PreparedChunk) -> PartSummary:
+        """Wait for the chunk's outcomes and commit it as a part."""
+        claim, chunk, bad = prepared.claim, prepared.claim.chunk, prepared.bad
         results: list[bytes] = []
         ids = array("Q")
         prompt_tokens = completion_tokens = retries = 0
-        if requests:
-            run = self.executor.run(parser.model or "", requests)
+        if prepared.pending is not None:
+            run = self.executor.collect(prepared.pending)
             retries = run.retries
-            for request, raw, outcome, attempts in zip(requests, raws, run.outcomes, run.attempts, strict=True):
+            for request, raw, outcome, attempts in zip(prepared.requests, prepared.raws, run.outcomes,
+                                                       run.attempts, strict=True):
                 if outcome.failed:
                     bad.append(failed_request(request, raw, outcome, attempts))
                     continue
@@ -219,7 +241,7 @@ class JobRunner:
         for b in bad:
             ids.extend((id_hash(b.custom_id) if b.custom_id else 0, b.line))
         summary = PartSummary(chunk.index, chunk.lines, chunk.end, len(results), len(bad), prompt_tokens,
-                              completion_tokens, time.monotonic() - start, retries, self.worker)
+                              completion_tokens, time.monotonic() - prepared.started, retries, self.worker)
         self.area(claim.job).commit_part(summary, b"".join(results),
                                          b"".join(deadletter_line(claim.job, b) for b in bad), ids)
         return summary
@@ -363,11 +385,13 @@ class JobRunner:
             self.spool.job_lock(job).unlink()
 
 
-def order_jobs(spool: Spool, loaded_model: str | None) -> list[str]:
+def order_jobs(spool: Spool, loaded_model: str | None, only_model: str | None = None) -> list[str]:
     """Active jobs in the order a worker should help with them: its loaded model first, then oldest."""
     keyed = []
     for job in spool.running_jobs():
         ckpt = Checkpoint.load(spool.checkpoint(job))
+        if only_model is not None and (ckpt is None or ckpt.model != only_model):
+            continue
         created = ckpt.created_at if ckpt else 0.0
         keyed.append((0 if ckpt and ckpt.model == loaded_model else 1, created, job))
     return [job for _, _, job in sorted(keyed)]

@@ -86,9 +86,12 @@ def test_dead_owner_is_taken_over_by_a_running_daemon(spool: Spool, start_daemon
     assert assert_exactly_once(spool, job, job_ids(job, 600)) == (600, 0)
     log = spool.log(job).read_text()
     assert log.count(" claimed ") == 1
-    assert log.count("resuming at line") == 1
+    # The victim held the chunk it was answering and, pipelining, the next one it had handed
+    # to its engine: each is taken over once.
+    taken = log.count("resuming at line")
+    assert taken in (1, 2), log
     ckpt = checkpoint(spool, job)
-    assert ckpt is not None and ckpt["resumes"] == 1
+    assert ckpt is not None and ckpt["resumes"] == taken
     assert ckpt["worker"].endswith(f"-{second.pid}")
     second.send_signal(signal.SIGTERM)
     assert second.wait(timeout=30) == 0

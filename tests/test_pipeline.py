@@ -62,6 +62,9 @@ def crash_midway(spool: Spool, config: Config, job: str, chunks: int, *, unmerge
     daemon = Daemon(config, echo=False)
     for _ in range(chunks):
         assert daemon.loop_once().worked
+    if daemon._ahead is not None:  # the crash also loses the chunk it had handed to the engine
+        daemon._ahead.claim.release()
+        daemon._ahead = None
     held = daemon.runner.claim_chunk(job, config.chunk_size) if orphan else None
     if unmerged:  # committed after the orphan was planned: it cannot merge before the orphan does
         claim = daemon.runner.claim_chunk(job, config.chunk_size)
@@ -85,10 +88,11 @@ def test_resume_cuts_files_back_and_merges_or_takes_over_chunks(spool: Spool, co
     drain(config)
     assert assert_exactly_once(spool, "job", {f"req-{i}" for i in range(45)}) == (45, 1)
     final = Checkpoint.load(spool.checkpoint("job"))
-    assert final is not None and final.resumes == int(orphan) and final.chunks == 5
+    # The crashed worker had also handed chunk 3 (line 21 on) to its engine: it is taken over too.
+    assert final is not None and final.resumes == 1 + int(orphan) and final.chunks == 5
     assert not spool.work_area("job").exists()
     log = spool.log("job").read_text()
-    assert ("resuming at line 21" in log) == orphan
+    assert "resuming at line 21" in log
 
 
 def test_duplicates_are_caught_across_a_resume(spool: Spool, config: Config) -> None:
@@ -233,3 +237,30 @@ def test_executor_splits_on_oom_and_deadletters_a_poison_request(spool: Spool, c
     assert dead["custom_id"] == "req-7" and dead["error"]["code"] == "engine_error"
     assert "on its own 3 times" in dead["error"]["message"] and dead["attempts"] >= 3
     assert engine.calls < 40
+
+
+class RecordingEngine(FakeEngine):
+    """Records the order in which chunks are submitted and collected."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, str]] = []
+
+    def submit(self, requests):  # type: ignore[no-untyped-def,override]
+        self.calls.append(("submit", requests[0].custom_id))
+        return super().submit(requests)
+
+    def collect(self, ticket):  # type: ignore[no-untyped-def,override]
+        self.calls.append(("collect", ticket[0].custom_id))
+        return super().collect(ticket)
+
+
+def test_the_next_chunk_reaches_the_engine_before_the_current_one_is_collected(spool: Spool, config: Config) -> None:
+    engine = RecordingEngine()
+    drop(spool, "job.jsonl", [chat_line(i) for i in range(30)])
+    daemon = Daemon(config, engine_factory=lambda: engine, echo=False)
+    while daemon.loop_once().worked:
+        pass
+    assert engine.calls == [("submit", "req-0"), ("submit", "req-10"), ("collect", "req-0"),
+                            ("submit", "req-20"), ("collect", "req-10"), ("collect", "req-20")]
+    assert_exactly_once(spool, "job", {f"req-{i}" for i in range(30)})

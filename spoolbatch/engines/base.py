@@ -67,3 +67,17 @@ class Engine(Protocol):
 
     def close(self) -> None:
         """Release the model and whatever memory it holds."""
+
+
+@runtime_checkable
+class PipelinedEngine(Engine, Protocol):
+    """An engine that can take the next chunk before the current one is answered."""
+
+    def submit(self, requests: Sequence[Request]) -> Any:
+        """Enqueue a chunk (chat and completions only) and return a ticket for ``collect``."""
+
+    def collect(self, ticket: Any) -> list[Outcome]:
+        """Work until every request of ``ticket`` is answered; one outcome per request, in order."""
+
+    def abort(self) -> None:
+        """Drop everything enqueued and not collected (after a failure)."""

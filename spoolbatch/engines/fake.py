@@ -108,6 +108,17 @@ class FakeEngine:
             out.append(Outcome.ok(self._answer(request, created)))
         return out
 
+    def submit(self, requests: Sequence[Request]) -> list[Request]:
+        """Take a chunk now, answer it at ``collect`` (the same pipelining path as vLLM)."""
+        return list(requests)
+
+    def collect(self, ticket: list[Request]) -> list[Outcome]:
+        """Answer a submitted chunk."""
+        return self.run(ticket)
+
+    def abort(self) -> None:
+        """Nothing is kept between submit and collect."""
+
     def _answer(self, request: Request, created: int) -> dict[str, Any]:
         spec = request.spec
         if spec.endpoint == EMBEDDINGS:
