@@ -117,16 +117,19 @@ def spoolbatch(engine: Any, src: Path, chunk: int) -> dict[str, Any]:
     from spoolbatch.daemon import Daemon
     from spoolbatch.spool import Spool
 
-    busy = [0.0, 0]  # seconds inside engine.run, calls
-    inner = engine.run
+    busy = [0.0, 0]  # seconds inside the engine's run/submit/collect, calls
+    names = [n for n in ("run", "submit", "collect") if hasattr(engine, n)]
+    inner = {n: getattr(engine, n) for n in names}
 
-    def timed(requests: Any) -> Any:
-        t = time.perf_counter()
-        try:
-            return inner(requests)
-        finally:
-            busy[0] += time.perf_counter() - t
-            busy[1] += 1
+    def timer(fn: Any) -> Any:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                busy[0] += time.perf_counter() - t
+                busy[1] += 1
+        return timed
 
     with tempfile.TemporaryDirectory(dir=OUT) as tmp:
         sp = Spool(Path(tmp) / "spool")
@@ -136,14 +139,16 @@ def spoolbatch(engine: Any, src: Path, chunk: int) -> dict[str, Any]:
         cfg = load_config(sp.root, env={}, engine="vllm", chunk_size=chunk, settle_seconds=0,
                           heartbeat_interval=2, **SETTINGS)
         daemon = Daemon(cfg, engine_factory=lambda: engine, echo=False)
-        engine.run = timed
+        for n in names:
+            setattr(engine, n, timer(inner[n]))
         try:
             t = time.perf_counter()
             while daemon.loop_once().worked:
                 pass
             seconds = time.perf_counter() - t
         finally:
-            engine.run = inner
+            for n in names:
+                delattr(engine, n)  # back to the class's methods
             daemon.heartbeat.stop("stopped")
         results = next(sp.done.glob("*.results.jsonl"))
         answered, tokens = usage_tokens(results)
@@ -194,16 +199,17 @@ def main() -> None:
     engine.load(str(path), endpoint=CHAT)
     load = time.perf_counter() - t
     direct(engine, reqs[:64])  # warm-up: first-call allocations, thread pools
-    # What spoolbatch's engine does before the batched call: template and tokenize every prompt
-    # once for the length check (vLLM then does it again inside LLM.chat).
+    # What spoolbatch's engine does before the engine sees a prompt: render the chat template and
+    # tokenize it for the length check (before e5ff331 vLLM then did it again inside LLM.chat).
     from spoolbatch.records import LineParser
 
     with open(src, "rb") as f:
         parser = LineParser()
         parsed = [parser.parse(raw, n) for n, raw in enumerate(f, start=1)]
+    tokenize = getattr(engine, "_prompt_ids", None) or engine._prompt_len
     t = time.perf_counter()
     for r in parsed:
-        engine._prompt_len(r)
+        tokenize(r)
     pretokenize = time.perf_counter() - t
 
     # Interleaved rounds, best of each: other processes on a shared machine slow whichever run
@@ -217,6 +223,8 @@ def main() -> None:
             r = fn()
             r["tokens_per_second"] = round(r["completion_tokens"] / r["seconds"], 1)
             rounds[name].append(r)
+            print(f"  {name}: {r['completion_tokens']:,} tokens in {r['seconds']:.1f}s = "
+                  f"{r['tokens_per_second']:,.0f} tokens/s (load {os.getloadavg()[0]:.1f})", flush=True)
     engine.close()
     runs = {name: max(rs, key=lambda r: r["tokens_per_second"]) for name, rs in rounds.items()}
     if not args.no_run_batch:
@@ -245,7 +253,7 @@ def main() -> None:
         print(f"vs run_batch: {one['tokens_per_second'] / rb['tokens_per_second']:.2f}x its steady-state rate; "
               f"run_batch process {rb['process_seconds']:.1f}s wall of which {rb['start_seconds']:.1f}s "
               "import + engine start")
-    print(f"pre-tokenization inside spoolbatch's engine (length checks): {pretokenize:.2f}s for "
+    print(f"chat template + tokenizer in spoolbatch's engine (length checks): {pretokenize:.2f}s for "
           f"{len(parsed):,} prompts ({pretokenize / one['seconds']:.1%} of the one-chunk run)")
     print(f"load average at the end: {' '.join(f'{x:.2f}' for x in uptime)} ({os.cpu_count()} cores)")
     figures = {"model": args.model, "model_path": str(path), "prompts": args.prompts, "settings": SETTINGS,
