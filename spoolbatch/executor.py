@@ -136,6 +136,8 @@ class ChunkExecutor:
         """One outcome per request, in order; never raises for a request's or a batch's failure."""
         result = ChunkRun(outcomes=[Outcome.fail("not_run", "not run")] * len(requests),
                           attempts=[0] * len(requests))
+        if requests and not self._load(model, result):
+            return result
         pending: list[list[int]] = [list(range(len(requests)))]
         alone = [0] * len(requests)  # failures while run on its own: what gives a request up
         failures = 0
@@ -167,6 +169,30 @@ class ChunkExecutor:
                 result.attempts[i] += 1
                 result.outcomes[i] = out
         return result
+
+    def _load(self, model: str, result: ChunkRun) -> bool:
+        """Load ``model``, retrying with backoff; when it never loads, every request fails with why.
+
+        A model that cannot be loaded is the job's problem, not any one request's: the chunk
+        is not split (that would reload the model once per request), its requests go to
+        deadletter with ``model_not_available`` and can be resubmitted with `retry`.
+        """
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                self._engine_for(model)
+                return True
+            except Exception as exc:
+                message = describe(exc)
+                result.errors.append(message)
+                self.log(f"loading model {model!r} failed (attempt {attempt} of {self.max_attempts}): {message}")
+                self._rebuild(message)
+                if attempt < self.max_attempts:
+                    self.sleep(min(self.backoff_cap, self.backoff * 2 ** (attempt - 1)) if self.backoff else 0)
+        result.outcomes = [Outcome.fail("model_not_available", f"model {model!r} could not be loaded after "
+                                                                f"{self.max_attempts} attempts: {message}")
+                           ] * len(result.outcomes)
+        result.attempts = [self.max_attempts] * len(result.outcomes)
+        return False
 
     def _fail_alone(self, i: int, requests: Sequence[Request], result: ChunkRun, alone: list[int],
                     exc: BaseException, pending: list[list[int]]) -> None:

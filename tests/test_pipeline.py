@@ -264,3 +264,26 @@ def test_the_next_chunk_reaches_the_engine_before_the_current_one_is_collected(s
     assert engine.calls == [("submit", "req-0"), ("submit", "req-10"), ("collect", "req-0"),
                             ("submit", "req-20"), ("collect", "req-10"), ("collect", "req-20")]
     assert_exactly_once(spool, "job", {f"req-{i}" for i in range(30)})
+
+
+class UnloadableEngine(FakeEngine):
+    """A model that never loads (a typo in the name, a missing folder)."""
+
+    loads = 0
+
+    def load(self, model: str) -> None:
+        UnloadableEngine.loads += 1
+        raise RuntimeError(f"no such model: {model}")
+
+
+def test_a_model_that_never_loads_fails_its_chunk_once_not_per_request(spool: Spool, config: Config) -> None:
+    UnloadableEngine.loads = 0
+    drop(spool, "job.jsonl", [chat_line(i) for i in range(25)])
+    daemon = Daemon(config.replace(max_attempts=3), engine_factory=UnloadableEngine, echo=False)
+    daemon.executor.backoff = 0
+    while daemon.loop_once().worked:
+        pass
+    assert assert_exactly_once(spool, "job", {f"req-{i}" for i in range(25)}) == (0, 25)
+    codes = {d["error"]["code"] for d in read_jsonl(spool.deadletter_file("job"))}
+    assert codes == {"model_not_available"}
+    assert UnloadableEngine.loads <= 3 * 4, "a few load attempts per chunk (3 chunks), not one per request"
