@@ -41,7 +41,7 @@ def liveness_of(spool: Spool, pid: int) -> tuple[str | None, dict[str, Any]]:
 
 def test_alive_while_working_then_dead_after_kill9(spool: Spool, start_daemon: Any) -> None:
     # Chunks of about 2 s: the heartbeat thread must keep the worker alive inside a chunk.
-    drop(spool, "slow.jsonl", [chat_line(i) for i in range(200)])
+    drop(spool, "slow.jsonl", [chat_line(i) for i in range(2000)])  # far longer than the test (killed early)
     proc = start_daemon("--chunk-size", "50", "--fake-latency", "0.04")
     wait_for(lambda: spool.checkpoint("slow").exists(), timeout=30)
     for _ in range(2):
