@@ -20,7 +20,7 @@ def stable_id(prefix: str, *parts: str) -> str:
     return f"{prefix}{digest}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Choice:
     """One generated sequence: its text, why it stopped, and logprobs when they were asked for."""
 

@@ -234,7 +234,7 @@ class JobRunner:
                     bad.append(failed_request(request, raw, outcome, attempts))
                     continue
                 results.append(result_line(claim.job, request, outcome))
-                ids.extend((id_hash(request.custom_id), request.line))
+                ids.extend((request.key or id_hash(request.custom_id), request.line))
                 prompt_tokens += outcome.prompt_tokens
                 completion_tokens += outcome.completion_tokens
         bad.sort(key=lambda b: b.line)

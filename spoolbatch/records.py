@@ -90,10 +90,10 @@ class LineParser:
             except RequestError as exc:
                 return BadLine(line, text, exc.code, exc.message, custom_id)
             if spec.model == self.model and url == self.url:
-                return Request(custom_id, line, url, body, spec)  # the hot path: every line after the first
-        return self._refuse(obj, line, text, custom_id)
+                return Request(custom_id, line, url, body, spec, h)  # the hot path: every line after the first
+        return self._refuse(obj, line, text, custom_id, h)
 
-    def _refuse(self, obj: dict[str, Any], line: int, text: bytes, custom_id: str) -> Request | BadLine:
+    def _refuse(self, obj: dict[str, Any], line: int, text: bytes, custom_id: str, key: int) -> Request | BadLine:
         """The checks after the custom_id, in order, for a line off the hot path (first line, or bad)."""
         def bad(code: str, message: str) -> BadLine:
             return BadLine(line, text, code, message, custom_id)
@@ -118,7 +118,7 @@ class LineParser:
         elif url != self.url:
             return bad("url_mismatch", f"url {url!r} differs from this job's endpoint {self.url!r} "
                        "(one endpoint per job)")
-        return Request(custom_id=custom_id, line=line, url=url, body=body, spec=spec)
+        return Request(custom_id=custom_id, line=line, url=url, body=body, spec=spec, key=key)
 
     def take_new_ids(self) -> list[int]:
         """Hashes accepted since the last call, for the job's ids file."""

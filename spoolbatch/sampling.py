@@ -31,7 +31,7 @@ _ROLES = {"system", "developer", "user", "assistant", "tool"}
 _PLAIN_ROLES = {"system", "user", "assistant"}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SamplingSpec:
     """The engine-neutral meaning of one request body."""
 

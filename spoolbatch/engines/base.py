@@ -14,18 +14,19 @@ from typing import Any, Protocol, runtime_checkable
 from spoolbatch.sampling import SamplingSpec
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Request:
-    """One validated batch line, ready for an engine."""
+    """One validated batch line, ready for an engine (plain slots, not frozen: built per line)."""
 
     custom_id: str
     line: int
     url: str
     body: dict[str, Any]
     spec: SamplingSpec
+    key: int = 0  # the custom_id's 64-bit hash, computed once by the parser
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outcome:
     """What an engine made of one request: a response body, or an error for deadletter."""
 

@@ -278,15 +278,16 @@ class VllmEngine:
     def collect(self, ticket: Ticket) -> list[Outcome]:
         """Step the engine until every request of ``ticket`` is finished; outcomes in order."""
         engine = self._llm.llm_engine if self._llm is not None else None
+        left = sum(rid not in self._finished for rid in ticket.waiting)
         try:
-            while any(rid not in self._finished for rid in ticket.waiting):
+            while left:
                 if engine is None or not engine.has_unfinished_requests():
-                    raise EngineError(f"vLLM lost {sum(r not in self._finished for r in ticket.waiting)} "
-                                      "request(s) of a chunk")
+                    raise EngineError(f"vLLM lost {left} request(s) of a chunk")
                 for output in engine.step():
                     if output.finished:
                         self._finished[output.request_id] = output
                         self._open.pop(output.request_id, None)
+                        left -= output.request_id in ticket.waiting
         except EngineError:
             self.abort()
             raise
