@@ -20,19 +20,21 @@ FULL = [
     ("resume", ["resume.py"]),
     ("startup", ["startup.py"]),
     ("engine", ["engine.py", "--model", "smollm2", "--prompts", "1000", "--rounds", "2"]),
+    ("scaleout", ["scaleout.py", "--requests", "8000"]),
 ]
 QUICK = [
     ("overhead", ["overhead.py", "--sizes", "10000,50000"]),
     ("resume", ["resume.py", "--requests", "20000", "--chunk-size", "1000", "--repeat", "1"]),
     ("startup", ["startup.py", "--lines", "5000", "--repeat", "2"]),
     ("engine", ["engine.py", "--model", "tiny", "--prompts", "200", "--small-chunk", "50", "--rounds", "1"]),
+    ("scaleout", ["scaleout.py", "--requests", "1000", "--workers", "1,2"]),
 ]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--only", help="comma-separated: overhead,resume,startup,engine")
+    parser.add_argument("--only", help="comma-separated: overhead,resume,startup,engine,scaleout")
     args = parser.parse_args()
     wanted = set(args.only.split(",")) if args.only else None
     print(f"machine: {os.cpu_count()} cores; load average at start: "
