@@ -22,7 +22,7 @@ import pytest
 from spoolbatch.config import EngineSettings
 from spoolbatch.engines.base import Engine, Outcome, Request
 from spoolbatch.sampling import CHAT, COMPLETIONS, EMBEDDINGS, parse_spec
-from tests.tiny_model import MAX_POSITIONS, tiny_llama
+from tests.tiny_model import MAX_POSITIONS
 
 MODEL = "tiny"
 # Bounded fields, so even a random model must close the object within max_tokens.
@@ -48,10 +48,9 @@ def ok(outcome: Outcome) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("vllm")
-    pytest.importorskip("tokenizers")
-    return tiny_llama(tmp_path_factory.mktemp("models"))
+def model_dir(tiny_model_dir: Path) -> Path:
+    """The session's tiny model (built once, in conftest)."""
+    return tiny_model_dir
 
 
 @pytest.fixture(scope="module")
