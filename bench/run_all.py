@@ -19,7 +19,7 @@ FULL = [
     ("overhead", ["overhead.py"]),
     ("resume", ["resume.py"]),
     ("startup", ["startup.py"]),
-    ("engine", ["engine.py", "--model", "smollm2", "--prompts", "1000", "--rounds", "2"]),
+    ("engine", ["engine.py", "--model", "tiny", "--prompts", "1000", "--small-chunk", "250", "--rounds", "2"]),
     ("scaleout", ["scaleout.py", "--requests", "8000"]),
 ]
 QUICK = [

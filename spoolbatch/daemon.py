@@ -1,8 +1,9 @@
-"""The `spoolbatch run` daemon: claim a job, run it in chunks, repeat; stop cleanly on signals.
+"""The `spoolbatch run` daemon: claim a chunk (of a running job, else of a new file), answer,
+commit and merge it, repeat; stop cleanly on signals.
 
 ``loop_once`` does one iteration and is what tests drive; ``run`` repeats it with an idle
-wait of ``poll_interval``. Signal handlers only set a flag, which the job runner reads at
-each chunk boundary.
+wait of ``poll_interval``. Signal handlers only set a flag, read between chunks; the chunk
+already handed to the engine (the look-ahead) is finished before the daemon leaves.
 """
 
 from __future__ import annotations

@@ -113,6 +113,7 @@ class JobRunner:
         self.echo = echo
         self._seen: dict[str, tuple[int, set[int]]] = {}
         self._started: set[str] = set()
+        self._last_commit = 0.0
 
     def log(self, job: str) -> JobLog:
         """The job's log."""
@@ -240,8 +241,13 @@ class JobRunner:
         bad.sort(key=lambda b: b.line)
         for b in bad:
             ids.extend((id_hash(b.custom_id) if b.custom_id else 0, b.line))
+        # With a look-ahead chunk in the engine, two chunks' lifetimes overlap: count from the
+        # previous commit, so that busy seconds (and the ETA built on them) are not counted twice.
+        now = time.monotonic()
+        seconds = now - max(prepared.started, self._last_commit)
+        self._last_commit = now
         summary = PartSummary(chunk.index, chunk.lines, chunk.end, len(results), len(bad), prompt_tokens,
-                              completion_tokens, time.monotonic() - prepared.started, retries, self.worker)
+                              completion_tokens, seconds, retries, self.worker)
         self.area(claim.job).commit_part(summary, b"".join(results),
                                          b"".join(deadletter_line(claim.job, b) for b in bad), ids)
         return summary

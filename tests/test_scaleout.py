@@ -25,12 +25,12 @@ def chunk_workers(spool: Spool, job: str) -> set[str]:
 
 
 def test_gpus_flag_runs_one_worker_per_card_on_one_job(spool: Spool) -> None:
-    drop(spool, "big.jsonl", [chat_line(i) for i in range(600)])
+    drop(spool, "big.jsonl", [chat_line(i) for i in range(1500)])  # ~6 s of work: both workers get chunks
     cmd = daemon_cmd(spool, "--once", "--chunk-size", "30", "--fake-latency", "0.004", "--gpus", "0,1")
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "worker for GPU 0 started" in proc.stderr and "worker for GPU 1 started" in proc.stderr
-    assert assert_exactly_once(spool, "big", {f"req-{i}" for i in range(600)}) == (600, 0)
+    assert assert_exactly_once(spool, "big", {f"req-{i}" for i in range(1500)}) == (1500, 0)
     assert len(chunk_workers(spool, "big")) == 2, "both workers answered chunks of the one job"
     pins = {orjson.loads(p.read_bytes()).get("cuda_visible_devices") for p in spool.workers.glob("*.json")}
     assert pins == {"0", "1"}
