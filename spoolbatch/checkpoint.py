@@ -59,7 +59,6 @@ class Checkpoint:
     busy_seconds: float = 0.0
     resumes: int = 0
     worker: str | None = None
-    group: str | None = None
     message: str | None = None
 
     @property

@@ -124,10 +124,6 @@ class AppendFile:
             self._pending.clear()
         return self.size
 
-    def discard(self) -> None:
-        """Drop what is queued and not committed."""
-        self._pending.clear()
-
     def close(self) -> None:
         """Close the file; uncommitted data is dropped."""
         self._pending.clear()

@@ -52,7 +52,6 @@ class LineParser:
         self.model = model
         self.url = url
         self.max_line_bytes = max_line_bytes
-        self.new_ids: list[int] = []
 
     def parse(self, raw: bytes, line: int) -> Request | BadLine | None:
         """One line to a ``Request``, a ``BadLine``, or None for a blank line."""
@@ -81,7 +80,6 @@ class LineParser:
             return BadLine(line, text, "duplicate_custom_id", f"custom_id {custom_id!r} was already used in this job",
                            custom_id)
         self.seen.add(h)
-        self.new_ids.append(h)
         url = obj.get("url")
         body = obj.get("body")
         if obj.get("method") == "POST" and url in ENDPOINTS and isinstance(body, dict):
@@ -120,10 +118,6 @@ class LineParser:
                        "(one endpoint per job)")
         return Request(custom_id=custom_id, line=line, url=url, body=body, spec=spec, key=key)
 
-    def take_new_ids(self) -> list[int]:
-        """Hashes accepted since the last call, for the job's ids file."""
-        out, self.new_ids = self.new_ids, []
-        return out
 
 
 def result_line(job: str, request: Request, outcome: Outcome) -> bytes:

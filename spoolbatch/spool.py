@@ -16,7 +16,6 @@ import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -29,12 +28,6 @@ IGNORED_SUFFIXES = (".tmp", ".part")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_ID_LEN = 100
 RefuseHook = Callable[[str, str], None]
-
-
-class Waiting(StrEnum):
-    """Why an inbox file is not claimable yet."""
-
-    SETTLING = "settling"
 
 
 def sanitize_job_id(name: str) -> str:

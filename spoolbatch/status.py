@@ -106,14 +106,3 @@ def status(spool: Spool, job: str | None = None) -> SpoolStatus:
             raise JobNotFound(job)
     return SpoolStatus(str(spool.root), read_workers(spool), jobs)
 
-
-def prune_workers(spool: Spool, older_than: float = 24 * 3600) -> int:
-    """Remove heartbeat files of workers dead or stopped for longer than ``older_than`` seconds."""
-    removed = 0
-    now = time.time()
-    for beat in read_workers(spool, now):
-        if beat["liveness"] in (Liveness.DEAD.value, Liveness.STOPPED.value) and beat["age_seconds"] > older_than:
-            with contextlib.suppress(FileNotFoundError):
-                spool.worker_file(beat["worker"]).unlink()
-                removed += 1
-    return removed

@@ -57,7 +57,6 @@ def validate(path: Path, config: Config) -> Validation:
     with open(path, "rb") as f:
         for n, raw in enumerate(f, start=1):
             parsed = parser.parse(raw, n)
-            parser.take_new_ids()
             if parsed is None:
                 continue
             if isinstance(parsed, BadLine):
