@@ -31,6 +31,9 @@ class EngineSettings:
     model_dir: str | None = None
 
 
+_ENGINE = EngineSettings()
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """Every setting of spoolbatch; see the README's configuration table."""
@@ -52,13 +55,14 @@ class Config:
     gpu_max_memory_pct: float = 95.0
     gpu_max_temp_c: float = 85.0
     gpu_min_chunk: int = 500
-    gpu_memory_utilization: float = 0.85
-    max_model_len: int | None = None
-    max_num_seqs: int | None = None
-    enforce_eager: bool = False
-    dtype: str = "auto"
-    cpu_kvcache_gib: int = 1
-    model_dir: str | None = None
+    # The engine's settings, with EngineSettings' defaults (declared once, there).
+    gpu_memory_utilization: float = _ENGINE.gpu_memory_utilization
+    max_model_len: int | None = _ENGINE.max_model_len
+    max_num_seqs: int | None = _ENGINE.max_num_seqs
+    enforce_eager: bool = _ENGINE.enforce_eager
+    dtype: str = _ENGINE.dtype
+    cpu_kvcache_gib: int = _ENGINE.cpu_kvcache_gib
+    model_dir: str | None = _ENGINE.model_dir
     ray_address: str = "auto"  # --engine ray: a cluster address, "auto" (a running one, else local), "local"
     ray_concurrency: int = 1  # --engine ray: vLLM replicas, one GPU each on a GPU cluster
     extra: dict[str, Any] = field(default_factory=dict)

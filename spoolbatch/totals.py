@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from spoolbatch.metrics import MetricsSample
@@ -10,6 +11,8 @@ from spoolbatch.metrics import MetricsSample
 if TYPE_CHECKING:
     from spoolbatch.chunkplan import PartSummary
     from spoolbatch.spool import Spool
+
+JOB_COUNT_SECONDS = 30.0
 
 
 @dataclass(slots=True)
@@ -22,6 +25,8 @@ class Totals:
     completion_tokens: int = 0
     last_rps: float | None = None
     last_tps: float | None = None
+    _jobs: dict[str, int] = field(default_factory=dict)  # jobs by status, refreshed every JOB_COUNT_SECONDS
+    _jobs_at: float = float("-inf")
 
     def add(self, report: PartSummary) -> None:
         """Count one committed chunk."""
@@ -38,12 +43,15 @@ class Totals:
         from spoolbatch.gpu import GpuDevice
         from spoolbatch.jobs import list_jobs
 
-        jobs: dict[str, int] = {}
-        for job in list_jobs(spool):
-            jobs[job.status] = jobs.get(job.status, 0) + 1
+        now = time.monotonic()
+        if now - self._jobs_at >= JOB_COUNT_SECONDS:  # it reads every checkpoint: not on every beat
+            jobs: dict[str, int] = {}
+            for job in list_jobs(spool):
+                jobs[job.status] = jobs.get(job.status, 0) + 1
+            self._jobs, self._jobs_at = jobs, now
         gpu = beat.get("gpu") or {}
         devices = [GpuDevice(**d) for d in gpu.get("devices", [])]
-        return MetricsSample(jobs=jobs, requests_done_total=self.requests_done,
+        return MetricsSample(jobs=self._jobs, requests_done_total=self.requests_done,
                              requests_failed_total=self.requests_failed,
                              prompt_tokens_total=self.prompt_tokens,
                              completion_tokens_total=self.completion_tokens, gpus=devices,
