@@ -41,10 +41,17 @@ def write_jsonl(path: Path, records: list[Any]) -> Path:
 
 
 def drop(spool: Spool, name: str, records: list[Any], age: float = 60.0) -> Path:
-    """Put a job in the inbox as `cp` would, aged past the settle time."""
-    path = write_jsonl(spool.inbox / name, records)
+    """Put a job in the inbox, aged past the settle time, in one rename.
+
+    The file is written under a dot-name (which the daemon ignores), aged, then renamed into place:
+    a daemon already running (settle time 0) could otherwise claim it between the write and the
+    ageing, and the ageing would then find nothing to touch.
+    """
+    hidden = write_jsonl(spool.inbox / f".{name}.part", records)
     past = time.time() - age
-    os.utime(path, (past, past))
+    os.utime(hidden, (past, past))
+    path = spool.inbox / name
+    os.rename(hidden, path)
     return path
 
 
