@@ -35,33 +35,28 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
+# Plain loops, not comprehensions: these run once per answered request.
 def chat_completion(*, id: str, model: str, created: int, choices: Sequence[Choice],
                     prompt_tokens: int) -> dict[str, Any]:
     """A ``chat.completion`` object."""
-    return {
-        "id": id, "object": "chat.completion", "created": created, "model": model,
-        "choices": [
-            {"index": i, "message": {"role": "assistant", "content": c.text, "refusal": None},
-             "logprobs": c.logprobs, "finish_reason": c.finish_reason}
-            for i, c in enumerate(choices)
-        ],
-        "usage": _usage(prompt_tokens, sum(c.completion_tokens for c in choices)),
-        "system_fingerprint": None,
-    }
+    out, completion_tokens = [], 0
+    for i, c in enumerate(choices):
+        out.append({"index": i, "message": {"role": "assistant", "content": c.text, "refusal": None},
+                    "logprobs": c.logprobs, "finish_reason": c.finish_reason})
+        completion_tokens += c.completion_tokens
+    return {"id": id, "object": "chat.completion", "created": created, "model": model, "choices": out,
+            "usage": _usage(prompt_tokens, completion_tokens), "system_fingerprint": None}
 
 
 def text_completion(*, id: str, model: str, created: int, choices: Sequence[Choice],
                     prompt_tokens: int) -> dict[str, Any]:
     """A ``text_completion`` object."""
-    return {
-        "id": id, "object": "text_completion", "created": created, "model": model,
-        "choices": [
-            {"index": i, "text": c.text, "logprobs": c.logprobs, "finish_reason": c.finish_reason}
-            for i, c in enumerate(choices)
-        ],
-        "usage": _usage(prompt_tokens, sum(c.completion_tokens for c in choices)),
-        "system_fingerprint": None,
-    }
+    out, completion_tokens = [], 0
+    for i, c in enumerate(choices):
+        out.append({"index": i, "text": c.text, "logprobs": c.logprobs, "finish_reason": c.finish_reason})
+        completion_tokens += c.completion_tokens
+    return {"id": id, "object": "text_completion", "created": created, "model": model, "choices": out,
+            "usage": _usage(prompt_tokens, completion_tokens), "system_fingerprint": None}
 
 
 def embedding_list(*, model: str, vectors: Sequence[Sequence[float]], prompt_tokens: int,

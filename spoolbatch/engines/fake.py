@@ -1,8 +1,9 @@
 """The fake engine: deterministic, in-process, no model; for dry runs, demos and tests.
 
 Its answers are derived from the request alone (a hash of the prompt picks the words), so
-the same request always gets the same body. Token counts are whitespace words. A
-per-request ``latency`` (seconds) makes chunks take real time, for crash and status tests.
+the same request always gets the same body. Completion tokens are whitespace words; prompt
+tokens are about four characters each. A per-request ``latency`` (seconds) makes chunks take
+real time, for crash and status tests.
 The model name is taken from the request: any model "loads".
 """
 
@@ -22,6 +23,9 @@ from spoolbatch.sampling import CHAT, EMBEDDINGS, SamplingSpec
 
 _WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike "
           "november oscar papa quebec romeo sierra tango uniform victor whiskey xray yankee zulu").split()
+# _RUNS[start][k]: k words from _WORDS[start] on, cyclic; an answer is one table lookup.
+_RUNS = [[" ".join(_WORDS[(start + j) % len(_WORDS)] for j in range(k)) for k in range(16)]
+         for start in range(len(_WORDS))]
 EMBEDDING_DIM = 16
 
 
@@ -30,7 +34,13 @@ def _digest(*parts: str) -> bytes:
 
 
 def _tokens(text: str) -> int:
+    """Whitespace words: the unit of the fake engine's answers."""
     return max(1, len(text.split()))
+
+
+def _prompt_tokens(text: str) -> int:
+    """A prompt's size in tokens by OpenAI's rule of thumb (about four characters a token)."""
+    return max(1, (len(text) + 3) // 4)
 
 
 def _prompt_text(spec: SamplingSpec) -> str:
@@ -40,17 +50,18 @@ def _prompt_text(spec: SamplingSpec) -> str:
 
 
 def _generate(spec: SamplingSpec, digest: bytes, index: int) -> Choice:
-    """Words picked by the request's digest; stops at a stop string or at max_tokens."""
-    seed = digest[index % len(digest):] + digest[:index % len(digest)]
+    """3 to 14 words picked by the request's digest; stops at a stop string or at max_tokens."""
     if spec.json_schema is not None or spec.json_object:
+        seed = digest[index % len(digest):] + digest[:index % len(digest)]
         text = orjson.dumps(_fake_json(spec.json_schema or {}, seed)).decode()
         return Choice(text=text, finish_reason="stop", completion_tokens=_tokens(text))
+    b = digest[index % len(digest)]
+    want = 3 + b % 12
     limit = spec.max_tokens if spec.max_tokens is not None else 16
-    want = 3 + seed[0] % 12
-    words = [_WORDS[b % 26] for b in seed[1:1 + min(want, limit)]]
-    text, finish = " ".join(words), ("length" if want > limit else "stop")
+    count = want if want <= limit else limit
+    text, finish = _RUNS[(b + 7 * index + digest[-1]) % len(_WORDS)][count], ("length" if want > limit else "stop")
     if not spec.stop:  # the words hold no blanks: one token each
-        return Choice(text, finish, len(words))
+        return Choice(text, finish, count)
     for stop in spec.stop:
         cut = text.find(stop)
         if cut >= 0:
@@ -105,7 +116,7 @@ class FakeEngine:
         for request in requests:
             if self.latency:
                 time.sleep(self.latency)
-            out.append(Outcome.ok(self._answer(request, created)))
+            out.append(self._answer(request, created))
         return out
 
     def submit(self, requests: Sequence[Request]) -> list[Request]:
@@ -119,19 +130,22 @@ class FakeEngine:
     def abort(self) -> None:
         """Nothing is kept between submit and collect."""
 
-    def _answer(self, request: Request, created: int) -> dict[str, Any]:
+    def _answer(self, request: Request, created: int) -> Outcome:
         spec = request.spec
         if spec.endpoint == EMBEDDINGS:
-            return embedding_list(model=spec.model, vectors=[_embed(t) for t in spec.inputs],
-                                  prompt_tokens=sum(_tokens(t) for t in spec.inputs),
-                                  encoding_format=spec.encoding_format)
+            tokens = sum(_prompt_tokens(t) for t in spec.inputs)
+            return Outcome(embedding_list(model=spec.model, vectors=[_embed(t) for t in spec.inputs],
+                                          prompt_tokens=tokens, encoding_format=spec.encoding_format),
+                           prompt_tokens=tokens)
         prompt = _prompt_text(spec)
         digest = _digest(prompt, str(spec.seed))
         choices = [_generate(spec, digest, i) for i in range(spec.n)]
         build = chat_completion if spec.endpoint == CHAT else text_completion
         prefix = "chatcmpl-" if spec.endpoint == CHAT else "cmpl-"
-        return build(id=prefix + digest[:12].hex(), model=spec.model, created=created,
-                     choices=choices, prompt_tokens=_tokens(prompt))
+        prompt_tokens = _prompt_tokens(prompt)
+        return Outcome(build(id=prefix + digest[:12].hex(), model=spec.model, created=created,
+                             choices=choices, prompt_tokens=prompt_tokens),
+                       prompt_tokens=prompt_tokens, completion_tokens=sum(c.completion_tokens for c in choices))
 
     def close(self) -> None:
         """Nothing to release."""
