@@ -300,17 +300,23 @@ class JobRunner:
                     results: AppendFile, dead: AppendFile, ids: AppendFile) -> None:
         """Append one part; a custom_id an earlier chunk already used becomes a deadletter record."""
         res, dl, pairs = self.area(job).read_part(summary.index)
-        lines = res.splitlines(keepends=True)
-        keep, dups, new_ids = [], [], array("Q")
-        for i, line in enumerate(lines):
-            h = pairs[2 * i]
-            if h in seen:
-                dups.append(pairs[2 * i + 1])
-            else:
-                seen.add(h)
-                new_ids.append(h)
-                keep.append(line)
-        for j in range(2 * len(lines), len(pairs), 2):
+        answered = summary.done  # the part's first pairs are its results' (hash, line), in order
+        hashes = pairs[0:2 * answered:2]
+        dups: list[int] = []
+        if seen.isdisjoint(hashes):  # the common case, in C: no custom_id of this part was used before
+            seen.update(hashes)
+            new_ids, keep = hashes, [res]
+        else:
+            keep, new_ids = [], array("Q")
+            for i, line in enumerate(res.splitlines(keepends=True)):
+                h = pairs[2 * i]
+                if h in seen:
+                    dups.append(pairs[2 * i + 1])
+                else:
+                    seen.add(h)
+                    new_ids.append(h)
+                    keep.append(line)
+        for j in range(2 * answered, len(pairs), 2):
             h = pairs[j]
             if h and h not in seen:
                 seen.add(h)
@@ -329,7 +335,7 @@ class JobRunner:
         ckpt.chunks = summary.index + 1
         ckpt.lines_consumed += summary.lines
         ckpt.bytes_consumed = chunk.end
-        ckpt.requests_done += len(keep)
+        ckpt.requests_done += answered - len(dups)
         ckpt.requests_failed += summary.failed + len(dups)
         ckpt.prompt_tokens += summary.prompt_tokens
         ckpt.completion_tokens += summary.completion_tokens
@@ -339,7 +345,7 @@ class JobRunner:
         ckpt.save(self.spool.checkpoint(job))
         self._seen[job] = (ckpt.ids_count, seen)
         self.log(job)(f"chunk {summary.index + 1}: lines {chunk.first_line:,}-{chunk.first_line + chunk.lines - 1:,},"
-                      f" {len(keep):,} answered, {summary.failed + len(dups):,} to deadletter, "
+                      f" {answered - len(dups):,} answered, {summary.failed + len(dups):,} to deadletter, "
                       f"{summary.seconds:.2f}s ({summary.worker})")
 
     def _duplicates(self, job: str, chunk: ChunkRange, line_numbers: list[int]) -> bytes:
