@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 
-from spoolbatch import sdnotify
+from spoolbatch import gcpolicy, sdnotify
 from spoolbatch.checkpoint import FINAL, Checkpoint
 from spoolbatch.chunkplan import PartSummary
 from spoolbatch.config import Config
@@ -199,6 +199,7 @@ class Daemon:
     # --- the loop -------------------------------------------------------------------------
     def run(self, once: bool = False) -> int:
         """Work until stopped (or, with ``once``, until the queue is drained); exit status."""
+        gcpolicy.quiet()
         self.guard.read()
         self.heartbeat.start()
         sdnotify.ready()

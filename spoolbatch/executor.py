@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from spoolbatch import gcpolicy
 from spoolbatch.engines.base import Engine, Outcome, PipelinedEngine, Request
 from spoolbatch.sampling import CHAT, COMPLETIONS
 
@@ -117,12 +118,15 @@ class ChunkExecutor:
             self.engine = self._factory()
             self.model = None
         if self.model != model:
+            gcpolicy.thaw()
             self.engine.load(model)
             self.model = model
+            gcpolicy.freeze_after_load()
         return self.engine
 
     def _rebuild(self, reason: str) -> None:
         self.log(f"engine broken ({reason}); rebuilding it")
+        gcpolicy.thaw()
         if self.engine is not None:
             try:
                 self.engine.close()
@@ -215,6 +219,7 @@ class ChunkExecutor:
     def close(self) -> None:
         """Release the engine."""
         if self.engine is not None:
+            gcpolicy.thaw()
             self.engine.close()
             self.engine = None
             self.model = None
