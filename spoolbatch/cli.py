@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from spoolbatch.config import Config, load_config
-from spoolbatch.errors import SpoolbatchError
+from spoolbatch.errors import ConfigError, SpoolbatchError
 from spoolbatch.spool import Spool
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -138,6 +138,8 @@ def run(
         help="--engine ray: vLLM replicas (one GPU each on a GPU cluster); default 1.")] = None,
     gpus: Annotated[str | None, typer.Option(help="One worker per GPU: '0,1,2,3' or 'all', all on this spool.")]
     = None,
+    workers: Annotated[int | None, typer.Option(
+        help="N worker processes on this spool with no GPU pinned (CPU engines, --engine fake).")] = None,
 ) -> None:
     """The daemon: claim jobs and process them in durable chunks."""
     flags = dict(engine=engine, chunk_size=chunk_size, poll_interval=poll_interval,
@@ -145,14 +147,17 @@ def run(
                  fake_latency=fake_latency, model_dir=model_dir, ray_address=ray_address,
                  ray_concurrency=ray_concurrency)
     config = _config(spool, **flags)
-    if gpus is not None:
-        from spoolbatch.supervisor import Supervisor, parse_gpus
+    if gpus is not None and workers is not None:
+        raise ConfigError("give --gpus or --workers, not both")
+    if gpus is not None or workers is not None:
+        from spoolbatch.supervisor import Supervisor, parse_gpus, parse_workers
 
         args = ["--spool", str(config.spool), *(["--once"] if once else []), *(["-q"] if quiet else [])]
         for name, value in flags.items():
             if value is not None:
                 args += [f"--{name.replace('_', '-')}", str(value)]
-        raise typer.Exit(Supervisor(parse_gpus(gpus), args, once=once).run())
+        slots = parse_gpus(gpus) if gpus is not None else parse_workers(workers or 0)
+        raise typer.Exit(Supervisor(slots, args, once=once).run())
     from spoolbatch.daemon import Daemon
 
     daemon = Daemon(config, echo=not quiet)

@@ -1,7 +1,8 @@
-"""`spoolbatch run --gpus 0,1,...`: one worker process per GPU, all on one spool.
+"""`spoolbatch run --gpus 0,1,...` or `--workers N`: several worker processes on one spool.
 
-Each worker is an ordinary `spoolbatch run` with ``CUDA_VISIBLE_DEVICES`` pinned to one
-card. Work is claimed per chunk, so a single large job spreads over every card. The
+Each worker is an ordinary `spoolbatch run`; with ``--gpus`` its ``CUDA_VISIBLE_DEVICES`` is
+pinned to one card, with ``--workers`` nothing is pinned (engines that run on the CPU, and
+the fake engine). Work is claimed per chunk, so a single large job spreads over every worker. The
 supervisor forwards SIGTERM/SIGINT to its workers (each stops at a chunk boundary),
 restarts a worker that crashed (with backoff, unless ``--once``), and exits when they all
 have, with the worst exit status.
@@ -39,31 +40,46 @@ def parse_gpus(spec: str) -> list[str]:
     return gpus
 
 
+def parse_workers(count: int) -> list[str | None]:
+    """``--workers N``: N workers with no card pinned."""
+    if not 1 <= count <= 256:
+        raise ConfigError(f"--workers {count}: give a number of worker processes from 1 to 256")
+    return [None] * count
+
+
 @dataclass(slots=True)
 class Worker:
-    """One child daemon and its card."""
+    """One child daemon and its card (None: no card pinned)."""
 
-    gpu: str
+    gpu: str | None
+    number: int
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     next_start: float = 0.0
     finished: bool = False
 
+    @property
+    def label(self) -> str:
+        """How messages name this worker."""
+        return f"worker for GPU {self.gpu}" if self.gpu is not None else f"worker {self.number}"
+
 
 class Supervisor:
-    """Starts and watches one worker per GPU."""
+    """Starts and watches one worker per GPU (or per slot of ``--workers``)."""
 
-    def __init__(self, gpus: Sequence[str], args: Sequence[str], *, once: bool = False) -> None:
-        self.workers = [Worker(g) for g in gpus]
+    def __init__(self, gpus: Sequence[str | None], args: Sequence[str], *, once: bool = False) -> None:
+        self.workers = [Worker(g, n) for n, g in enumerate(gpus, start=1)]
         self.args = list(args)
         self.once = once
         self.stopping = False
 
     def _start(self, worker: Worker) -> None:
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": worker.gpu, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+        env = dict(os.environ)
+        if worker.gpu is not None:
+            env.update(CUDA_VISIBLE_DEVICES=worker.gpu, CUDA_DEVICE_ORDER="PCI_BUS_ID")
         env.pop("NOTIFY_SOCKET", None)  # only the supervisor talks to systemd
         worker.proc = subprocess.Popen([sys.executable, "-m", "spoolbatch", "run", *self.args], env=env)
-        print(f"spoolbatch: worker for GPU {worker.gpu} started (pid {worker.proc.pid})", file=sys.stderr)
+        print(f"spoolbatch: {worker.label} started (pid {worker.proc.pid})", file=sys.stderr)
 
     def _forward(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True
@@ -100,7 +116,7 @@ class Supervisor:
                     continue
                 if code != 0 and not self.stopping and not self.once:
                     delay = min(RESTART_BACKOFF[1], RESTART_BACKOFF[0] * 2 ** min(w.restarts, 6))
-                    print(f"spoolbatch: worker for GPU {w.gpu} exited with {code}; restarting in {delay:.0f}s",
+                    print(f"spoolbatch: {w.label} exited with {code}; restarting in {delay:.0f}s",
                           file=sys.stderr)
                     w.restarts += 1
                     w.proc, w.next_start = None, time.monotonic() + delay

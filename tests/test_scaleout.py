@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import subprocess
@@ -34,6 +35,25 @@ def test_gpus_flag_runs_one_worker_per_card_on_one_job(spool: Spool) -> None:
     assert len(chunk_workers(spool, "big")) == 2, "both workers answered chunks of the one job"
     pins = {orjson.loads(p.read_bytes()).get("cuda_visible_devices") for p in spool.workers.glob("*.json")}
     assert pins == {"0", "1"}
+
+
+def test_workers_flag_runs_unpinned_workers_on_one_job(spool: Spool) -> None:
+    drop(spool, "big.jsonl", [chat_line(i) for i in range(1200)])
+    cmd = daemon_cmd(spool, "--once", "--chunk-size", "30", "--fake-latency", "0.004", "--workers", "2")
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"})
+    assert proc.returncode == 0, proc.stderr
+    assert "worker 1 started" in proc.stderr and "worker 2 started" in proc.stderr
+    assert assert_exactly_once(spool, "big", {f"req-{i}" for i in range(1200)}) == (1200, 0)
+    assert len(chunk_workers(spool, "big")) == 2, "both workers answered chunks of the one job"
+    pins = {orjson.loads(p.read_bytes()).get("cuda_visible_devices") for p in spool.workers.glob("*.json")}
+    assert pins == {None}
+
+
+def test_gpus_and_workers_together_are_refused(spool: Spool) -> None:
+    proc = subprocess.run(daemon_cmd(spool, "--gpus", "0", "--workers", "2"), cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode != 0 and "--gpus or --workers" in proc.stderr
 
 
 def test_sigterm_to_the_supervisor_stops_every_worker_cleanly(spool: Spool) -> None:
