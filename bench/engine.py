@@ -32,7 +32,7 @@ from typing import Any
 from common import OUT, request, save, table
 
 ROOT = Path(__file__).resolve().parent.parent
-SETTINGS: dict[str, Any] = {"max_model_len": 2048, "enforce_eager": True, "dtype": "bfloat16", "cpu_kvcache_gib": 1}
+SETTINGS: dict[str, Any] = {"max_model_len": 2048, "enforce_eager": True, "dtype": "auto", "cpu_kvcache_gib": 1}
 
 # run_batch in a fresh process, with the CPU environment and AMX asked for first (as the daemon does);
 # the launcher's run_batch coroutine is wrapped so that its start and end (engine ready, all written)
@@ -187,10 +187,12 @@ def main() -> None:
     args = parser.parse_args()
 
     from spoolbatch.config import EngineSettings
+    from spoolbatch.cpu_env import cpu_dtype
     from spoolbatch.engines.vllm_engine import VllmEngine
     from spoolbatch.sampling import CHAT
 
     path = model_path(args.model)
+    SETTINGS["dtype"] = cpu_dtype("auto")  # what the daemon picks here, given to all three contenders
     if args.model == "tiny":
         SETTINGS["max_model_len"] = 256  # the tiny model's own context
     src = OUT / "inputs" / f"engine-{args.model}-{args.prompts}.jsonl"

@@ -185,14 +185,14 @@ def test_cli_submit_run_results_parse_as_openai(cli_run: CliRun) -> None:
 
 DIRECT = """
 import json, sys
-from spoolbatch.cpu_env import cuda_available, init_amx, prepare_cpu_env
+from spoolbatch.cpu_env import cpu_dtype, cuda_available, init_amx, prepare_cpu_env
 cpu = not cuda_available()
 if cpu:
     prepare_cpu_env(1)
     init_amx()
 from vllm import LLM, SamplingParams
 spec = json.load(sys.stdin)
-llm = LLM(model=spec["model"], dtype="auto", seed=0, enforce_eager=True,
+llm = LLM(model=spec["model"], dtype=cpu_dtype("auto") if cpu else "auto", seed=0, enforce_eager=True,
           **({"distributed_executor_backend": "uni"} if cpu else {}))
 chat = llm.chat(spec["chat"], SamplingParams(temperature=0, max_tokens=spec["chat_max_tokens"]), use_tqdm=False)
 text = llm.generate(spec["prompts"], SamplingParams(temperature=0, max_tokens=spec["text_max_tokens"]),

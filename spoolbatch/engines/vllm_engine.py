@@ -140,19 +140,23 @@ class VllmEngine:
         self._model = model
 
     def _start(self, path: str, runner: str) -> None:
-        from spoolbatch.cpu_env import cuda_available, init_amx, prepare_cpu_env
+        from spoolbatch.cpu_env import cpu_dtype, cuda_available, init_amx, prepare_cpu_env
 
         self._cpu = not cuda_available()
+        dtype = self.settings.dtype
         if self._cpu:
             prepare_cpu_env(self.settings.cpu_kvcache_gib)
             init_amx()
+            dtype = cpu_dtype(dtype)
+            if dtype != self.settings.dtype:
+                log.info("dtype auto on a CPU without native bf16 (AVX512_BF16/AMX): using %s", dtype)
         started = time.monotonic()
         try:
             from vllm import LLM
         except ImportError as exc:
             raise EngineError(f"vLLM is not installed: {exc}",
                               hint="pip install 'spoolbatch[gpu]' (GPU) or 'spoolbatch[cpu]' (CPU)") from None
-        kwargs: dict[str, Any] = dict(model=path, runner=runner, dtype=self.settings.dtype, seed=0,
+        kwargs: dict[str, Any] = dict(model=path, runner=runner, dtype=dtype, seed=0,
                                       enforce_eager=self.settings.enforce_eager or self._cpu)
         if self.settings.max_model_len:
             kwargs["max_model_len"] = self.settings.max_model_len
