@@ -16,6 +16,7 @@ import os
 import time
 from array import array
 from dataclasses import dataclass, field
+from itertools import islice
 
 from filelock import FileLock
 
@@ -56,7 +57,7 @@ class PreparedChunk:
     claim: ChunkClaim
     started: float
     requests: list[Request] = field(default_factory=list)
-    raws: list[bytes] = field(default_factory=list)
+    lines: list[bytes] = field(default_factory=list)  # the chunk's raw lines, for deadletter records
     bad: list[BadLine] = field(default_factory=list)
     pending: Pending | None = None
 
@@ -80,15 +81,9 @@ def _read_lines(path: os.PathLike[str], start: int, end: int) -> list[bytes]:
 
 def _next_lines(path: os.PathLike[str], start: int, count: int) -> list[bytes]:
     """Up to ``count`` lines from byte ``start`` (streaming: never reads the rest of the file)."""
-    lines = []
     with open(path, "rb") as f:
         f.seek(start)
-        for _ in range(count):
-            raw = f.readline()
-            if not raw:
-                break
-            lines.append(raw)
-    return lines
+        return list(islice(f, count))
 
 
 def _first_request(path: os.PathLike[str], max_line_bytes: int) -> tuple[str | None, str | None]:
@@ -203,12 +198,11 @@ class JobRunner:
         chunk = claim.chunk
         lines = claim.lines or _read_lines(self.spool.input(claim.job), chunk.start, chunk.end)
         parser = LineParser(model=claim.model, url=claim.url, max_line_bytes=self.config.max_line_bytes)
-        prepared = PreparedChunk(claim, time.monotonic())
+        prepared = PreparedChunk(claim, time.monotonic(), lines=lines)
         for n, raw in enumerate(lines, start=chunk.first_line):
             parsed = parser.parse(raw, n)
             if isinstance(parsed, Request):
                 prepared.requests.append(parsed)
-                prepared.raws.append(raw.rstrip(b"\r\n"))
             elif parsed is not None:
                 prepared.bad.append(parsed)
         claim.lines = []
@@ -229,9 +223,9 @@ class JobRunner:
         if prepared.pending is not None:
             run = self.executor.collect(prepared.pending)
             retries = run.retries
-            for request, raw, outcome, attempts in zip(prepared.requests, prepared.raws, run.outcomes,
-                                                       run.attempts, strict=True):
+            for request, outcome, attempts in zip(prepared.requests, run.outcomes, run.attempts, strict=True):
                 if outcome.failed:
+                    raw = prepared.lines[request.line - chunk.first_line].rstrip(b"\r\n")
                     bad.append(failed_request(request, raw, outcome, attempts))
                     continue
                 results.append(result_line(claim.job, request, outcome))
