@@ -27,6 +27,7 @@ from spoolbatch.engines.base import Request
 from spoolbatch.errors import InputError
 from spoolbatch.executor import ChunkExecutor, Pending
 from spoolbatch.fsutil import AppendFile, fsync_dir
+from spoolbatch.idset import IdSet
 from spoolbatch.joblog import JobLog
 from spoolbatch.preflight import check_file
 from spoolbatch.records import BadLine, LineParser, deadletter_line, failed_request, id_hash, result_line
@@ -62,7 +63,7 @@ class PreparedChunk:
     pending: Pending | None = None
 
 
-def load_seen(path: os.PathLike[str], count: int) -> set[int]:
+def load_seen(path: os.PathLike[str], count: int) -> IdSet:
     """The custom_id hashes committed so far (the first ``count`` entries of the ids file)."""
     ids = array("Q")
     try:
@@ -70,7 +71,7 @@ def load_seen(path: os.PathLike[str], count: int) -> set[int]:
             ids.frombytes(f.read(count * ids.itemsize))
     except FileNotFoundError:
         pass
-    return set(ids)
+    return IdSet(ids)
 
 
 def _read_lines(path: os.PathLike[str], start: int, end: int) -> list[bytes]:
@@ -106,7 +107,7 @@ class JobRunner:
         self.executor = executor
         self.worker = worker
         self.echo = echo
-        self._seen: dict[str, tuple[int, set[int]]] = {}
+        self._seen: dict[str, tuple[int, IdSet]] = {}
         self._started: set[str] = set()
         self._last_commit = 0.0
 
@@ -283,38 +284,39 @@ class JobRunner:
             self._finish(job, ckpt, JobStatus.CANCELLED)
         return ckpt
 
-    def _seen_for(self, job: str, ckpt: Checkpoint) -> set[int]:
-        count, seen = self._seen.get(job, (-1, set()))
+    def _seen_for(self, job: str, ckpt: Checkpoint) -> IdSet:
+        count, seen = self._seen.get(job, (-1, IdSet()))
         if count != ckpt.ids_count:
             seen = load_seen(self.spool.ids(job), ckpt.ids_count)
         self._seen = {job: (ckpt.ids_count, seen)}
         return seen
 
-    def _merge_part(self, job: str, ckpt: Checkpoint, chunk: ChunkRange, summary: PartSummary, seen: set[int],
+    def _merge_part(self, job: str, ckpt: Checkpoint, chunk: ChunkRange, summary: PartSummary, seen: IdSet,
                     results: AppendFile, dead: AppendFile, ids: AppendFile) -> None:
         """Append one part; a custom_id an earlier chunk already used becomes a deadletter record."""
         res, dl, pairs = self.area(job).read_part(summary.index)
         answered = summary.done  # the part's first pairs are its results' (hash, line), in order
         hashes = pairs[0:2 * answered:2]
+        used = seen.found(hashes)
         dups: list[int] = []
-        if seen.isdisjoint(hashes):  # the common case, in C: no custom_id of this part was used before
-            seen.update(hashes)
+        if not used.any():  # the common case: no custom_id of this part was used before
             new_ids, keep = hashes, [res]
         else:
             keep, new_ids = [], array("Q")
             for i, line in enumerate(res.splitlines(keepends=True)):
-                h = pairs[2 * i]
-                if h in seen:
+                if used[i]:
                     dups.append(pairs[2 * i + 1])
                 else:
-                    seen.add(h)
-                    new_ids.append(h)
+                    new_ids.append(pairs[2 * i])
                     keep.append(line)
-        for j in range(2 * answered, len(pairs), 2):
-            h = pairs[j]
-            if h and h not in seen:
-                seen.add(h)
-                new_ids.append(h)
+        # The ids of lines sent to deadletter count as used too (the parser already made a
+        # repeat inside this chunk a duplicate, so those may equal an answered id here).
+        failed = [h for h in dict.fromkeys(pairs[2 * answered::2]) if h]
+        if failed:
+            answered_here = set(new_ids)
+            new_ids.extend(h for h, old in zip(failed, seen.found(failed), strict=True)
+                           if not old and h not in answered_here)
+        seen.add_many(new_ids)
         extra = self._duplicates(job, chunk, dups) if dups else b""
         results.write(b"".join(keep))
         dead.write(dl + extra)
