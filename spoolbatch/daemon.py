@@ -123,9 +123,11 @@ class Daemon:
         size = self.guard.next_chunk_size(block=block)  # waits while the GPU is unsafe
         if size is None:
             return None, 0
+        tried = set()
         for job in order_jobs(self.spool, model or self.executor.model, only_model=model):
             if self._stop.is_set():
                 return None, 0
+            tried.add(job)
             chunk = self.runner.claim_chunk(job, size)
             if chunk is not None:
                 return chunk, 0
@@ -133,6 +135,11 @@ class Daemon:
             claim, settling = self.spool.claim_inbox(
                 self.config.settle_seconds, on_refused=lambda job, why: self.log(f"refused {job}: {why}"))
             if claim is None:
+                # Another worker may have moved a job from the inbox to active/ between the listing
+                # above and this scan: help with it now (a `--once` worker would otherwise leave).
+                for job in order_jobs(self.spool, self.executor.model):
+                    if job not in tried and (chunk := self.runner.claim_chunk(job, size)) is not None:
+                        return chunk, settling
                 return None, settling
             if self.runner.setup(claim) is not None:
                 chunk = self.runner.claim_chunk(claim.job, size)
