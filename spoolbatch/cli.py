@@ -170,7 +170,8 @@ def _status_table(data: dict[str, Any]) -> Table:
     for col in ("job", "status", "progress", "done", "deadletter", "retries", "tokens", "eta"):
         table.add_column(col, justify="right" if col not in ("job", "status") else "left")
     for j in data["jobs"]:
-        table.add_row(j["job"], j["status"] + (f" ({j['reason']})" if j.get("reason") else ""),
+        workers = f", {j['workers']} workers" if (j.get("workers") or 0) > 1 else ""
+        table.add_row(j["job"], j["status"] + workers + (f" ({j['reason']})" if j.get("reason") else ""),
                       f"{100 * j['progress']:.1f}%", f"{j['requests_done']:,}", f"{j['requests_failed']:,}",
                       f"{j.get('retries', 0):,}", f"{j['tokens']:,}",
                       _duration(j["eta_seconds"]) if j["status"] == "running" else "-")

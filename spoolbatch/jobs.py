@@ -39,6 +39,7 @@ class JobInfo:
     reason: str | None = None
     owned: bool | None = None
     retries: int = 0
+    workers: int = 0  # alive workers holding a chunk of it (filled in by `status`)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON."""

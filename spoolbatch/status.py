@@ -9,6 +9,7 @@ when its pid is gone on this host or its beat is older than ten intervals (at le
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import socket
 import time
@@ -104,5 +105,26 @@ def status(spool: Spool, job: str | None = None) -> SpoolStatus:
         jobs = [j for j in jobs if j.job == job]
         if not jobs:
             raise JobNotFound(job)
-    return SpoolStatus(str(spool.root), read_workers(spool), jobs)
+    workers = read_workers(spool)
+    return SpoolStatus(str(spool.root), workers, with_workers(jobs, workers))
+
+
+def with_workers(jobs: list[JobInfo], workers: list[dict[str, Any]]) -> list[JobInfo]:
+    """Each job with the number of alive workers on it, its ETA divided among them.
+
+    A job's rate is measured per worker (its busy seconds add up over every worker's
+    chunks), so with several workers sharing it the time left shrinks in proportion.
+    """
+    on: dict[str, int] = {}
+    for w in workers:
+        if w["liveness"] == Liveness.ALIVE.value and w.get("job"):
+            on[w["job"]] = on.get(w["job"], 0) + 1
+    out = []
+    for j in jobs:
+        n = on.get(j.job, 0)
+        if n:
+            eta = j.eta_seconds / n if j.eta_seconds is not None and n > 1 else j.eta_seconds
+            j = dataclasses.replace(j, workers=n, eta_seconds=eta)
+        out.append(j)
+    return out
 

@@ -125,3 +125,18 @@ def test_read_commands_never_import_vllm_or_torch(spool: Spool, start_daemon: An
     assert not marker.exists()
     assert not [ln for ln in proc.stderr.decode().splitlines() if ln.rsplit("|", 1)[-1].strip().split(".")[0]
                 in ("vllm", "torch")]
+
+
+def test_eta_is_shared_among_the_alive_workers_of_a_job() -> None:
+    from spoolbatch.jobs import JobInfo
+    from spoolbatch.status import with_workers
+
+    jobs = [JobInfo("big", "running", eta_seconds=600.0), JobInfo("small", "running", eta_seconds=60.0),
+            JobInfo("idle", "queued")]
+    workers = [{"liveness": "alive", "job": "big"}, {"liveness": "alive", "job": "big"},
+               {"liveness": "dead", "job": "big"}, {"liveness": "alive", "job": "small"},
+               {"liveness": "alive", "job": None}]
+    big, small, idle = with_workers(jobs, workers)
+    assert (big.workers, big.eta_seconds) == (2, 300.0), "two alive workers: half the time left"
+    assert (small.workers, small.eta_seconds) == (1, 60.0)
+    assert (idle.workers, idle.eta_seconds) == (0, None)
