@@ -69,4 +69,6 @@ class IdSet:
         self._runs.append(run)
         while len(self._runs) > 1 and len(self._runs[-1]) >= len(self._runs[-2]):
             newer, older = self._runs.pop(), self._runs.pop()
-            self._runs.append(np.sort(np.concatenate((older, newer)), kind="stable"))
+            merged = np.concatenate((older, newer))
+            merged.sort(kind="stable")  # in place: one copy of the hashes at a time, not two
+            self._runs.append(merged)
