@@ -236,14 +236,25 @@ def status(
 @app.command("list")
 @handles_errors
 def list_(spool: SpoolOpt = None, json: JsonOpt = False) -> None:
-    """Every job: queued, running, finished, refused."""
-    from spoolbatch.jobs import list_jobs
+    """Every job: queued, running, finished, refused; and the groups `submit --split` made."""
+    from spoolbatch.jobs import list_groups, list_jobs
 
-    jobs = list_jobs(Spool(_config(spool).spool))
+    sp = Spool(_config(spool).spool)
+    jobs = list_jobs(sp)
     if json:
-        _json([j.to_dict() for j in jobs])
+        _json([j.to_dict() for j in jobs])  # each part names its group
         return
-    out.print(_status_table({"spool": _config(spool).spool, "jobs": [j.to_dict() for j in jobs]}))
+    out.print(_status_table({"spool": sp.root, "jobs": [j.to_dict() for j in jobs]}))
+    groups = list_groups(sp, jobs)
+    if groups:
+        table = Table(title="groups (submit --split): `spoolbatch results GROUP` returns all their parts' lines",
+                      title_justify="left")
+        for col in ("group", "status", "jobs", "progress", "done", "deadletter", "tokens"):
+            table.add_column(col, justify="left" if col in ("group", "status") else "right")
+        for g in groups:
+            table.add_row(g.group, g.status, str(g.jobs), f"{100 * g.progress:.1f}%", f"{g.requests_done:,}",
+                          f"{g.requests_failed:,}", f"{g.tokens:,}")
+        out.print(table)
 
 
 def _write_lines(lines: Any, output: Path | None) -> int:

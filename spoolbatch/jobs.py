@@ -9,7 +9,7 @@ import contextlib
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ class JobInfo:
     owned: bool | None = None
     retries: int = 0
     workers: int = 0  # alive workers holding a chunk of it (filled in by `status`)
+    group: str | None = None  # the `submit --split` group it is a part of
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON."""
@@ -75,7 +76,60 @@ def list_jobs(spool: Spool) -> list[JobInfo]:
             data = orjson.loads(path.read_bytes())
             jobs[data["job"]] = JobInfo(data["job"], JobStatus.REJECTED.value, reason=data.get("reason"),
                                         updated_at=data.get("at"))
+    for group, parts in read_groups(spool).items():
+        for job in parts:
+            if job in jobs:
+                jobs[job] = replace(jobs[job], group=group)
     return sorted(jobs.values(), key=lambda j: (j.updated_at or 0, j.job))
+
+
+def read_groups(spool: Spool) -> dict[str, list[str]]:
+    """Every `submit --split` group of the spool: its name and its jobs, in order."""
+    groups = {}
+    for path in sorted(spool.groups.glob("*.json")):
+        with contextlib.suppress(OSError, orjson.JSONDecodeError, KeyError, TypeError):
+            data = orjson.loads(path.read_bytes())
+            groups[str(data["group"])] = [str(j) for j in data["jobs"]]
+    return groups
+
+
+@dataclass(frozen=True, slots=True)
+class GroupInfo:
+    """A `submit --split` group as `list` shows it: its parts' figures added up."""
+
+    group: str
+    status: str
+    jobs: int
+    requests_done: int
+    requests_failed: int
+    progress: float
+    tokens: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON."""
+        return {k: getattr(self, k) for k in self.__slots__}
+
+
+def list_groups(spool: Spool, jobs: list[JobInfo]) -> list[GroupInfo]:
+    """Each group with its parts' totals; its status is theirs when they agree, else a count of each."""
+    by_name = {j.job: j for j in jobs}
+    out = []
+    for group, names in read_groups(spool).items():
+        parts = [by_name.get(n) or JobInfo(n, "missing") for n in names]
+        counts: dict[str, int] = {}
+        for p in parts:
+            counts[p.status] = counts.get(p.status, 0) + 1
+        if len(counts) == 1:
+            status = parts[0].status
+        elif counts.keys() <= {"queued", "claimed", "running", "completed"}:
+            status = "running"
+        else:
+            status = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        out.append(GroupInfo(group, status, len(parts), sum(p.requests_done for p in parts),
+                             sum(p.requests_failed for p in parts),
+                             round(sum(p.progress for p in parts) / len(parts), 4) if parts else 0.0,
+                             sum(p.tokens for p in parts)))
+    return out
 
 
 def load_checkpoint(spool: Spool, job: str) -> Checkpoint:

@@ -188,11 +188,16 @@ def test_submit_limits_and_split_into_a_group(spool: Spool, config: Config, tmp_
     assert info.value.limit == "requests per job" and "--split" in (info.value.hint or "")
     result = submit(src, small, split=True)
     assert result.group == "big" and result.jobs == ["big.part001", "big.part002", "big.part003"]
+    (queued,) = jobs.list_groups(spool, jobs.list_jobs(spool))
+    assert (queued.group, queued.status, queued.jobs, queued.progress) == ("big", "queued", 3, 0.0)
+    assert {j.group for j in jobs.list_jobs(spool)} == {"big"}
     for p in spool.inbox.iterdir():
         os.utime(p, (0, 0))
     drain(small)
     ids = [orjson.loads(line)["custom_id"] for line in jobs.results(spool, "big")]
     assert sorted(ids) == sorted(f"req-{i}" for i in range(25))
+    (done,) = jobs.list_groups(spool, jobs.list_jobs(spool))
+    assert (done.status, done.requests_done, done.requests_failed, done.progress) == ("completed", 25, 0, 1.0)
     with pytest.raises(LimitExceeded) as q:
         submit(src, small.replace(max_queued_requests=20), split=True)
     assert q.value.limit == "queued requests"
