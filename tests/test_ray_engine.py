@@ -187,6 +187,10 @@ def test_ray_backend_answers_every_request_once_and_survives_a_lost_replica(
     assert {d.get("custom_id") for d in dead} == {None, "bad"}
     _parse_results(spool, "big")
     assert len(daemons.replicas()) == 0
+    # The chunks went through the look-ahead path (submit/collect on the replicas), and the
+    # lost replica's slices were redone there, not by the executor's split-and-retry fallback.
+    assert "ray replica lost" in daemons.tail() and "holding" in daemons.tail()
+    assert "pipelined chunk failed" not in (spool.logs / "daemon.log").read_text()
 
 
 @pytest.mark.vllm

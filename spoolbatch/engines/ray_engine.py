@@ -23,6 +23,12 @@ chunk, durably, with exactly-once across any number of drivers; a second record 
 progress would have to be reconciled with it and adds nothing. A driver killed mid-chunk
 loses only its uncommitted chunk, which the next claimant answers again from the spool.
 
+Look-ahead. Like the local engine, the pool pipelines: ``submit`` enqueues a chunk's
+slices on the replicas (each replica's ``VllmEngine.submit``), ``collect`` steps them until
+the chunk is answered. Ray runs one caller's actor calls in order, and the daemon submits
+chunk k+1 before it collects chunk k, so every replica's batch already holds k+1's requests
+while k's finish, and does not drain at the boundary.
+
 Failures. A replica lost mid-chunk (a worker node gone, the actor killed) is replaced and
 its slice tried once more; if that fails too, ``EngineError`` goes to the executor, which
 splits and retries the chunk as for any engine failure.
@@ -39,6 +45,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from spoolbatch.config import EngineSettings
@@ -58,9 +65,10 @@ class Replica:
     """One vLLM engine inside a Ray actor (the class is wrapped with ``ray.remote`` lazily)."""
 
     def __init__(self, settings: EngineSettings) -> None:
-        from spoolbatch.engines.vllm_engine import VllmEngine
+        from spoolbatch.engines.vllm_engine import Ticket, VllmEngine
 
         self.engine = VllmEngine(settings)
+        self.tickets: dict[int, Ticket] = {}
 
     def load(self, model: str, endpoint: str | None) -> dict[str, Any]:
         """Load ``model``; facts about this replica for the driver's log."""
@@ -71,6 +79,21 @@ class Replica:
     def run(self, requests: Sequence[Request]) -> list[Outcome]:
         """Answer a slice of a chunk."""
         return self.engine.run(requests)
+
+    def submit(self, requests: Sequence[Request]) -> int:
+        """Enqueue a slice without waiting (look-ahead); a number for ``collect``."""
+        ticket = self.engine.submit(requests)
+        self.tickets[ticket.number] = ticket
+        return ticket.number
+
+    def collect(self, number: int) -> list[Outcome]:
+        """Work until the slice ``number`` is answered (later slices progress in the same batch)."""
+        return self.engine.collect(self.tickets.pop(number))
+
+    def abort(self) -> None:
+        """Drop every slice enqueued and not collected."""
+        self.tickets.clear()
+        self.engine.abort()
 
     def close(self) -> None:
         """Release the model."""
@@ -105,6 +128,14 @@ def _lost(exc: BaseException) -> bool:
     from ray.exceptions import RayActorError
 
     return isinstance(exc, RayActorError)
+
+
+@dataclass(slots=True)
+class RayTicket:
+    """A chunk enqueued on the replicas: its requests, and per slice (replica, lo, hi, submit ref)."""
+
+    requests: list[Request]
+    parts: list[tuple[Any, int, int, Any]] = field(default_factory=list)
 
 
 def slices(count: int, parts: int) -> list[tuple[int, int]]:
@@ -249,6 +280,73 @@ class RayEngine:
                 part = self._retry_on_new(ray, i, requests[lo:hi], exc)
             outcomes.extend(part)
         return outcomes
+
+    # -- look-ahead: a chunk enqueued on the replicas before the previous one is collected ---
+
+    def submit(self, requests: Sequence[Request]) -> RayTicket:
+        """Enqueue a chunk's slices on the replicas; a ticket for ``collect``.
+
+        Actor calls run in the order they were made: the daemon submits chunk k+1 before it
+        collects chunk k, so each replica's engine already holds k+1's requests while it
+        finishes k's, and its batch does not drain at the boundary.
+        """
+        ticket = RayTicket(list(requests))
+        if not requests:
+            return ticket
+        if self._model is None:
+            self.load(requests[0].spec.model)
+        ray = self._connect()
+        if len(self._replicas) < self.concurrency:
+            self._refill(ray)
+        for i, (lo, hi) in enumerate(slices(len(requests), len(self._replicas))):
+            replica = self._replicas[i]
+            ticket.parts.append((replica, lo, hi, replica.submit.remote(ticket.requests[lo:hi])))
+        return ticket
+
+    def collect(self, ticket: RayTicket) -> list[Outcome]:
+        """Outcomes of a submitted chunk, in order; a lost replica's slice is redone on a new one."""
+        if not ticket.parts:
+            return []
+        ray = self._connect()
+        requests = ticket.requests
+        outcomes: list[Outcome] = []
+        for replica, lo, hi, submitted in ticket.parts:
+            try:
+                part = ray.get(replica.collect.remote(submitted))  # Ray hands the ticket number over
+            except Exception as exc:
+                if not _lost(exc):
+                    raise
+                i = self._replicas.index(replica) if replica in self._replicas else None
+                log.warning("ray replica lost (%s) holding %d requests of a chunk; redoing them",
+                            type(exc).__name__, hi - lo)
+                part = self._redo(ray, i, requests[lo:hi], exc)
+            outcomes.extend(part)
+        return outcomes
+
+    def _redo(self, ray: Any, i: int | None, requests: Sequence[Request], first: BaseException) -> list[Outcome]:
+        """A slice whose replica died: on its replacement (made now, or already by an earlier slice)."""
+        if i is not None:
+            return self._retry_on_new(ray, i, requests, first)
+        if len(self._replicas) < self.concurrency:
+            self._refill(ray)
+        return list(ray.get(self._replicas[0].run.remote(list(requests))))
+
+    def abort(self) -> None:
+        """Drop what the replicas hold for chunks not collected; a replica that is gone is replaced later."""
+        try:
+            import ray
+        except ImportError:
+            return
+        if not ray.is_initialized():
+            return
+        for replica in list(self._replicas):
+            try:
+                ray.get(replica.abort.remote(), timeout=60)
+            except Exception as exc:  # noqa: BLE001 - a dead replica is dropped; run/submit refill the pool
+                log.warning("dropping a ray replica that could not abort: %s", type(exc).__name__)
+                with contextlib.suppress(Exception):
+                    ray.kill(replica)
+                self._replicas.remove(replica)
 
     def _refill(self, ray: Any) -> None:
         fresh = [self._new_replica(ray) for _ in range(self.concurrency - len(self._replicas))]
