@@ -67,9 +67,9 @@ def model_path(name: str) -> Path:
         return ensure_demo_model()
     if name == "tiny":
         sys.path.insert(0, str(ROOT / "tests"))
-        from tiny_model import build_tiny_llama
+        from tiny_model import CORPUS_VERSION, build_tiny_llama
 
-        out = OUT / "models" / "tiny-llama"
+        out = OUT / "models" / f"tiny-llama-v{CORPUS_VERSION}"
         if not (out / "config.json").exists():
             build_tiny_llama(out)
         return out

@@ -31,6 +31,7 @@ from spoolbatch.sampling import CHAT, COMPLETIONS, EMBEDDINGS
 from spoolbatch.spool import Spool
 
 from .conftest import assert_exactly_once, drop, read_jsonl
+from .tiny_model import SPECIAL_IDS
 
 # Bounded fields, so even a random model must close the object within max_tokens.
 SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 8},
@@ -63,10 +64,15 @@ class Harness:
     factory: Callable[[], Engine]
     context: int | None = None  # the model's context length; None: no limit (fake)
     eos_token_id: int | None = None
+    special_ids: tuple[int, ...] = ()
 
     def no_eos(self) -> dict[str, float]:
         """A logit_bias that bans the end-of-sequence token (empty for the fake)."""
         return {str(self.eos_token_id): -100} if self.eos_token_id is not None else {}
+
+    def visible_only(self) -> dict[str, float]:
+        """A logit_bias that bans every special token (EOS, and those that decode to nothing)."""
+        return {str(i): -100 for i in self.special_ids}
 
     def line(self, custom_id: str, url: str = CHAT, **body: Any) -> dict[str, Any]:
         """One batch line for this harness's model."""
@@ -115,7 +121,7 @@ def harness(engine_name: str, spool: Spool, config: Config, request: pytest.Fixt
     engine.load(str(model_dir))
     eos = json.loads((model_dir / "config.json").read_text())["eos_token_id"]
     return Harness("vllm", str(model_dir), spool, cfg, lambda: shared, context=engine.max_model_len,
-                   eos_token_id=int(eos))
+                   eos_token_id=int(eos), special_ids=SPECIAL_IDS)
 
 
 def assert_usage_counted(out: JobOutput, *, completion: bool = True) -> None:
@@ -194,9 +200,10 @@ def test_n_returns_that_many_choices(harness: Harness) -> None:
 
 
 def test_stop_strings_cut_the_text(harness: Harness) -> None:
-    # EOS banned: a random model's greedy text could otherwise end before it holds a stop string
-    prompts = [f"say something about topic {i}" for i in range(4)]
-    common = dict(max_tokens=12, temperature=0, logit_bias=harness.no_eos())
+    # Special tokens banned: a random model's greedy text could otherwise end, or be made of
+    # tokens that decode to nothing, before it holds a stop string.
+    prompts = [f"say something about topic {i}" for i in range(8)]
+    common = dict(max_tokens=12, temperature=0, logit_bias=harness.visible_only())
     first = harness.run_job("free", [harness.chat(f"s{i}", p, **common) for i, p in enumerate(prompts)])
     texts = [first.text(f"s{i}") for i in range(len(prompts))]
     i, text = next(((i, t) for i, t in enumerate(texts) if len(t) >= 4), (-1, ""))

@@ -1,7 +1,8 @@
 """Build a tiny random-weight Llama folder that vLLM loads like any HF model, with no network.
 
-A byte-level BPE is trained on local text (this repository's own sources), a chat template
-is attached, and a 2-layer LlamaForCausalLM (hidden 128, 4 heads: head_dim 32, which the
+A byte-level BPE is trained on a fixed text generated here (not on files that change from
+commit to commit: the model, and every greedy answer the tests see, must not change when the
+sources do), a chat template is attached, and a 2-layer LlamaForCausalLM (hidden 128, 4 heads: head_dim 32, which the
 CPU attention backend supports) is saved next to it. Its text is gibberish, but greedy
 output is deterministic, which is all the engine tests need.
 """
@@ -24,14 +25,30 @@ VOCAB_SIZE = 512
 MAX_POSITIONS = 128
 
 
+SPECIAL_IDS = tuple(range(len(SPECIALS)))  # the trainer gives special tokens the first ids
+CORPUS_VERSION = 2  # bump when the corpus or the model changes: cached folders are rebuilt
+
+_WORDS = ("the a an of to in on for with by from at as is are was be this that it its which "
+          "request requests batch job jobs chunk chunks spool inbox result results model engine "
+          "answer question line lines file files worker daemon queue checkpoint error token tokens "
+          "time data value name age item list string number true false null open close start stop "
+          "quick brown fox jumps over lazy dog red green blue small large first last next every").split()
+_PUNCT = (".", ",", ":", ";", "?", "!", " -", " (x)", " [1]", " {}")
+
+
 def _corpus() -> list[str]:
-    root = Path(__file__).resolve().parent.parent
+    """Sentences, code-like lines and JSON, from a seeded generator: the same on every machine."""
+    import random
+
+    rng = random.Random(20261127)
     lines: list[str] = []
-    for path in sorted(root.glob("spoolbatch/**/*.py")) + sorted(root.glob("*.md")):
-        try:
-            lines.extend(path.read_text(errors="replace").splitlines())
-        except OSError:
-            continue
+    for _ in range(3000):
+        words = [rng.choice(_WORDS) for _ in range(rng.randint(4, 16))]
+        words[0] = words[0].capitalize()
+        lines.append(" ".join(words) + rng.choice(_PUNCT))
+        if rng.random() < 0.2:
+            lines.append(f"def {rng.choice(_WORDS)}_{rng.randint(0, 99)}({rng.choice(_WORDS)}): "
+                         f"return {rng.randint(0, 9999)}")
     # Digits, braces and quotes keep JSON-shaped output reachable for structured-output tests.
     lines += ['{"name": "x", "age": 1, "ok": true, "items": [1, 2, 3]}'] * 50
     lines += ["The quick brown fox jumps over the lazy dog. 0123456789"] * 20
@@ -72,7 +89,7 @@ def build_tiny_llama(out: Path, *, seed: int = 0) -> Path:
 def tiny_llama(cache: Path | None = None) -> Path:
     """The tiny model folder under ``cache`` (built once, atomically); return its path."""
     base = cache or Path(tempfile.gettempdir()) / f"spoolbatch-tiny-{os.getuid()}"
-    target = base / "tiny-llama"
+    target = base / f"tiny-llama-v{CORPUS_VERSION}"
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
     base.mkdir(parents=True, exist_ok=True)
