@@ -89,9 +89,11 @@ class ChunkExecutor:
 
     def collect(self, pending: Pending) -> ChunkRun:
         """Outcomes of a submitted chunk; on any engine failure, redo it with split-and-retry."""
-        if pending.ticket is not None and pending.generation == self._generation and self.engine is not None:
+        engine = self.engine
+        if pending.ticket is not None and pending.generation == self._generation \
+                and isinstance(engine, PipelinedEngine):
             try:
-                outcomes = self.engine.collect(pending.ticket)  # type: ignore[attr-defined]
+                outcomes = engine.collect(pending.ticket)
                 if len(outcomes) == len(pending.requests):
                     return ChunkRun(outcomes=outcomes, attempts=[1] * len(outcomes))
                 raise RuntimeError(f"engine returned {len(outcomes)} outcomes for {len(pending.requests)} requests")

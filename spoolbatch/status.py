@@ -123,8 +123,7 @@ def with_workers(jobs: list[JobInfo], workers: list[dict[str, Any]]) -> list[Job
     for j in jobs:
         n = on.get(j.job, 0)
         if n:
-            eta = j.eta_seconds / n if j.eta_seconds is not None and n > 1 else j.eta_seconds
-            j = dataclasses.replace(j, workers=n, eta_seconds=eta)
+            j = dataclasses.replace(j, workers=n, eta_seconds=None if j.eta_seconds is None else j.eta_seconds / n)
         out.append(j)
     return out
 

@@ -229,7 +229,7 @@ class VllmEngine:
         if not embed:
             return self.collect(self.submit(requests))
         outcomes: list[Outcome | None] = [None] * len(requests)
-        generate = [i for i in range(len(requests)) if i not in set(embed)]
+        generate = [i for i, r in enumerate(requests) if r.spec.endpoint != EMBEDDINGS]
         if generate:
             for i, o in zip(generate, self.collect(self.submit([requests[i] for i in generate])), strict=True):
                 outcomes[i] = o
