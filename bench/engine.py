@@ -40,7 +40,7 @@ SETTINGS: dict[str, Any] = {"max_model_len": 2048, "enforce_eager": True, "dtype
 RUN_BATCH = r"""
 import asyncio, json, sys, time
 t0 = time.time()
-from spoolbatch.cpu_env import init_amx, prepare_cpu_env
+from spoolbatch.engines.cpu_env import init_amx, prepare_cpu_env
 prepare_cpu_env(1); init_amx()
 import vllm.entrypoints.launchers.run_batch as rb
 marks = {"process_start": t0}
@@ -62,7 +62,7 @@ print("MARKS " + json.dumps(marks), flush=True)
 def model_path(name: str) -> Path:
     """The model folder: the SmolLM2 demo model or a tiny random Llama (built once under bench/out)."""
     if name == "smollm2":
-        from spoolbatch.models import ensure_demo_model
+        from spoolbatch.engines.models import ensure_demo_model
 
         return ensure_demo_model()
     if name == "tiny":
@@ -115,8 +115,8 @@ def direct(engine: Any, reqs: list[dict[str, Any]]) -> dict[str, Any]:
 def spoolbatch(engine: Any, src: Path, chunk: int) -> dict[str, Any]:
     """Submit ``src`` into a fresh spool and drain it with an in-process daemon on ``engine``."""
     from spoolbatch.config import load_config
-    from spoolbatch.daemon import Daemon
-    from spoolbatch.spool import Spool
+    from spoolbatch.store.spool import Spool
+    from spoolbatch.worker.daemon import Daemon
 
     busy = [0.0, 0]  # seconds inside the engine's run/submit/collect, calls
     names = [n for n in ("run", "submit", "collect") if hasattr(engine, n)]
@@ -187,9 +187,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from spoolbatch.config import EngineSettings
-    from spoolbatch.cpu_env import cpu_dtype
+    from spoolbatch.engines.cpu_env import cpu_dtype
     from spoolbatch.engines.vllm_engine import VllmEngine
-    from spoolbatch.sampling import CHAT
+    from spoolbatch.format.validation import CHAT
 
     path = model_path(args.model)
     SETTINGS["dtype"] = cpu_dtype("auto")  # what the daemon picks here, given to all three contenders
@@ -206,7 +206,7 @@ def main() -> None:
     direct(engine, reqs[:64])  # warm-up: first-call allocations, thread pools
     # What spoolbatch's engine does before the engine sees a prompt: render the chat template and
     # tokenize it for the length check (before e5ff331 vLLM then did it again inside LLM.chat).
-    from spoolbatch.records import LineParser
+    from spoolbatch.format.lines import LineParser
 
     with open(src, "rb") as f:
         parser = LineParser()

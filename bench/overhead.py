@@ -24,10 +24,10 @@ from common import OUT, save, table, write_input
 CHILD = r"""
 import os, resource, sys, time
 from spoolbatch.config import load_config
-from spoolbatch import gcpolicy
-from spoolbatch.daemon import Daemon
+from spoolbatch.worker import gcpolicy
+from spoolbatch.worker.daemon import Daemon
 from spoolbatch.engines.fake import FakeEngine
-from spoolbatch.spool import Spool
+from spoolbatch.store.spool import Spool
 spool_dir, src, chunk = sys.argv[1], sys.argv[2], int(sys.argv[3])
 sp = Spool(spool_dir); sp.init()
 os.link(src, sp.inbox / "bench.jsonl")

@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import OUT, request  # noqa: E402
 from spoolbatch.config import EngineSettings  # noqa: E402
-from spoolbatch.engines.base import Request  # noqa: E402
-from spoolbatch.sampling import parse_spec  # noqa: E402
+from spoolbatch.format.types import Request  # noqa: E402
+from spoolbatch.format.validation import parse_spec  # noqa: E402
 
 
 def mem_available() -> int:

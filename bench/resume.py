@@ -27,7 +27,7 @@ import sys, time
 t_process = float(sys.argv[3])
 t_imports = time.time()
 from spoolbatch.config import load_config
-from spoolbatch.daemon import Daemon
+from spoolbatch.worker.daemon import Daemon
 from spoolbatch.engines.fake import FakeEngine
 
 class Reached(BaseException):
@@ -52,8 +52,8 @@ except Reached as r:
 def snapshots(src: Path, n: int, chunk: int, fractions: list[float], root: Path) -> dict[float, Path]:
     """Run the job with the fake engine, copying the spool when each fraction of its chunks is done."""
     from spoolbatch.config import load_config
-    from spoolbatch.daemon import Daemon
-    from spoolbatch.spool import Spool
+    from spoolbatch.store.spool import Spool
+    from spoolbatch.worker.daemon import Daemon
 
     sp = Spool(root / "live")
     sp.init()
@@ -77,7 +77,7 @@ def snapshots(src: Path, n: int, chunk: int, fractions: list[float], root: Path)
 def crash_inside_chunk(spool_dir: Path, chunk: int) -> None:
     """Plan the next chunk and let its lock go without committing it: a worker killed mid-chunk."""
     from spoolbatch.config import load_config
-    from spoolbatch.daemon import Daemon
+    from spoolbatch.worker.daemon import Daemon
 
     cfg = load_config(spool_dir, env={}, engine="fake", chunk_size=chunk, settle_seconds=0, heartbeat_interval=60,
                       max_requests_per_job=10**8, max_job_bytes=1 << 40)

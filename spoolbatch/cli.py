@@ -22,7 +22,7 @@ from rich.table import Table
 
 from spoolbatch.config import Config, load_config
 from spoolbatch.errors import ConfigError, SpoolbatchError
-from spoolbatch.spool import Spool
+from spoolbatch.store.spool import Spool
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Run OpenAI-format batch jobs through vLLM from a spool directory, exactly once.")
@@ -96,7 +96,7 @@ def submit(
     json: JsonOpt = False,
 ) -> None:
     """Validate a job file and queue it atomically."""
-    from spoolbatch.submit import submit as do_submit
+    from spoolbatch.commands.submit import submit as do_submit
 
     result = do_submit(file, _config(spool), name=name, split=split, allow_bad_lines=allow_bad_lines)
     v = result.validation
@@ -150,7 +150,7 @@ def run(
     if gpus is not None and workers is not None:
         raise ConfigError("give --gpus or --workers, not both")
     if gpus is not None or workers is not None:
-        from spoolbatch.supervisor import Supervisor, parse_gpus, parse_workers
+        from spoolbatch.worker.supervisor import Supervisor, parse_gpus, parse_workers
 
         args = ["--spool", str(config.spool), *(["--once"] if once else []), *(["-q"] if quiet else [])]
         for name, value in flags.items():
@@ -158,7 +158,7 @@ def run(
                 args += [f"--{name.replace('_', '-')}", str(value)]
         slots = parse_gpus(gpus) if gpus is not None else parse_workers(workers or 0)
         raise typer.Exit(Supervisor(slots, args, once=once).run())
-    from spoolbatch.daemon import Daemon
+    from spoolbatch.worker.daemon import Daemon
 
     daemon = Daemon(config, echo=not quiet)
     daemon.install_signal_handlers()
@@ -213,7 +213,7 @@ def status(
     interval: Annotated[float, typer.Option(help="Refresh interval of --watch, seconds.")] = 2.0,
 ) -> None:
     """Workers (alive/stale/dead), GPU, queue, and each job's progress and ETA."""
-    from spoolbatch.status import status as gather
+    from spoolbatch.commands.status import status as gather
 
     sp = Spool(_config(spool).spool)
     if json:
@@ -237,7 +237,7 @@ def status(
 @handles_errors
 def list_(spool: SpoolOpt = None, json: JsonOpt = False) -> None:
     """Every job: queued, running, finished, refused; and the groups `submit --split` made."""
-    from spoolbatch.jobs import list_groups, list_jobs
+    from spoolbatch.commands.catalog import list_groups, list_jobs
 
     sp = Spool(_config(spool).spool)
     jobs = list_jobs(sp)
@@ -265,7 +265,7 @@ def _write_lines(lines: Any, output: Path | None) -> int:
             n += 1
         sys.stdout.buffer.flush()
         return n
-    from spoolbatch.fsutil import atomic_write
+    from spoolbatch.store.fsutil import atomic_write
 
     data = b"".join(lines)
     atomic_write(output, data)
@@ -282,7 +282,7 @@ def results(
     json: JsonOpt = False,
 ) -> None:
     """Committed OpenAI output lines of a job or group (JSONL)."""
-    from spoolbatch import jobs as j
+    from spoolbatch.commands import catalog as j
 
     sp = Spool(_config(spool).spool)
     lines = j.errors(sp, job) if errors else j.results(sp, job)
@@ -299,7 +299,7 @@ def results(
 def deadletter(job: Annotated[str, typer.Argument(help="Job id or group name.")], spool: SpoolOpt = None,
                json: JsonOpt = False) -> None:
     """Bad records of a job: line, custom_id, error, attempts."""
-    from spoolbatch.jobs import deadletter as records
+    from spoolbatch.commands.catalog import deadletter as records
 
     items = list(records(Spool(_config(spool).spool), job))
     if json:
@@ -320,7 +320,7 @@ def logs(job: Annotated[str, typer.Argument(help="Job id.")], spool: SpoolOpt = 
          tail: Annotated[int | None, typer.Option("-n", "--tail", help="Only the last N lines.")] = None,
          json: JsonOpt = False) -> None:
     """The job's log: claim, chunks, retries, end."""
-    from spoolbatch.jobs import log_lines
+    from spoolbatch.commands.catalog import log_lines
 
     lines = log_lines(Spool(_config(spool).spool), job, tail)
     if json:
@@ -335,7 +335,7 @@ def logs(job: Annotated[str, typer.Argument(help="Job id.")], spool: SpoolOpt = 
 def cancel(job: Annotated[str, typer.Argument(help="Job id.")], spool: SpoolOpt = None,
            json: JsonOpt = False) -> None:
     """Remove a queued job, or stop a running one at its next chunk boundary."""
-    from spoolbatch.jobs import cancel as do_cancel
+    from spoolbatch.commands.control import cancel as do_cancel
 
     what = do_cancel(Spool(_config(spool).spool), job)
     _json({"job": job, "result": what}) if json else out.print(f"{job}: {what}")
@@ -346,7 +346,7 @@ def cancel(job: Annotated[str, typer.Argument(help="Job id.")], spool: SpoolOpt 
 def retry(job: Annotated[str, typer.Argument(help="Job id.")], spool: SpoolOpt = None,
           json: JsonOpt = False) -> None:
     """Resubmit a job's deadletter records as a new job."""
-    from spoolbatch.jobs import retry as do_retry
+    from spoolbatch.commands.control import retry as do_retry
 
     new, n = do_retry(Spool(_config(spool).spool), job)
     _json({"job": new, "records": n}) if json else out.print(f"queued job {new}: {n:,} record(s) from {job}")
@@ -356,7 +356,7 @@ def retry(job: Annotated[str, typer.Argument(help="Job id.")], spool: SpoolOpt =
 @handles_errors
 def models(spool: SpoolOpt = None, json: JsonOpt = False) -> None:
     """Configured and cached models, and whether each is ready to run."""
-    from spoolbatch.models import default_model, list_models
+    from spoolbatch.engines.models import default_model, list_models
 
     config = _config(spool)
     items = list_models(config.model_dir)

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import orjson
 
-from spoolbatch import jobs
+from spoolbatch.commands import catalog
+from spoolbatch.commands.submit import submit
 from spoolbatch.config import load_config
-from spoolbatch.models import DEMO_MODEL, EMBED_DEMO_MODEL, default_model, embed_demo_dir, ensure_demo_model
-from spoolbatch.spool import Spool
-from spoolbatch.submit import submit
+from spoolbatch.engines.models import DEMO_MODEL, EMBED_DEMO_MODEL, default_model, embed_demo_dir, ensure_demo_model
+from spoolbatch.store.spool import Spool
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -65,13 +65,13 @@ def main(argv: list[str] | None = None) -> int:
         submitted.append((name, result.jobs[0]))
         print(f"  submitted {name} as job {result.jobs[0]} ({result.requests} requests, {use})")
 
-    from spoolbatch.daemon import Daemon  # imports the engine only now
+    from spoolbatch.worker.daemon import Daemon  # imports the engine only now
 
     start = time.monotonic()
     code = Daemon(config, echo=False).run(once=True)
     print(f"daemon drained the queue in {time.monotonic() - start:.1f}s (exit {code})\n")
     for name, job in submitted:
-        ckpt = jobs.load_checkpoint(spool, job)
+        ckpt = catalog.load_checkpoint(spool, job)
         print(f"== {name}: {ckpt.requests_done} answered, {ckpt.requests_failed} in deadletter, "
               f"{ckpt.prompt_tokens} prompt + {ckpt.completion_tokens} completion tokens")
         requests = {}
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             for line in f:
                 record = orjson.loads(line)
                 requests[record["custom_id"]] = record["body"]
-        for line in jobs.results(spool, job):
+        for line in catalog.results(spool, job):
             out = orjson.loads(line)
             body, asked = out["response"]["body"], requests[out["custom_id"]]
             if body["object"] == "chat.completion":
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 vector = body["data"][0]["embedding"]
                 print(f"  {asked['input']!r} -> {len(vector)} dims [{', '.join(f'{x:.3f}' for x in vector[:4])}, ...]")
-        for record in jobs.deadletter(spool, job):
+        for record in catalog.deadletter(spool, job):
             print(f"  deadletter line {record['line']}: {record['error']['code']}: {record['error']['message']}")
         print()
     print(f"results stay in {root}/done/; try `spoolbatch status --spool {root}` and "

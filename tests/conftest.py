@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from spoolbatch.config import Config, load_config
-from spoolbatch.spool import Spool
+from spoolbatch.store.spool import Spool
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import pytest
 
-from spoolbatch.spool import Spool
+from spoolbatch.store.spool import Spool
 
 from .conftest import chat_line, drop, read_jsonl, wait_for
 

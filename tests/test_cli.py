@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from spoolbatch.cli import app
-from spoolbatch.spool import Spool
+from spoolbatch.store.spool import Spool
 
 from .conftest import REPO, chat_line, write_jsonl
 

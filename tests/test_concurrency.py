@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from spoolbatch.spool import Spool
+from spoolbatch.store.spool import Spool
 
 from .conftest import assert_exactly_once, chat_line, drop, wait_for
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from spoolbatch.cpu_env import cpu_dtype, cpu_has_native_bf16, prepare_cpu_env
+from spoolbatch.engines.cpu_env import cpu_dtype, cpu_has_native_bf16, prepare_cpu_env
 
 AVX2_ONLY = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx fma avx2\n\n"
 SAPPHIRE = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n\n"

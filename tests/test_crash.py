@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
-from spoolbatch.spool import Spool
+from spoolbatch.store.spool import Spool
 
 from .conftest import assert_exactly_once, chat_line, drop, read_jsonl, wait_for
 

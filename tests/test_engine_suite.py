@@ -22,13 +22,14 @@ from typing import Any
 import orjson
 import pytest
 
-from spoolbatch.checkpoint import Checkpoint, JobStatus
 from spoolbatch.config import Config
-from spoolbatch.daemon import Daemon
 from spoolbatch.engines.base import Engine
 from spoolbatch.engines.fake import FakeEngine
-from spoolbatch.sampling import CHAT, COMPLETIONS, EMBEDDINGS
-from spoolbatch.spool import Spool
+from spoolbatch.format.validation import CHAT, COMPLETIONS, EMBEDDINGS
+from spoolbatch.store.checkpoint import Checkpoint
+from spoolbatch.store.jobstate import JobState
+from spoolbatch.store.spool import Spool
+from spoolbatch.worker.daemon import Daemon
 
 from .conftest import assert_exactly_once, drop, read_jsonl
 from .tiny_model import SPECIAL_IDS
@@ -92,7 +93,7 @@ class Harness:
         finally:
             daemon.executor.close()
         ckpt = Checkpoint.load(self.spool.checkpoint(name))
-        assert ckpt is not None and ckpt.status == JobStatus.COMPLETED
+        assert ckpt is not None and ckpt.status == JobState.COMPLETED
         expected = {r["custom_id"] for r in records if isinstance(r, dict)}
         assert_exactly_once(self.spool, name, expected)
         results = {}

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from spoolbatch.gpu import GpuDevice, GpuMonitor, GpuSnapshot, adaptive_chunk_size, gate, visible_indices
+from spoolbatch.worker.gpu import GpuDevice, GpuMonitor, GpuSnapshot, adaptive_chunk_size, gate, visible_indices
 
 GIB = 1024**3
 
@@ -218,5 +218,5 @@ def test_snapshot_to_dict_is_json_ready() -> None:
 
 
 def test_import_is_light() -> None:
-    code = "import sys, spoolbatch.gpu; assert 'pynvml' not in sys.modules and 'torch' not in sys.modules"
+    code = "import sys, spoolbatch.worker.gpu; assert 'pynvml' not in sys.modules and 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

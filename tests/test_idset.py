@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from array import array
 
-from spoolbatch.idset import IdSet
+from spoolbatch.store.idset import IdSet
 
 
 def test_behaves_like_a_set_of_64_bit_hashes() -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from spoolbatch.spool import Spool
+from spoolbatch.store.spool import Spool
 
 from .conftest import REPO, chat_line, drop, wait_for
 
@@ -128,8 +128,8 @@ def test_read_commands_never_import_vllm_or_torch(spool: Spool, start_daemon: An
 
 
 def test_eta_is_shared_among_the_alive_workers_of_a_job() -> None:
-    from spoolbatch.jobs import JobInfo
-    from spoolbatch.status import with_workers
+    from spoolbatch.commands.catalog import JobInfo
+    from spoolbatch.commands.status import with_workers
 
     jobs = [JobInfo("big", "running", eta_seconds=600.0), JobInfo("small", "running", eta_seconds=60.0),
             JobInfo("idle", "queued")]

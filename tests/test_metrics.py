@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import parser  # the test extra, not a runtime dependency
 
-from spoolbatch.gpu import GpuDevice
-from spoolbatch.metrics import MetricsSample, escape_label, render, write_metrics
+from spoolbatch.worker.gpu import GpuDevice
+from spoolbatch.worker.metrics import MetricsSample, escape_label, render, write_metrics
 
 GIB = 1024**3
 

@@ -8,16 +8,17 @@ from pathlib import Path
 import orjson
 import pytest
 
-from spoolbatch import jobs
-from spoolbatch.checkpoint import Checkpoint, JobStatus
+from spoolbatch.commands import catalog, control
+from spoolbatch.commands.submit import submit
 from spoolbatch.config import Config
-from spoolbatch.daemon import Daemon
-from spoolbatch.engines.base import Outcome, Request
 from spoolbatch.engines.fake import FakeEngine
 from spoolbatch.errors import InputError, LimitExceeded
-from spoolbatch.executor import ChunkExecutor
-from spoolbatch.spool import Spool, sanitize_job_id
-from spoolbatch.submit import submit
+from spoolbatch.format.types import Outcome, Request
+from spoolbatch.store.checkpoint import Checkpoint
+from spoolbatch.store.jobstate import JobState
+from spoolbatch.store.spool import Spool, sanitize_job_id
+from spoolbatch.worker.daemon import Daemon
+from spoolbatch.worker.executor import ChunkExecutor
 
 from .conftest import assert_exactly_once, chat_line, drop, read_jsonl, write_jsonl
 
@@ -36,7 +37,7 @@ def test_job_runs_in_chunks_and_every_line_is_accounted_for(spool: Spool, config
     drain(config)
     ckpt = Checkpoint.load(spool.checkpoint("job"))
     assert ckpt is not None
-    assert ckpt.chunks == 3 and ckpt.lines_consumed == 26 and ckpt.status == JobStatus.COMPLETED
+    assert ckpt.chunks == 3 and ckpt.lines_consumed == 26 and ckpt.status == JobState.COMPLETED
     assert assert_exactly_once(spool, "job", {f"req-{i}" for i in range(25)}) == (25, 1)
     dead = read_jsonl(spool.deadletter_file("job"))
     assert [(d["line"], d["error"]["code"], d["request"]) for d in dead] == [(6, "invalid_json", "{broken")]
@@ -84,7 +85,7 @@ def test_resume_cuts_files_back_and_merges_or_takes_over_chunks(spool: Spool, co
     drop(spool, "job.jsonl", [chat_line(i) for i in range(45)] + ["[1]"])
     crash_midway(spool, config, "job", chunks=2, unmerged=unmerged, orphan=orphan)
     ckpt = Checkpoint.load(spool.checkpoint("job"))
-    assert ckpt is not None and ckpt.lines_consumed == 20 and ckpt.status == JobStatus.RUNNING
+    assert ckpt is not None and ckpt.lines_consumed == 20 and ckpt.status == JobState.RUNNING
     drain(config)
     assert assert_exactly_once(spool, "job", {f"req-{i}" for i in range(45)}) == (45, 1)
     final = Checkpoint.load(spool.checkpoint("job"))
@@ -130,17 +131,17 @@ def test_job_ids_are_sanitised(name: str, job: str) -> None:
 
 def test_cancel_a_queued_job_removes_it(spool: Spool) -> None:
     drop(spool, "q.jsonl", [chat_line(1)])
-    assert "removed" in jobs.cancel(spool, "q")
+    assert "removed" in control.cancel(spool, "q")
     assert not list(spool.inbox.iterdir())
 
 
 def test_cancel_a_running_job_stops_at_a_chunk_boundary(spool: Spool, config: Config) -> None:
     drop(spool, "job.jsonl", [chat_line(i) for i in range(40)])
     crash_midway(spool, config, "job", chunks=1)
-    assert "cancel requested" in jobs.cancel(spool, "job")
+    assert "cancel requested" in control.cancel(spool, "job")
     drain(config)
     ckpt = Checkpoint.load(spool.checkpoint("job"))
-    assert ckpt is not None and ckpt.status == JobStatus.CANCELLED and ckpt.lines_consumed == 10
+    assert ckpt is not None and ckpt.status == JobState.CANCELLED and ckpt.lines_consumed == 10
     assert ckpt.resumes == 0
     assert len(read_jsonl(spool.results("job"))) == 10
     assert not spool.cancel_marker("job").exists()
@@ -149,7 +150,7 @@ def test_cancel_a_running_job_stops_at_a_chunk_boundary(spool: Spool, config: Co
 def test_retry_resubmits_deadletter_records(spool: Spool, config: Config) -> None:
     drop(spool, "job.jsonl", [chat_line(1), chat_line(2, temperature=9)])
     drain(config)
-    new, n = jobs.retry(spool, "job")
+    new, n = control.retry(spool, "job")
     assert (new, n) == ("job.retry", 1)
     assert orjson.loads((spool.inbox / "job.retry.jsonl").read_bytes())["custom_id"] == "req-2"
 
@@ -157,7 +158,7 @@ def test_retry_resubmits_deadletter_records(spool: Spool, config: Config) -> Non
 def test_errors_are_openai_error_lines(spool: Spool, config: Config) -> None:
     drop(spool, "job.jsonl", [chat_line(1), b"nope"])
     drain(config)
-    (line,) = list(jobs.errors(spool, "job"))
+    (line,) = list(catalog.errors(spool, "job"))
     err = orjson.loads(line)
     assert err["response"] is None and err["error"]["code"] == "invalid_json" and "line 2" in err["error"]["message"]
 
@@ -188,15 +189,15 @@ def test_submit_limits_and_split_into_a_group(spool: Spool, config: Config, tmp_
     assert info.value.limit == "requests per job" and "--split" in (info.value.hint or "")
     result = submit(src, small, split=True)
     assert result.group == "big" and result.jobs == ["big.part001", "big.part002", "big.part003"]
-    (queued,) = jobs.list_groups(spool, jobs.list_jobs(spool))
+    (queued,) = catalog.list_groups(spool, catalog.list_jobs(spool))
     assert (queued.group, queued.status, queued.jobs, queued.progress) == ("big", "queued", 3, 0.0)
-    assert {j.group for j in jobs.list_jobs(spool)} == {"big"}
+    assert {j.group for j in catalog.list_jobs(spool)} == {"big"}
     for p in spool.inbox.iterdir():
         os.utime(p, (0, 0))
     drain(small)
-    ids = [orjson.loads(line)["custom_id"] for line in jobs.results(spool, "big")]
+    ids = [orjson.loads(line)["custom_id"] for line in catalog.results(spool, "big")]
     assert sorted(ids) == sorted(f"req-{i}" for i in range(25))
-    (done,) = jobs.list_groups(spool, jobs.list_jobs(spool))
+    (done,) = catalog.list_groups(spool, catalog.list_jobs(spool))
     assert (done.status, done.requests_done, done.requests_failed, done.progress) == ("completed", 25, 0, 1.0)
     with pytest.raises(LimitExceeded) as q:
         submit(src, small.replace(max_queued_requests=20), split=True)

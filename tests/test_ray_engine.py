@@ -24,7 +24,7 @@ import orjson
 import pytest
 
 from spoolbatch.engines.ray_engine import slices
-from spoolbatch.spool import Spool
+from spoolbatch.store.spool import Spool
 
 from .conftest import REPO, assert_exactly_once, chat_line, drop, read_jsonl, wait_for
 

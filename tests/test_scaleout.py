@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from spoolbatch.spool import Spool
+from spoolbatch.store.spool import Spool
 
 from .conftest import REPO, assert_exactly_once, chat_line, daemon_cmd, drop, wait_for
 

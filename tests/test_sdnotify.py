@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from spoolbatch import sdnotify
+from spoolbatch.worker import sdnotify
 
 
 @pytest.fixture

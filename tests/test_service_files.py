@@ -136,7 +136,7 @@ def test_cron_line_with_the_real_daemon_runs_one_at_a_time(tmp_path: Path) -> No
     """Two overlapping cron runs of the real `spoolbatch run --once`: one works, the other leaves at once."""
     import orjson
 
-    from spoolbatch.spool import Spool
+    from spoolbatch.store.spool import Spool
 
     spool = Spool(tmp_path / "spool")
     spool.init()

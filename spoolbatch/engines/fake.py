@@ -17,9 +17,9 @@ from typing import Any
 
 import orjson
 
-from spoolbatch.bodies import Choice, chat_completion, embedding_list, text_completion
-from spoolbatch.engines.base import Outcome, Request
-from spoolbatch.sampling import CHAT, EMBEDDINGS, SamplingSpec
+from spoolbatch.format.bodies import Choice, chat_completion, embedding_list, text_completion
+from spoolbatch.format.types import Outcome, Request
+from spoolbatch.format.validation import CHAT, EMBEDDINGS, SamplingSpec
 
 _WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike "
           "november oscar papa quebec romeo sierra tango uniform victor whiskey xray yankee zulu").split()

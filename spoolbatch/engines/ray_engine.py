@@ -49,8 +49,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spoolbatch.config import EngineSettings
-from spoolbatch.engines.base import Outcome, Request
 from spoolbatch.errors import ConfigError, EngineError
+from spoolbatch.format.types import Outcome, Request
 
 log = logging.getLogger(__name__)
 

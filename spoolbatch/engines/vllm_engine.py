@@ -25,11 +25,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from spoolbatch import bodies
 from spoolbatch.config import EngineSettings
-from spoolbatch.engines.base import Outcome, Request
 from spoolbatch.errors import EngineError, RequestError
-from spoolbatch.sampling import CHAT, COMPLETIONS, EMBEDDINGS
+from spoolbatch.format import bodies
+from spoolbatch.format.types import Outcome, Request
+from spoolbatch.format.validation import CHAT, COMPLETIONS, EMBEDDINGS
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class VllmEngine:
         ``endpoint`` picks the runner (embeddings: pooling); without it, the model's
         config decides (an encoder is a pooling model, a causal LM generates).
         """
-        from spoolbatch.models import model_kind, resolve_model
+        from spoolbatch.engines.models import model_kind, resolve_model
 
         path = resolve_model(model, self.settings.model_dir)
         if endpoint is not None:
@@ -140,7 +140,7 @@ class VllmEngine:
         self._model = model
 
     def _start(self, path: str, runner: str) -> None:
-        from spoolbatch.cpu_env import cpu_dtype, cuda_available, init_amx, prepare_cpu_env
+        from spoolbatch.engines.cpu_env import cpu_dtype, cuda_available, init_amx, prepare_cpu_env
 
         self._cpu = not cuda_available()
         dtype = self.settings.dtype

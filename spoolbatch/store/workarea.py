@@ -17,7 +17,7 @@ from pathlib import Path
 
 import orjson
 
-from spoolbatch.fsutil import AppendFile, atomic_write, fsync_dir
+from spoolbatch.store.fsutil import AppendFile, atomic_write, fsync_dir
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,18 +20,19 @@ from itertools import islice
 
 from filelock import FileLock
 
-from spoolbatch.checkpoint import FINAL, Checkpoint, JobStatus
-from spoolbatch.chunkplan import ChunkRange, PartSummary, WorkArea
 from spoolbatch.config import Config
-from spoolbatch.engines.base import Request
 from spoolbatch.errors import InputError
-from spoolbatch.executor import ChunkExecutor, Pending
-from spoolbatch.fsutil import AppendFile, fsync_dir
-from spoolbatch.idset import IdSet
-from spoolbatch.joblog import JobLog
-from spoolbatch.preflight import check_file
-from spoolbatch.records import BadLine, LineParser, deadletter_line, failed_request, id_hash, result_line
-from spoolbatch.spool import Claim, Spool
+from spoolbatch.format.lines import BadLine, LineParser, deadletter_line, failed_request, id_hash, result_line
+from spoolbatch.format.preflight import check_file
+from spoolbatch.format.types import Request
+from spoolbatch.store.checkpoint import Checkpoint
+from spoolbatch.store.fsutil import AppendFile, fsync_dir
+from spoolbatch.store.idset import IdSet
+from spoolbatch.store.joblog import JobLog
+from spoolbatch.store.jobstate import FINAL, JobState
+from spoolbatch.store.spool import InboxClaim, Spool
+from spoolbatch.store.workarea import ChunkRange, PartSummary, WorkArea
+from spoolbatch.worker.executor import ChunkExecutor, Pending
 
 
 @dataclass(slots=True)
@@ -120,7 +121,7 @@ class JobRunner:
         return WorkArea(self.spool.work_area(job))
 
     # --- setting a job up ----------------------------------------------------------------------
-    def setup(self, claim: Claim) -> Checkpoint | None:
+    def setup(self, claim: InboxClaim) -> Checkpoint | None:
         """Check a freshly claimed file and write its first checkpoint (job lock held by ``claim``)."""
         try:
             return self._setup(claim.job, claim.original_name or f"{claim.job}.jsonl")
@@ -278,10 +279,10 @@ class JobRunner:
         if ckpt.bytes_consumed >= ckpt.input_bytes and ckpt.chunks >= len(plan):
             self.log(job)(f"completed: {ckpt.requests_done:,} answered, {ckpt.requests_failed:,} in deadletter, "
                           f"{ckpt.total_tokens:,} tokens in {ckpt.busy_seconds:.1f}s of engine time")
-            self._finish(job, ckpt, JobStatus.COMPLETED)
+            self._finish(job, ckpt, JobState.COMPLETED)
         elif sp.cancel_marker(job).exists() and not self._in_flight(job, ckpt, plan):
             self.log(job)(f"cancelled at a chunk boundary (line {ckpt.lines_consumed:,}); checkpoint kept")
-            self._finish(job, ckpt, JobStatus.CANCELLED)
+            self._finish(job, ckpt, JobState.CANCELLED)
         return ckpt
 
     def _seen_for(self, job: str, ckpt: Checkpoint) -> IdSet:
@@ -367,7 +368,7 @@ class JobRunner:
         return False
 
     # --- the end -------------------------------------------------------------------------------
-    def _finish(self, job: str, ckpt: Checkpoint, status: JobStatus) -> None:
+    def _finish(self, job: str, ckpt: Checkpoint, status: JobState) -> None:
         sp = self.spool
         # A crash may have left bytes past the committed offsets: the final files hold none.
         for path, size in ((sp.results(job), ckpt.results_bytes), (sp.deadletter_file(job), ckpt.deadletter_bytes),

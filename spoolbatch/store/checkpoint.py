@@ -8,26 +8,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field, fields
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from spoolbatch.fsutil import atomic_write
-
-
-class JobStatus(StrEnum):
-    """Where a job is in its life."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    CANCELLED = "cancelled"
-    REJECTED = "rejected"
-
-
-FINAL = (JobStatus.COMPLETED, JobStatus.CANCELLED, JobStatus.REJECTED)
+from spoolbatch.store.fsutil import atomic_write
+from spoolbatch.store.jobstate import FINAL, JobState
 
 
 @dataclass(slots=True)
@@ -35,7 +22,7 @@ class Checkpoint:
     """Progress of one job; every field is plain JSON."""
 
     job: str
-    status: JobStatus = JobStatus.RUNNING
+    status: JobState = JobState.RUNNING
     input_name: str = ""
     input_bytes: int = 0
     total_lines: int = 0
@@ -100,7 +87,7 @@ class Checkpoint:
         """Read a sidecar's contents, ignoring derived and unknown keys."""
         names = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in names}
-        values["status"] = JobStatus(values.get("status", "running"))
+        values["status"] = JobState(values.get("status", "running"))
         return cls(**values)
 
     @classmethod

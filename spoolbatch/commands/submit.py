@@ -15,13 +15,14 @@ from typing import BinaryIO
 
 import orjson
 
-from spoolbatch.checkpoint import Checkpoint, JobStatus
 from spoolbatch.config import Config
 from spoolbatch.errors import InputError, LimitExceeded
-from spoolbatch.fsutil import FILE_MODE, atomic_write, fsync_dir, unique_suffix
-from spoolbatch.preflight import check_file, count_lines
-from spoolbatch.records import BadLine, LineParser
-from spoolbatch.spool import Spool, sanitize_job_id
+from spoolbatch.format.lines import BadLine, LineParser
+from spoolbatch.format.preflight import check_file, count_lines
+from spoolbatch.store.checkpoint import Checkpoint
+from spoolbatch.store.fsutil import FILE_MODE, atomic_write, fsync_dir, unique_suffix
+from spoolbatch.store.jobstate import JobState
+from spoolbatch.store.spool import Spool, sanitize_job_id
 
 MAX_REPORTED = 10
 
@@ -137,7 +138,7 @@ def estimate(spool: Spool, validation: Validation) -> tuple[float | None, str]:
         paths = []
     for p in paths[-50:]:
         ckpt = Checkpoint.load(p)
-        if ckpt and ckpt.status == JobStatus.COMPLETED and ckpt.busy_seconds > 0:
+        if ckpt and ckpt.status == JobState.COMPLETED and ckpt.busy_seconds > 0:
             lines += ckpt.lines_consumed
             seconds += ckpt.busy_seconds
     if not lines:

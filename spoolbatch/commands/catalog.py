@@ -1,4 +1,4 @@
-"""Reading and steering jobs: list, results, deadletter, logs, cancel, retry.
+"""Reading jobs: list, groups, results, deadletter, logs.
 
 Everything here reads files the daemon wrote; none of it imports an engine.
 """
@@ -6,8 +6,6 @@ Everything here reads files the daemon wrote; none of it imports an engine.
 from __future__ import annotations
 
 import contextlib
-import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -15,11 +13,11 @@ from typing import Any
 
 import orjson
 
-from spoolbatch.checkpoint import Checkpoint, JobStatus
-from spoolbatch.errors import JobNotFound, SpoolbatchError
-from spoolbatch.fsutil import atomic_write
-from spoolbatch.records import error_line
-from spoolbatch.spool import Spool, sanitize_job_id
+from spoolbatch.errors import JobNotFound
+from spoolbatch.format.lines import error_line
+from spoolbatch.store.checkpoint import Checkpoint
+from spoolbatch.store.jobstate import JobState
+from spoolbatch.store.spool import Spool, sanitize_job_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +47,8 @@ class JobInfo:
 
 def _from_checkpoint(ckpt: Checkpoint, owned: bool | None = None) -> JobInfo:
     status = ckpt.status.value
-    if ckpt.status == JobStatus.RUNNING and owned is False:
-        status = "interrupted"
+    if ckpt.status == JobState.RUNNING and owned is False:
+        status = JobState.INTERRUPTED.value
     return JobInfo(ckpt.job, status, ckpt.requests_done, ckpt.requests_failed, ckpt.total_lines,
                    round(ckpt.progress(), 4), ckpt.eta_seconds(), ckpt.model, ckpt.total_tokens,
                    ckpt.updated_at, ckpt.message, owned, ckpt.retries)
@@ -62,19 +60,19 @@ def list_jobs(spool: Spool) -> list[JobInfo]:
     jobs: dict[str, JobInfo] = {}
     for entry in spool.inbox_entries():
         job = sanitize_job_id(entry.name)
-        jobs[job] = JobInfo(job, JobStatus.QUEUED.value, updated_at=entry.mtime)
+        jobs[job] = JobInfo(job, JobState.QUEUED.value, updated_at=entry.mtime)
     for path in sorted(spool.done.glob("*.checkpoint.json")):
         ckpt = Checkpoint.load(path)
         if ckpt is not None:
-            owned = spool.job_is_owned(ckpt.job) if ckpt.status == JobStatus.RUNNING else None
+            owned = spool.job_is_owned(ckpt.job) if ckpt.status == JobState.RUNNING else None
             jobs[ckpt.job] = _from_checkpoint(ckpt, owned)
     for job in spool.running_jobs():
         if job not in jobs:
-            jobs[job] = JobInfo(job, "claimed", owned=spool.job_is_owned(job))
+            jobs[job] = JobInfo(job, JobState.CLAIMED.value, owned=spool.job_is_owned(job))
     for path in sorted(spool.rejected.glob("*.reason.json")):
         with contextlib.suppress(OSError, orjson.JSONDecodeError):
             data = orjson.loads(path.read_bytes())
-            jobs[data["job"]] = JobInfo(data["job"], JobStatus.REJECTED.value, reason=data.get("reason"),
+            jobs[data["job"]] = JobInfo(data["job"], JobState.REJECTED.value, reason=data.get("reason"),
                                         updated_at=data.get("at"))
     for group, parts in read_groups(spool).items():
         for job in parts:
@@ -115,13 +113,13 @@ def list_groups(spool: Spool, jobs: list[JobInfo]) -> list[GroupInfo]:
     by_name = {j.job: j for j in jobs}
     out = []
     for group, names in read_groups(spool).items():
-        parts = [by_name.get(n) or JobInfo(n, "missing") for n in names]
+        parts = [by_name.get(n) or JobInfo(n, JobState.MISSING.value) for n in names]
         counts: dict[str, int] = {}
         for p in parts:
             counts[p.status] = counts.get(p.status, 0) + 1
         if len(counts) == 1:
             status = parts[0].status
-        elif counts.keys() <= {"queued", "claimed", "running", "completed"}:
+        elif counts.keys() <= {JobState.QUEUED, JobState.CLAIMED, JobState.RUNNING, JobState.COMPLETED}:
             status = "running"
         else:
             status = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
@@ -200,36 +198,3 @@ def log_lines(spool: Spool, job: str, tail: int | None = None) -> list[str]:
             raise JobNotFound(job) from None
         lines = []
     return lines[-tail:] if tail else lines
-
-
-def cancel(spool: Spool, job: str) -> str:
-    """Remove a queued job, or stop a running one at its next chunk boundary; what happened."""
-    spool.require()
-    with spool.claim_lock():
-        for entry in spool.inbox_entries():
-            if sanitize_job_id(entry.name) == job or entry.name == job:
-                os.unlink(entry.path)
-                return "removed from the queue"
-        if job in spool.running_jobs():
-            atomic_write(spool.cancel_marker(job), str(time.time()).encode())
-            if spool.job_is_owned(job):
-                return "cancel requested: the daemon stops it at the next chunk boundary, checkpoint kept"
-            return "cancel requested: the job stops when a daemon next picks it up (no daemon holds it now)"
-    ckpt = Checkpoint.load(spool.checkpoint(job))
-    if ckpt is not None:
-        raise SpoolbatchError(f"job {job!r} is already {ckpt.status.value}; nothing to cancel")
-    raise JobNotFound(job)
-
-
-def retry(spool: Spool, job: str) -> tuple[str, int]:
-    """Resubmit a job's deadletter records as a new job; (new job id, records)."""
-    from spoolbatch.submit import write_job
-
-    records = list(deadletter(spool, job))
-    if not records:
-        raise SpoolbatchError(f"job {job!r} has no deadletter records to retry")
-    lines = [r["request"].encode() for r in records if "request_base64" not in r]
-    if not lines:
-        raise SpoolbatchError(f"job {job!r}'s deadletter records are not valid text; fix them by hand")
-    new = write_job(spool, f"{job}.retry", lines)
-    return new, len(lines)

@@ -14,10 +14,10 @@ from typing import Any
 
 import orjson
 
-from spoolbatch.bodies import stable_id
-from spoolbatch.engines.base import Outcome, Request
 from spoolbatch.errors import RequestError
-from spoolbatch.sampling import ENDPOINTS, parse_spec
+from spoolbatch.format.bodies import stable_id
+from spoolbatch.format.types import Outcome, Request
+from spoolbatch.format.validation import ENDPOINTS, parse_spec
 
 _BLANK = frozenset(b" \t\n\r\x0b\x0c")  # what bytes.strip() removes
 

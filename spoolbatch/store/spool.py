@@ -21,7 +21,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from spoolbatch.errors import SpoolError
-from spoolbatch.fsutil import atomic_write, fsync_dir
+from spoolbatch.store.fsutil import atomic_write, fsync_dir
 
 DIRS = ("inbox", "active", "done", "deadletter", "rejected", "logs", "workers", "control", "groups")
 IGNORED_SUFFIXES = (".tmp", ".part")
@@ -47,7 +47,7 @@ def is_ignored(name: str) -> bool:
 
 
 @dataclass(slots=True)
-class Claim:
+class InboxClaim:
     """A job just moved from the inbox to ``active/``, its job lock held until ``release``."""
 
     job: str
@@ -255,7 +255,7 @@ class Spool:
         return False
 
     def claim_inbox(self, settle_seconds: float, now: float | None = None,
-                    on_refused: RefuseHook | None = None) -> tuple[Claim | None, int]:
+                    on_refused: RefuseHook | None = None) -> tuple[InboxClaim | None, int]:
         """Move the oldest settled inbox file to ``active/`` and return it with its job lock held.
 
         The caller sets the job up and releases the lock; from then on any worker may take
@@ -288,7 +288,7 @@ class Spool:
                     continue
                 fsync_dir(self.active)
                 fsync_dir(self.inbox)
-                return Claim(job, self.input(job), lock, original_name=entry.name), settling
+                return InboxClaim(job, self.input(job), lock, original_name=entry.name), settling
         return None, settling
 
     def _refuse_odd(self, entry: InboxEntry, what: str, on_refused: RefuseHook | None) -> None:

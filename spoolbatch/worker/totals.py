@@ -6,11 +6,11 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from spoolbatch.metrics import MetricsSample
+from spoolbatch.worker.metrics import MetricsSample
 
 if TYPE_CHECKING:
-    from spoolbatch.chunkplan import PartSummary
-    from spoolbatch.spool import Spool
+    from spoolbatch.store.spool import Spool
+    from spoolbatch.store.workarea import PartSummary
 
 JOB_COUNT_SECONDS = 30.0
 
@@ -40,15 +40,12 @@ class Totals:
 
     def sample(self, spool: Spool, beat: dict[str, Any]) -> MetricsSample:
         """A metrics sample from these counters, the spool's jobs and the heartbeat's GPU figures."""
-        from spoolbatch.gpu import GpuDevice
-        from spoolbatch.jobs import list_jobs
+        from spoolbatch.store.census import count_jobs
+        from spoolbatch.worker.gpu import GpuDevice
 
         now = time.monotonic()
         if now - self._jobs_at >= JOB_COUNT_SECONDS:  # it reads every checkpoint: not on every beat
-            jobs: dict[str, int] = {}
-            for job in list_jobs(spool):
-                jobs[job.status] = jobs.get(job.status, 0) + 1
-            self._jobs, self._jobs_at = jobs, now
+            self._jobs, self._jobs_at = {state.value: n for state, n in count_jobs(spool).items()}, now
         gpu = beat.get("gpu") or {}
         devices = [GpuDevice(**d) for d in gpu.get("devices", [])]
         return MetricsSample(jobs=self._jobs, requests_done_total=self.requests_done,

@@ -14,9 +14,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from spoolbatch import gcpolicy
-from spoolbatch.engines.base import Engine, Outcome, PipelinedEngine, Request
-from spoolbatch.sampling import CHAT, COMPLETIONS
+from spoolbatch.engines.base import Engine, PipelinedEngine
+from spoolbatch.format.types import Outcome, Request
+from spoolbatch.format.validation import CHAT, COMPLETIONS
+from spoolbatch.worker import gcpolicy
 
 
 def describe(exc: BaseException) -> str:

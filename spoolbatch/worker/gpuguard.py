@@ -11,8 +11,8 @@ import threading
 from collections.abc import Callable
 
 from spoolbatch.config import Config
-from spoolbatch.gpu import GpuMonitor, GpuSnapshot, adaptive_chunk_size, gate
-from spoolbatch.heartbeat import Heartbeat
+from spoolbatch.worker.gpu import GpuMonitor, GpuSnapshot, adaptive_chunk_size, gate
+from spoolbatch.worker.heartbeat import Heartbeat
 
 
 class GpuGuard:

@@ -16,8 +16,8 @@ from typing import Any
 
 import orjson
 
-from spoolbatch.fsutil import atomic_write
-from spoolbatch.spool import Spool
+from spoolbatch.store.fsutil import atomic_write
+from spoolbatch.store.spool import Spool
 
 
 def worker_id() -> str:

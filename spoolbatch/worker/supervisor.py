@@ -27,7 +27,7 @@ RESTART_BACKOFF = (1.0, 60.0)
 def parse_gpus(spec: str) -> list[str]:
     """``"0,1,3"`` or ``"all"`` (every card NVML sees) to the list of device indices."""
     if spec.strip().lower() == "all":
-        from spoolbatch.gpu import GpuMonitor
+        from spoolbatch.worker.gpu import GpuMonitor
 
         with GpuMonitor() as monitor:
             snapshot = monitor.read()
@@ -89,7 +89,7 @@ class Supervisor:
 
     def run(self) -> int:
         """Run until every worker has exited; the worst exit status."""
-        from spoolbatch import sdnotify
+        from spoolbatch.worker import sdnotify
 
         signal.signal(signal.SIGTERM, self._forward)
         signal.signal(signal.SIGINT, self._forward)

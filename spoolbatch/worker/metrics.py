@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spoolbatch.gpu import GpuDevice
+from spoolbatch.store.jobstate import JobState
+from spoolbatch.worker.gpu import GpuDevice
 
-JOB_STATES = ("queued", "running", "completed", "failed", "cancelled")
+# The states a worker counts without probing locks (store.census): not interrupted, not missing.
+JOB_STATES = tuple(s.value for s in JobState if s not in (JobState.INTERRUPTED, JobState.MISSING))
 
 
 @dataclass(slots=True)

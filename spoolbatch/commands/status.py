@@ -19,8 +19,8 @@ from typing import Any
 
 import orjson
 
-from spoolbatch.jobs import JobInfo, list_jobs
-from spoolbatch.spool import Spool
+from spoolbatch.commands.catalog import JobInfo, list_jobs
+from spoolbatch.store.spool import Spool
 
 
 class Liveness(StrEnum):

@@ -14,23 +14,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 
-from spoolbatch import gcpolicy, sdnotify
-from spoolbatch.checkpoint import FINAL, Checkpoint
-from spoolbatch.chunkplan import PartSummary
 from spoolbatch.config import Config
 from spoolbatch.engines import make_engine
 from spoolbatch.engines.base import Engine
 from spoolbatch.errors import DiskFull
-from spoolbatch.executor import ChunkExecutor, describe
-from spoolbatch.fsutil import is_disk_full
-from spoolbatch.gpu import GpuMonitor
-from spoolbatch.gpuguard import GpuGuard
-from spoolbatch.heartbeat import Heartbeat
-from spoolbatch.joblog import JobLog
-from spoolbatch.jobrunner import ChunkClaim, JobRunner, PreparedChunk, order_jobs
-from spoolbatch.metrics import write_metrics
-from spoolbatch.spool import Spool
-from spoolbatch.totals import Totals
+from spoolbatch.store.checkpoint import Checkpoint
+from spoolbatch.store.fsutil import is_disk_full
+from spoolbatch.store.joblog import JobLog
+from spoolbatch.store.jobstate import FINAL
+from spoolbatch.store.spool import Spool
+from spoolbatch.store.workarea import PartSummary
+from spoolbatch.worker import gcpolicy, sdnotify
+from spoolbatch.worker.executor import ChunkExecutor, describe
+from spoolbatch.worker.gpu import GpuMonitor
+from spoolbatch.worker.gpuguard import GpuGuard
+from spoolbatch.worker.heartbeat import Heartbeat
+from spoolbatch.worker.jobrunner import ChunkClaim, JobRunner, PreparedChunk, order_jobs
+from spoolbatch.worker.metrics import write_metrics
+from spoolbatch.worker.totals import Totals
 
 
 @dataclass(frozen=True, slots=True)
