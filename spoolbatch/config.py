@@ -16,6 +16,8 @@ from typing import Any
 from spoolbatch.errors import ConfigError
 
 DEFAULT_GPU_MODEL = "google/gemma-3-4b-it"
+# The engines `--engine` may name; engines/ builds them (and imports this, not the other way round).
+ENGINE_NAMES = ("vllm", "fake", "ray")
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +113,9 @@ def _check(config: Config) -> Config:
     for name in ("poll_interval", "heartbeat_interval", "settle_seconds", "fake_latency"):
         if getattr(config, name) < 0:
             raise ConfigError(f"setting {name!r} must not be negative")
+    if config.engine not in ENGINE_NAMES:
+        raise ConfigError(f"unknown engine {config.engine!r}: choose one of {', '.join(ENGINE_NAMES)}",
+                          hint="set it with --engine, SPOOLBATCH_ENGINE or `engine = ...` in config.toml")
     if not 0 < config.gpu_memory_utilization <= 1:
         raise ConfigError("setting 'gpu_memory_utilization' must be in (0, 1]")
     return config

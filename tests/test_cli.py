@@ -124,3 +124,19 @@ def test_status_shows_each_workers_card_chunk_and_gpu() -> None:
     assert "worker box-1: alive, working [GPU 1] job big chunk 7 (lines 30,001-35,000)" in text
     assert "GPU 1 L4: memory 81.5%, 64°C, utilisation 97%" in text
     assert "queue: 2 job(s) waiting" in text
+
+
+@pytest.mark.parametrize("source", ["flag", "env", "file"])
+def test_an_unknown_engine_is_a_usage_error_before_anything_starts(spool: Spool, source: str,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    args = ["run", "--once", "--settle-seconds", "0"]
+    if source == "flag":
+        args += ["--engine", "nope"]
+    elif source == "env":
+        monkeypatch.setenv("SPOOLBATCH_ENGINE", "nope")
+    else:
+        spool.config_file.write_text('engine = "nope"\n')
+    code, out, err = cli(spool, *args)
+    assert code == 2 and "unknown engine 'nope'" in err and "vllm, fake, ray" in err
+    assert "daemon started" not in out + err and "Traceback" not in err
+    assert not list(spool.workers.iterdir()), "no worker may start for a refused engine"

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from spoolbatch.config import ENGINE_NAMES
 from spoolbatch.errors import ConfigError
 
 if TYPE_CHECKING:
     from spoolbatch.config import Config
     from spoolbatch.engines.base import Engine
 
-ENGINE_NAMES = ("vllm", "fake", "ray")
+__all__ = ["ENGINE_NAMES", "make_engine"]
 
 
 def make_engine(name: str, config: Config) -> Engine:
