@@ -147,6 +147,32 @@ def test_cancel_a_running_job_stops_at_a_chunk_boundary(spool: Spool, config: Co
     assert not spool.cancel_marker("job").exists()
 
 
+def test_a_cancelled_job_reports_the_share_of_lines_it_got_through(spool: Spool, config: Config) -> None:
+    drop(spool, "big.jsonl", [chat_line(i) for i in range(3000)])
+    config = config.replace(chunk_size=500, fake_latency=0.0001)
+    daemon = Daemon(config, echo=False)
+    for _ in range(2):
+        assert daemon.loop_once().worked
+    assert "cancel requested" in control.cancel(spool, "big")
+    while daemon.loop_once().worked:
+        pass
+    ckpt = Checkpoint.load(spool.checkpoint("big"))
+    assert ckpt is not None and ckpt.status == JobState.CANCELLED
+    assert 1000 <= ckpt.lines_consumed < 3000 and ckpt.lines_consumed % 500 == 0
+    (info,) = catalog.list_jobs(spool)
+    assert info.status == "cancelled" and info.progress == round(ckpt.lines_consumed / 3000, 4) < 1.0
+    assert info.eta_seconds is None and info.requests_done == ckpt.lines_consumed
+    data = orjson.loads(spool.checkpoint("big").read_bytes())
+    assert data["progress"] == round(ckpt.lines_consumed / 3000, 6) and data["eta_seconds"] is None
+
+
+def test_a_completed_job_is_whole_and_has_nothing_left(spool: Spool, config: Config) -> None:
+    drop(spool, "job.jsonl", [chat_line(i) for i in range(5)])
+    drain(config)
+    (info,) = catalog.list_jobs(spool)
+    assert (info.status, info.progress, info.eta_seconds) == ("completed", 1.0, 0.0)
+
+
 def test_retry_resubmits_deadletter_records(spool: Spool, config: Config) -> None:
     drop(spool, "job.jsonl", [chat_line(1), chat_line(2, temperature=9)])
     drain(config)

@@ -54,15 +54,21 @@ class Checkpoint:
         return self.prompt_tokens + self.completion_tokens
 
     def progress(self) -> float:
-        """Fraction of the input's lines consumed (1.0 when final)."""
-        if self.status in FINAL:
+        """Fraction of the input's lines consumed; 1.0 once completed.
+
+        A job that ended early (cancelled, expired, failed) keeps the share it got through.
+        """
+        if self.status == JobState.COMPLETED:
             return 1.0
         return min(1.0, self.lines_consumed / self.total_lines) if self.total_lines else 0.0
 
     def eta_seconds(self) -> float | None:
-        """Seconds left at the rate seen so far, or None before the first chunk."""
-        if self.status in FINAL:
+        """Seconds left at the rate seen so far: 0 once completed, None before the first chunk
+        and for a job that ended early (its remaining lines never run)."""
+        if self.status == JobState.COMPLETED:
             return 0.0
+        if self.status in FINAL:
+            return None
         if not self.lines_consumed or self.busy_seconds <= 0:
             return None
         rate = self.lines_consumed / self.busy_seconds
