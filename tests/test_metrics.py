@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import parser  # the test extra, not a runtime dependency
 
+from spoolbatch.errors import DiskFull
 from spoolbatch.worker.gpu import GpuDevice
 from spoolbatch.worker.metrics import MetricsSample, escape_label, render, write_metrics
 
@@ -110,7 +111,7 @@ def test_failed_write_leaves_the_old_file_and_no_temp(tmp_path: Path, monkeypatc
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(DiskFull):  # fsutil's atomic write says what a full disk is
         write_metrics(path, sample())
     assert path.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["spoolbatch.prom"]

@@ -7,7 +7,6 @@ records the parts as one group whose results one command returns.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from spoolbatch.errors import InputError, LimitExceeded
 from spoolbatch.format.lines import BadLine, LineParser
 from spoolbatch.format.preflight import check_file, count_lines
 from spoolbatch.store.checkpoint import Checkpoint
-from spoolbatch.store.fsutil import FILE_MODE, atomic_write, fsync_dir, unique_suffix
+from spoolbatch.store.fsutil import atomic_write, atomic_writer
 from spoolbatch.store.jobstate import JobState
 from spoolbatch.store.spool import Spool, sanitize_job_id
 
@@ -108,19 +107,9 @@ def _parts(f: BinaryIO, max_lines: int, max_bytes: int) -> Iterator[list[bytes]]
 
 def _place(spool: Spool, job: str, write: Iterator[bytes] | list[bytes]) -> None:
     """Write the job into a dotfile in the inbox, fsync, rename into place."""
-    tmp = spool.inbox / f".{job}.{unique_suffix()}.tmp"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
-        with os.fdopen(fd, "wb") as out:
-            for chunk in write:
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        os.rename(tmp, spool.inbox / f"{job}.jsonl")
-        fsync_dir(spool.inbox)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_writer(spool.inbox / f"{job}.jsonl") as out:
+        for chunk in write:
+            out.write(chunk)
 
 
 def _copy(path: Path) -> Iterator[bytes]:

@@ -1,4 +1,5 @@
-"""Crash-safe file primitives: atomic replace, durable append, directory fsync.
+"""Crash-safe file primitives: atomic replace (the one temp+fsync+rename writer), durable append,
+directory fsync.
 
 Every file the daemon writes is private to its user (mode 0600), and nothing here follows
 a symlink that someone placed in the spool.
@@ -11,7 +12,9 @@ import errno
 import itertools
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from spoolbatch.errors import DiskFull
 
@@ -43,23 +46,28 @@ def _raise_disk_full(exc: OSError, path: Path) -> None:
         raise DiskFull(f"no space left to write {path}", hint="free disk space; the daemon resumes by itself") from exc
 
 
-def atomic_write(path: Path, data: bytes, *, durable: bool = True, sync_dir: bool = True) -> None:
-    """Replace ``path`` with ``data``: temp file beside it, fsync, rename; never a torn file.
+@contextlib.contextmanager
+def atomic_writer(path: Path, *, mode: int = FILE_MODE, durable: bool = True,
+                  sync_dir: bool = True) -> Iterator[BinaryIO]:
+    """Stream into a temp file beside ``path``; on success it replaces ``path``, never a torn file.
 
-    ``sync_dir=False`` skips the directory fsync when a later durable write in the same
-    directory (a commit marker) will make this rename durable with it.
+    The temp file is ``.NAME.<unique>.tmp`` in the same directory (the spool's scanners and
+    node_exporter's textfile collector skip it). On leaving the block it is flushed,
+    fsynced (``durable``) and renamed over ``path``; on any exception it is deleted and
+    ``path`` is left as it was. ``mode`` is set exactly, whatever the umask. ``sync_dir=False``
+    skips the directory fsync when a later durable write in the same directory (a commit
+    marker) will make this rename durable with it. A full disk raises ``DiskFull``.
     """
     tmp = path.with_name(f".{path.name}.{unique_suffix()}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        with os.fdopen(fd, "wb") as out:
+            if mode != FILE_MODE:
+                os.fchmod(fd, mode)
+            yield out
+            out.flush()
             if durable:
                 os.fsync(fd)
-        finally:
-            os.close(fd)
         os.replace(tmp, path)
         if durable and sync_dir:
             fsync_dir(path.parent)
@@ -72,6 +80,13 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = True, sync_dir: boo
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write(path: Path, data: bytes, *, mode: int = FILE_MODE, durable: bool = True,
+                 sync_dir: bool = True) -> None:
+    """Replace ``path`` with ``data`` (see ``atomic_writer``)."""
+    with atomic_writer(path, mode=mode, durable=durable, sync_dir=sync_dir) as out:
+        out.write(data)
 
 
 class AppendFile:

@@ -17,7 +17,7 @@ from typing import Any
 from spoolbatch.engines.base import Engine, PipelinedEngine
 from spoolbatch.format.types import Outcome, Request
 from spoolbatch.format.validation import CHAT, COMPLETIONS
-from spoolbatch.worker import gcpolicy
+from spoolbatch.worker import backoff, gcpolicy
 
 
 def describe(exc: BaseException) -> str:
@@ -170,7 +170,7 @@ class ChunkExecutor:
                     pending.extend([idx[half:], idx[:half]])
                 else:
                     self._fail_alone(idx[0], requests, result, alone, exc, pending)
-                self.sleep(min(self.backoff_cap, self.backoff * 2 ** min(failures - 1, 10)) if self.backoff else 0)
+                self.sleep(backoff.delay(failures, base=self.backoff, cap=self.backoff_cap))
                 continue
             for i, out in zip(idx, outs, strict=True):
                 result.attempts[i] += 1
@@ -194,7 +194,7 @@ class ChunkExecutor:
                 self.log(f"loading model {model!r} failed (attempt {attempt} of {self.max_attempts}): {message}")
                 self._rebuild(message)
                 if attempt < self.max_attempts:
-                    self.sleep(min(self.backoff_cap, self.backoff * 2 ** (attempt - 1)) if self.backoff else 0)
+                    self.sleep(backoff.delay(attempt, base=self.backoff, cap=self.backoff_cap))
         result.outcomes = [Outcome.fail("model_not_available", f"model {model!r} could not be loaded after "
                                                                 f"{self.max_attempts} attempts: {message}")
                            ] * len(result.outcomes)

@@ -8,16 +8,15 @@ differ.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spoolbatch.store.fsutil import atomic_write
 from spoolbatch.store.jobstate import JobState
 from spoolbatch.worker.gpu import GpuDevice
 
@@ -121,21 +120,9 @@ def write_metrics(path: str | os.PathLike[str], sample: MetricsSample | Mapping[
 
     The file is world-readable by default (``mode``) because node_exporter usually runs
     as another user; it holds counts, never request content. The temp file starts with a
-    dot and ends in ``.tmp`` so the textfile collector (which reads ``*.prom``) skips it.
+    dot and ends in ``.tmp`` so the textfile collector (which reads ``*.prom``) skips it; the
+    directory is not fsynced: the file is rewritten every heartbeat.
     """
     if not isinstance(sample, MetricsSample):
         sample = MetricsSample(**sample)
-    target = Path(path)
-    data = render(sample).encode()
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fchmod(fh.fileno(), mode)
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write(Path(path), render(sample).encode(), mode=mode, sync_dir=False)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from spoolbatch.errors import ConfigError
+from spoolbatch.worker import backoff
 
 RESTART_BACKOFF = (1.0, 60.0)
 
@@ -115,7 +116,7 @@ class Supervisor:
                     alive += 1
                     continue
                 if code != 0 and not self.stopping and not self.once:
-                    delay = min(RESTART_BACKOFF[1], RESTART_BACKOFF[0] * 2 ** min(w.restarts, 6))
+                    delay = backoff.delay(w.restarts + 1, base=RESTART_BACKOFF[0], cap=RESTART_BACKOFF[1])
                     print(f"spoolbatch: {w.label} exited with {code}; restarting in {delay:.0f}s",
                           file=sys.stderr)
                     w.restarts += 1
