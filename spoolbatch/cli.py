@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from spoolbatch.config import Config, load_config
-from spoolbatch.errors import ConfigError, SpoolbatchError
+from spoolbatch.errors import BadLines, ConfigError, SpoolbatchError
 from spoolbatch.store.spool import Spool
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -84,6 +84,10 @@ def init(spool: SpoolOpt = None, json: JsonOpt = False) -> None:
         out.print(f"spool ready at {sp.root} (drop jobs into {sp.inbox}/)")
 
 
+def _bad_line(line: int, code: str, message: str) -> dict[str, Any]:
+    return {"line": line, "code": code, "message": message}
+
+
 @app.command()
 @handles_errors
 def submit(
@@ -98,19 +102,30 @@ def submit(
     """Validate a job file and queue it atomically."""
     from spoolbatch.commands.submit import submit as do_submit
 
-    result = do_submit(file, _config(spool), name=name, split=split, allow_bad_lines=allow_bad_lines)
+    try:
+        result = do_submit(file, _config(spool), name=name, split=split, allow_bad_lines=allow_bad_lines)
+    except BadLines as exc:
+        if not json:
+            raise
+        _json({"error": {"code": "bad_lines", "message": exc.message, "hint": exc.hint},
+               "bad_lines": exc.count, "bad": [_bad_line(*b) for b in exc.lines]})
+        raise typer.Exit(exc.exit_code) from None
     v = result.validation
     if json:
         _json({"jobs": result.jobs, "group": result.group, "requests": result.requests,
-               "bad_lines": v.bad_count if v else 0, "model": v.model if v else None,
+               "bad_lines": v.bad_count if v else 0, "bad": [_bad_line(b.line, b.code, b.message) for b in v.bad]
+               if v else [], "model": v.model if v else None,
                "url": v.url if v else None, "estimate_seconds": result.estimate_seconds})
         return
     what = f"group {result.group} ({len(result.jobs)} jobs: {', '.join(result.jobs)})" if result.group \
         else f"job {result.jobs[0]}"
     out.print(f"queued {what}: {result.requests:,} requests for {v.model if v else '?'} ({v.url if v else '?'})")
     if v and v.bad_count:
-        out.print(f"  {v.bad_count:,} bad line(s) will go to deadletter (first: line {v.bad[0].line}: "
-                  f"{v.bad[0].message})")
+        out.print(f"  {v.bad_count:,} bad line(s) will go to deadletter:", markup=False)
+        for b in v.bad[:BadLines.shown]:
+            out.print(f"    {file}:{b.line}: {b.message}", markup=False)
+        if v.bad_count > BadLines.shown:
+            out.print(f"    ... and {v.bad_count - BadLines.shown:,} more (`spoolbatch deadletter JOB` lists them)")
     if result.estimate_seconds is not None:
         out.print(f"  estimate: about {_duration(result.estimate_seconds)} {result.estimate_basis}")
     else:

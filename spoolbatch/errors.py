@@ -64,6 +64,34 @@ class InputError(SpoolbatchError):
         self.reason = message
 
 
+class BadLines(InputError):
+    """A job file has lines that fail validation: the first of them (bounded) and how many in all.
+
+    ``lines`` holds ``(line number, code, message)``; ``render`` shows the first ``shown`` of them so
+    a user fixes the file in one pass, and ``--json`` gives every one kept.
+    """
+
+    shown = 10
+
+    def __init__(self, path: str, lines: list[tuple[int, str, str]], count: int, *, hint: str | None = None) -> None:
+        first_line, first_code, first_message = lines[0] if lines else (None, "invalid_request", "bad line")
+        super().__init__(first_message, path=path, line=first_line, code=first_code, hint=hint)
+        self.message = f"{path}: {count:,} bad line(s)"
+        self.lines = lines
+        self.count = count
+
+    def render(self) -> str:
+        """The count, then one line per bad line (the first ``shown``), then the hint."""
+        rows = [f"{self.message}:"]
+        rows += [f"  {self.path}:{n}: {message}" for n, _, message in self.lines[:self.shown]]
+        if self.count > self.shown:
+            rows.append(f"  ... and {self.count - self.shown:,} more (`submit --json` lists up to "
+                        f"{max(len(self.lines), self.shown):,})")
+        if self.hint:
+            rows.append(f"  hint: {self.hint}")
+        return "\n".join(rows)
+
+
 class LimitExceeded(InputError):
     """A job file or the queue is over one of the configured limits."""
 

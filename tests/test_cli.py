@@ -140,3 +140,34 @@ def test_an_unknown_engine_is_a_usage_error_before_anything_starts(spool: Spool,
     assert code == 2 and "unknown engine 'nope'" in err and "vllm, fake, ray" in err
     assert "daemon started" not in out + err and "Traceback" not in err
     assert not list(spool.workers.iterdir()), "no worker may start for a refused engine"
+
+
+def test_submit_lists_the_first_bad_lines_with_their_reasons(spool: Spool, tmp_path: Path) -> None:
+    records: list[object] = []
+    for i in range(30):
+        records.append(chat_line(i))
+        if i % 2:
+            records.append("{broken" if i % 4 == 1 else chat_line(1000 + i, temperature=5))
+    src = write_jsonl(tmp_path / "bad.jsonl", records)
+    bad = [n for n, r in enumerate(records, start=1) if isinstance(r, str) or r["body"].get("temperature")]
+    assert len(bad) == 15
+    code, _, err = cli(spool, "submit", str(src))
+    assert code == 5 and "Traceback" not in err
+    assert "15 bad line(s)" in err and "... and 5 more" in err
+    for n in bad[:10]:
+        assert f"bad.jsonl:{n}: " in err
+    assert f"bad.jsonl:{bad[10]}:" not in err
+    assert "not valid JSON" in err and "temperature" in err
+    code, out, _ = cli(spool, "submit", str(src), "--json")
+    data = orjson.loads(out)
+    assert code == 5 and data["bad_lines"] == 15 and [b["line"] for b in data["bad"]] == bad
+    assert {b["code"] for b in data["bad"]} == {"invalid_json", "invalid_value"}
+    assert not list(spool.inbox.iterdir()), "a refused file is not queued"
+
+
+def test_submit_json_lists_every_bad_line_up_to_a_bound(spool: Spool, tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "worse.jsonl", [chat_line(0)] + ["nope"] * 1500)
+    code, out, _ = cli(spool, "submit", str(src), "--json")
+    data = orjson.loads(out)
+    assert code == 5 and data["bad_lines"] == 1500 and len(data["bad"]) == 1000
+    assert data["bad"][0]["line"] == 2 and data["bad"][-1]["line"] == 1001

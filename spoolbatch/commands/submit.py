@@ -8,14 +8,14 @@ records the parts as one group whose results one command returns.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
 import orjson
 
 from spoolbatch.config import Config
-from spoolbatch.errors import InputError, LimitExceeded
+from spoolbatch.errors import BadLines, InputError, LimitExceeded
 from spoolbatch.format.lines import BadLine, LineParser
 from spoolbatch.format.preflight import check_file, count_lines
 from spoolbatch.store.checkpoint import Checkpoint
@@ -23,7 +23,7 @@ from spoolbatch.store.fsutil import atomic_write, atomic_writer
 from spoolbatch.store.jobstate import JobState
 from spoolbatch.store.spool import Spool, sanitize_job_id
 
-MAX_REPORTED = 10
+MAX_KEPT = 1000  # bad lines a validation keeps to report (it counts them all)
 
 
 @dataclass(slots=True)
@@ -51,7 +51,7 @@ class Submitted:
 
 
 def validate(path: Path, config: Config) -> Validation:
-    """Parse every line as the daemon will; keep the first few bad lines for the message."""
+    """Parse every line as the daemon will; keep the first bad lines (``MAX_KEPT``) for the message."""
     out = Validation()
     parser = LineParser(max_line_bytes=config.max_line_bytes)
     with open(path, "rb") as f:
@@ -61,8 +61,8 @@ def validate(path: Path, config: Config) -> Validation:
                 continue
             if isinstance(parsed, BadLine):
                 out.bad_count += 1
-                if len(out.bad) < MAX_REPORTED:
-                    out.bad.append(parsed)
+                if len(out.bad) < MAX_KEPT:
+                    out.bad.append(replace(parsed, raw=b""))  # the line itself may be megabytes
                 continue
             out.requests += 1
             out.max_output_tokens += (parsed.spec.max_tokens or 0) * parsed.spec.n
@@ -149,10 +149,8 @@ def submit(path: Path, config: Config, *, name: str | None = None, split: bool =
                        name=shown)
     result = validate(path, config)
     if result.bad_count and not allow_bad_lines:
-        first = result.bad[0]
-        raise InputError(
-            f"{first.message} ({result.bad_count:,} bad line(s) in all)", path=shown, line=first.line,
-            code=first.code, hint="fix the lines, or pass --allow-bad-lines to send them to deadletter")
+        raise BadLines(shown, [(b.line, b.code, b.message) for b in result.bad], result.bad_count,
+                       hint="fix the lines, or pass --allow-bad-lines to send them to deadletter")
     if not result.requests:
         raise InputError("the file holds no valid request", path=shown, code="no_requests")
     base = name or path.name
