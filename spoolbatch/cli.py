@@ -107,7 +107,7 @@ def submit(
     except BadLines as exc:
         if not json:
             raise
-        _json({"error": {"code": "bad_lines", "message": exc.message, "hint": exc.hint},
+        _json({"error": {"code": "bad_lines", "message": exc.summary, "hint": exc.hint},
                "bad_lines": exc.count, "bad": [_bad_line(*b) for b in exc.lines]})
         raise typer.Exit(exc.exit_code) from None
     v = result.validation

@@ -76,13 +76,13 @@ class BadLines(InputError):
     def __init__(self, path: str, lines: list[tuple[int, str, str]], count: int, *, hint: str | None = None) -> None:
         first_line, first_code, first_message = lines[0] if lines else (None, "invalid_request", "bad line")
         super().__init__(first_message, path=path, line=first_line, code=first_code, hint=hint)
-        self.message = f"{path}: {count:,} bad line(s)"
+        self.summary = f"{path}: {count:,} bad line(s)"  # ``message`` stays the first line's, as InputError's
         self.lines = lines
         self.count = count
 
     def render(self) -> str:
         """The count, then one line per bad line (the first ``shown``), then the hint."""
-        rows = [f"{self.message}:"]
+        rows = [f"{self.summary}:"]
         rows += [f"  {self.path}:{n}: {message}" for n, _, message in self.lines[:self.shown]]
         if self.count > self.shown:
             rows.append(f"  ... and {self.count - self.shown:,} more (`submit --json` lists up to "
