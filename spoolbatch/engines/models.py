@@ -214,6 +214,70 @@ def resolve_model(name: str, model_dir: str | os.PathLike[str] | None = None, *,
     return name
 
 
+def is_hub_id(name: str, model_dir: str | os.PathLike[str] | None = None) -> bool:
+    """True when ``name`` would be fetched from the Hugging Face hub (no local folder or demo name)."""
+    return resolve_model(name, model_dir, prepare=False) == name and not Path(name).expanduser().exists()
+
+
+def check_hub_model(name: str) -> None:
+    """Make sure the Hugging Face hub serves ``name`` to this machine: fetch its ``config.json``
+    (from the local cache when it is there) and turn a refusal into one EngineError line."""
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:  # vLLM brings huggingface_hub; without it the engine says what is missing
+        return
+    import logging
+
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)  # its retry warnings would bury the one line that matters
+    try:
+        hf_hub_download(name, "config.json")
+    except Exception as exc:
+        refusal = hub_refusal(name, exc)
+        if refusal is None:
+            raise
+        raise refusal from None
+    finally:
+        hub_log.setLevel(level)
+
+
+def hub_refusal(name: str, exc: BaseException) -> EngineError | None:
+    """One line that names ``name`` and what to do, when ``exc`` is the hub refusing it; else None.
+
+    Gated (a licence to accept and a token), unauthorised, not found, or out of reach with no
+    cached copy: each says what a user does next.
+    """
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+    )
+
+    page = f"https://huggingface.co/{name}"
+    if isinstance(exc, GatedRepoError):
+        what = (f"the Hugging Face hub refuses {name}: it is a gated model; accept its licence at {page}, "
+                "then run `huggingface-cli login` (or set HF_TOKEN) and try again")
+    elif isinstance(exc, RepositoryNotFoundError):
+        what = (f"the Hugging Face hub has no model {name} this machine may see: check the name at {page}; "
+                "for a private or gated model run `huggingface-cli login` (or set HF_TOKEN)")
+    elif isinstance(exc, HfHubHTTPError) and exc.response is not None and exc.response.status_code in (401, 403):
+        what = (f"the Hugging Face hub refuses {name} (HTTP {exc.response.status_code}): accept its licence at "
+                f"{page}, then run `huggingface-cli login` (or set HF_TOKEN) and try again")
+    elif isinstance(exc, LocalEntryNotFoundError | OfflineModeIsEnabled | ConnectionError):
+        offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true") else ""
+        what = (f"cannot reach the Hugging Face hub for {name}{offline} and it is not in the local cache: connect "
+                "this machine to the hub, or copy the model folder here and name that folder instead")
+    elif isinstance(exc, EntryNotFoundError):
+        what = f"{name} on the Hugging Face hub has no config.json: it is not a model vLLM can load"
+    else:
+        return None
+    return EngineError(what)
+
+
 def list_models(model_dir: str | os.PathLike[str] | None = None) -> list[ModelInfo]:
     """The models this machine can run, configured and cached, for ``spoolbatch models``."""
     gpu = has_gpu()
