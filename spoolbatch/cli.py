@@ -97,13 +97,28 @@ def submit(
     split: Annotated[bool, typer.Option("--split", help="Cut a file over the per-job limits into a group.")] = False,
     allow_bad_lines: Annotated[bool, typer.Option("--allow-bad-lines",
                                                   help="Submit anyway; bad lines go to deadletter.")] = False,
+    metadata: Annotated[list[str] | None, typer.Option(
+        "--metadata", help="KEY=VALUE batch metadata (repeatable; 16 pairs, as OpenAI's).")] = None,
+    completion_window: Annotated[str | None, typer.Option(
+        "--completion-window", help="Expire what has not run after this long: N s/m/h/d, 10s to 7d.")] = None,
     json: JsonOpt = False,
 ) -> None:
     """Validate a job file and queue it atomically."""
     from spoolbatch.commands.submit import submit as do_submit
+    from spoolbatch.store.batches import BatchSpec, batch_id
 
+    batch = None
+    if metadata or completion_window:
+        pairs = {}
+        for item in metadata or []:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise ConfigError(f"--metadata {item!r}: give KEY=VALUE")
+            pairs[key] = value
+        batch = BatchSpec(completion_window=completion_window, metadata=pairs)
     try:
-        result = do_submit(file, _config(spool), name=name, split=split, allow_bad_lines=allow_bad_lines)
+        result = do_submit(file, _config(spool), name=name, split=split, allow_bad_lines=allow_bad_lines,
+                           batch=batch)
     except BadLines as exc:
         if not json:
             raise
@@ -112,7 +127,8 @@ def submit(
         raise typer.Exit(exc.exit_code) from None
     v = result.validation
     if json:
-        _json({"jobs": result.jobs, "group": result.group, "requests": result.requests,
+        _json({"jobs": result.jobs, "batches": [batch_id(j) for j in result.jobs], "group": result.group,
+               "metadata": batch.metadata if batch else None, "requests": result.requests,
                "bad_lines": v.bad_count if v else 0, "bad": [_bad_line(b.line, b.code, b.message) for b in v.bad]
                if v else [], "model": v.model if v else None,
                "url": v.url if v else None, "estimate_seconds": result.estimate_seconds})
@@ -120,6 +136,8 @@ def submit(
     what = f"group {result.group} ({len(result.jobs)} jobs: {', '.join(result.jobs)})" if result.group \
         else f"job {result.jobs[0]}"
     out.print(f"queued {what}: {result.requests:,} requests for {v.model if v else '?'} ({v.url if v else '?'})")
+    if batch is not None and not result.group:
+        out.print(f"  batch {batch_id(result.jobs[0])}" + (f", metadata {batch.metadata}" if batch.metadata else ""))
     if v and v.bad_count:
         out.print(f"  {v.bad_count:,} bad line(s) will go to deadletter:", markup=False)
         for b in v.bad[:BadLines.shown]:
@@ -384,6 +402,23 @@ def models(spool: SpoolOpt = None, json: JsonOpt = False) -> None:
     for m in items:
         table.add_row(m.name, m.kind, m.source, "yes" if m.ready else "no", m.path or m.note)
     out.print(table)
+
+
+@app.command()
+@handles_errors
+def serve(
+    spool: SpoolOpt = None,
+    host: Annotated[str, typer.Option(help="Address to listen on (without API keys: loopback only).")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8080,
+) -> None:
+    """The OpenAI Files and Batches API over the spool (pip install 'spoolbatch[serve]')."""
+    config = _config(spool)
+    try:
+        from spoolbatch.server.run import serve as do_serve
+    except ImportError as exc:
+        raise ConfigError(f"serve needs its extra: pip install 'spoolbatch[serve]' ({exc.name} is missing)") from None
+    do_serve(config, host, port)
 
 
 def main() -> None:

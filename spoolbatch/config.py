@@ -6,6 +6,7 @@ Precedence, lowest first: the defaults below; ``SPOOL/config.toml`` (or the file
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import os
 import tomllib
@@ -34,6 +35,43 @@ class EngineSettings:
 
 
 _ENGINE = EngineSettings()
+WEBHOOK_EVENTS = ("batch.completed", "batch.failed", "batch.expired", "batch.cancelled")
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    """One ``[[webhooks]]`` endpoint: where batch events go, signed with its ``whsec_`` secret."""
+
+    url: str
+    secret: str
+    events: tuple[str, ...] = WEBHOOK_EVENTS
+
+    def secret_bytes(self) -> bytes:
+        """The signing key: the base64 after ``whsec_`` (Standard Webhooks)."""
+        return base64.b64decode(self.secret.removeprefix("whsec_"))
+
+
+def _webhooks(raw: Any) -> tuple[Webhook, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError("setting 'webhooks' must be [[webhooks]] tables")
+    out = []
+    for i, table in enumerate(raw):
+        if not isinstance(table, dict) or set(table) - {"url", "secret", "events"}:
+            raise ConfigError(f"[[webhooks]] #{i + 1}: give url, secret and optionally events")
+        url, secret = table.get("url"), table.get("secret")
+        events = tuple(table.get("events") or WEBHOOK_EVENTS)
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ConfigError(f"[[webhooks]] #{i + 1}: url must be an http(s) URL")
+        if not isinstance(secret, str) or not secret.startswith("whsec_"):
+            raise ConfigError(f"[[webhooks]] #{i + 1}: secret must be whsec_ followed by base64")
+        try:
+            base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+        except ValueError:
+            raise ConfigError(f"[[webhooks]] #{i + 1}: secret must be whsec_ followed by base64") from None
+        if set(events) - set(WEBHOOK_EVENTS):
+            raise ConfigError(f"[[webhooks]] #{i + 1}: events may be {', '.join(WEBHOOK_EVENTS)}")
+        out.append(Webhook(url, secret, events))
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +105,8 @@ class Config:
     model_dir: str | None = _ENGINE.model_dir
     ray_address: str = "auto"  # --engine ray: a cluster address, "auto" (a running one, else local), "local"
     ray_concurrency: int = 1  # --engine ray: vLLM replicas, one GPU each on a GPU cluster
+    api_keys: tuple[str, ...] = ()  # `serve`: Bearer keys (SPOOLBATCH_API_KEYS: comma-separated)
+    webhooks: tuple[Webhook, ...] = ()  # `serve`: [[webhooks]] tables in config.toml
     extra: dict[str, Any] = field(default_factory=dict)
 
     def engine_settings(self) -> EngineSettings:
@@ -81,6 +121,13 @@ class Config:
 
 def _coerce(name: str, kind: Any, raw: Any) -> Any:
     text = str(kind)
+    if name == "webhooks":
+        return _webhooks(raw)
+    if name == "api_keys":
+        keys = raw.split(",") if isinstance(raw, str) else raw
+        if not isinstance(keys, list | tuple) or not all(isinstance(k, str) for k in keys):
+            raise ConfigError("setting 'api_keys' must be a list of strings")
+        return tuple(k.strip() for k in keys if k.strip())
     try:
         if isinstance(raw, str):
             if raw == "" and "None" in text:
@@ -141,7 +188,7 @@ def load_config(spool: Path | str | None = None, env: dict[str, str] | None = No
             values[name] = _coerce(name, known[name], raw)
     for name, kind in known.items():
         raw = env.get(f"SPOOLBATCH_{name.upper()}")
-        if raw is not None and name != "spool":
+        if raw is not None and name not in ("spool", "webhooks"):
             values[name] = _coerce(name, kind, raw)
     values.update({k: v for k, v in flags.items() if v is not None})
     values["spool"] = root

@@ -15,9 +15,10 @@ import orjson
 
 from spoolbatch.errors import JobNotFound
 from spoolbatch.format.lines import error_line
+from spoolbatch.store.batches import BatchRecord, batch_id
 from spoolbatch.store.checkpoint import Checkpoint
 from spoolbatch.store.jobstate import JobState
-from spoolbatch.store.spool import Spool, sanitize_job_id
+from spoolbatch.store.spool import InboxEntry, Spool, sanitize_job_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,8 @@ class JobInfo:
     retries: int = 0
     workers: int = 0  # alive workers holding a chunk of it (filled in by `status`)
     group: str | None = None  # the `submit --split` group it is a part of
+    batch: str | None = None  # its id in the HTTP API
+    metadata: dict[str, str] | None = None  # its batch metadata (`submit --metadata`, the API)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON."""
@@ -78,7 +81,39 @@ def list_jobs(spool: Spool) -> list[JobInfo]:
         for job in parts:
             if job in jobs:
                 jobs[job] = replace(jobs[job], group=group)
-    return sorted(jobs.values(), key=lambda j: (j.updated_at or 0, j.job))
+    return sorted((_with_batch(spool, j) for j in jobs.values()), key=lambda j: (j.updated_at or 0, j.job))
+
+
+def _with_batch(spool: Spool, info: JobInfo) -> JobInfo:
+    record = BatchRecord.load(spool, info.job)
+    return replace(info, batch=batch_id(info.job), metadata=record.metadata if record else None)
+
+
+def queued_entry(spool: Spool, job: str) -> InboxEntry | None:
+    """The inbox file that will become ``job``, if it is queued."""
+    for entry in spool.inbox_entries():
+        if sanitize_job_id(entry.name) == job:
+            return entry
+    return None
+
+
+def job_info(spool: Spool, job: str) -> JobInfo:
+    """One job as `list` shows it, without reading the rest of the spool; or ``JobNotFound``."""
+    spool.require()
+    info: JobInfo | None = None
+    if spool.rejected_reason(job).exists():
+        with contextlib.suppress(OSError, orjson.JSONDecodeError):
+            data = orjson.loads(spool.rejected_reason(job).read_bytes())
+            info = JobInfo(job, JobState.REJECTED.value, reason=data.get("reason"), updated_at=data.get("at"))
+    if info is None and (ckpt := Checkpoint.load(spool.checkpoint(job))) is not None:
+        info = _from_checkpoint(ckpt, spool.job_is_owned(job) if ckpt.status == JobState.RUNNING else None)
+    if info is None and spool.input(job).exists():
+        info = JobInfo(job, JobState.CLAIMED.value, owned=spool.job_is_owned(job))
+    if info is None and (entry := queued_entry(spool, job)) is not None:
+        info = JobInfo(job, JobState.QUEUED.value, updated_at=entry.mtime)
+    if info is None:
+        raise JobNotFound(job)
+    return _with_batch(spool, info)
 
 
 def read_groups(spool: Spool) -> dict[str, list[str]]:

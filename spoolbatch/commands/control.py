@@ -8,8 +8,10 @@ import time
 from spoolbatch.commands.catalog import deadletter
 from spoolbatch.commands.submit import write_job
 from spoolbatch.errors import JobNotFound, SpoolbatchError
+from spoolbatch.format.preflight import count_lines
 from spoolbatch.store.checkpoint import Checkpoint
-from spoolbatch.store.fsutil import atomic_write
+from spoolbatch.store.fsutil import atomic_write, fsync_dir
+from spoolbatch.store.jobstate import JobState
 from spoolbatch.store.spool import Spool, sanitize_job_id
 
 
@@ -19,8 +21,11 @@ def cancel(spool: Spool, job: str) -> str:
     with spool.claim_lock():
         for entry in spool.inbox_entries():
             if sanitize_job_id(entry.name) == job or entry.name == job:
-                os.unlink(entry.path)
-                return "removed from the queue"
+                if not entry.path.is_file() or entry.path.is_symlink():
+                    os.unlink(entry.path)
+                    return "removed from the queue"
+                _cancel_queued(spool, entry.name)
+                return "removed from the queue (kept as a cancelled job)"
         if job in spool.running_jobs():
             atomic_write(spool.cancel_marker(job), str(time.time()).encode())
             if spool.job_is_owned(job):
@@ -30,6 +35,22 @@ def cancel(spool: Spool, job: str) -> str:
     if ckpt is not None:
         raise SpoolbatchError(f"job {job!r} is already {ckpt.status.value}; nothing to cancel")
     raise JobNotFound(job)
+
+
+def _cancel_queued(spool: Spool, name: str) -> None:
+    """Take a queued file out of the inbox as a job cancelled before it started (claim lock held).
+
+    It keeps its id and shows as cancelled (its batch too), its input archived like a finished job's.
+    """
+    job = spool.unique_job_id(name, own_inbox_name=name)
+    path = spool.inbox / name
+    lines = count_lines(path)[1]
+    os.rename(path, spool.archived_input(job))
+    fsync_dir(spool.done)
+    fsync_dir(spool.inbox)
+    now = time.time()
+    Checkpoint(job=job, status=JobState.CANCELLED, input_name=name, total_lines=lines, created_at=now,
+               finished_at=now, message="cancelled while queued").save(spool.checkpoint(job))
 
 
 def retry(spool: Spool, job: str) -> tuple[str, int]:

@@ -18,6 +18,7 @@ from spoolbatch.config import Config
 from spoolbatch.errors import BadLines, InputError, LimitExceeded
 from spoolbatch.format.lines import BadLine, LineParser
 from spoolbatch.format.preflight import check_file, count_lines
+from spoolbatch.store.batches import BatchRecord, BatchSpec
 from spoolbatch.store.checkpoint import Checkpoint
 from spoolbatch.store.fsutil import atomic_write, atomic_writer
 from spoolbatch.store.jobstate import JobState
@@ -48,6 +49,7 @@ class Submitted:
     validation: Validation | None = None
     estimate_seconds: float | None = None
     estimate_basis: str = ""
+    rejected: bool = False  # refused whole for bad lines (``reject_bad_lines``): a failed batch
 
 
 def validate(path: Path, config: Config) -> Validation:
@@ -107,7 +109,11 @@ def _parts(f: BinaryIO, max_lines: int, max_bytes: int) -> Iterator[list[bytes]]
 
 def _place(spool: Spool, job: str, write: Iterator[bytes] | list[bytes]) -> None:
     """Write the job into a dotfile in the inbox, fsync, rename into place."""
-    with atomic_writer(spool.inbox / f"{job}.jsonl") as out:
+    _place_at(spool.inbox / f"{job}.jsonl", write)
+
+
+def _place_at(target: Path, write: Iterator[bytes] | list[bytes]) -> None:
+    with atomic_writer(target) as out:
         for chunk in write:
             out.write(chunk)
 
@@ -137,8 +143,13 @@ def estimate(spool: Spool, validation: Validation) -> tuple[float | None, str]:
 
 
 def submit(path: Path, config: Config, *, name: str | None = None, split: bool = False,
-           allow_bad_lines: bool = False) -> Submitted:
-    """Validate ``path`` and place it in the inbox (or its parts, with ``split``)."""
+           allow_bad_lines: bool = False, batch: BatchSpec | None = None, reject_bad_lines: bool = False) -> Submitted:
+    """Validate ``path`` and place it in the inbox (or its parts, with ``split``).
+
+    ``batch`` records the job's batch fields (window, metadata, endpoint) before it is placed.
+    A file with bad lines raises ``InputError``, or with ``reject_bad_lines`` (the HTTP API) is
+    recorded as a refused job, a failed batch whose errors name each bad line.
+    """
     spool = Spool(config.spool)
     spool.require()
     shown = str(path)
@@ -148,16 +159,22 @@ def submit(path: Path, config: Config, *, name: str | None = None, split: bool =
     facts = check_file(path, max_bytes=limit, max_requests=(1 << 62) if split else config.max_requests_per_job,
                        name=shown)
     result = validate(path, config)
+    base = name or path.name
     if result.bad_count and not allow_bad_lines:
+        if reject_bad_lines:
+            return _reject(spool, path, base, result, batch or BatchSpec())
         raise BadLines(shown, [(b.line, b.code, b.message) for b in result.bad], result.bad_count,
                        hint="fix the lines, or pass --allow-bad-lines to send them to deadletter")
     if not result.requests:
         raise InputError("the file holds no valid request", path=shown, code="no_requests")
-    base = name or path.name
+    if batch is not None and batch.endpoint and result.url and batch.endpoint != result.url:
+        raise InputError(f"the endpoint {batch.endpoint!r} does not match the lines' url {result.url!r}",
+                         path=shown, code="endpoint_mismatch")
     with spool.claim_lock():
         if not split or (facts.lines <= config.max_requests_per_job and facts.size <= config.max_job_bytes):
             _check_queue(spool, config, 1, facts.lines, shown)
             job = spool.unique_job_id(base)
+            _record(spool, job, batch, allow_bad_lines, result)
             _place(spool, job, _copy(path))
             seconds, basis = estimate(spool, result)
             return Submitted([job], result.requests, validation=result, estimate_seconds=seconds,
@@ -171,6 +188,7 @@ def submit(path: Path, config: Config, *, name: str | None = None, split: bool =
             for i, part in enumerate(_parts(f, config.max_requests_per_job, config.max_job_bytes), start=1):
                 job = spool.unique_job_id(f"{sanitize_job_id(group)}.part{i:03d}", taken)
                 taken.add(job)
+                _record(spool, job, batch, allow_bad_lines, None)
                 _place(spool, job, part)
                 jobs.append(job)
         atomic_write(spool.group(group), orjson.dumps({"group": group, "source": path.name, "jobs": jobs,
@@ -178,6 +196,31 @@ def submit(path: Path, config: Config, *, name: str | None = None, split: bool =
     seconds, basis = estimate(spool, result)
     return Submitted(jobs, result.requests, group=group, validation=result, estimate_seconds=seconds,
                      estimate_basis=basis)
+
+
+def _record(spool: Spool, job: str, batch: BatchSpec | None, allow_bad_lines: bool,
+            result: Validation | None) -> None:
+    """Write the batch record before the job is placed: a worker that claims it finds its window."""
+    if batch is not None:
+        spool.ensure_api_dirs()
+        BatchRecord.new(job, batch, allow_bad_lines=allow_bad_lines, requests=result.requests if result else 0,
+                        model=result.model if result else None).save(spool)
+
+
+def _reject(spool: Spool, path: Path, base: str, result: Validation, batch: BatchSpec) -> Submitted:
+    """Record a file with bad lines as refused whole: a failed batch whose errors name the lines."""
+    errors = [{"code": b.code, "line": b.line, "message": b.message, "param": None} for b in result.bad]
+    reason = f"{result.bad_count:,} line(s) failed validation (first: line {result.bad[0].line}: " \
+             f"{result.bad[0].message})"
+    with spool.claim_lock():
+        job = spool.unique_job_id(base)
+        spool.ensure_api_dirs()
+        BatchRecord.new(job, batch, errors=errors, requests=result.requests + result.bad_count,
+                        model=result.model).save(spool)
+        _place_at(spool.rejected_file(job), _copy(path))
+        spool.write_rejection(job, path.name, "invalid_lines", reason,
+                              "fix the lines, or create the batch with allow_bad_lines")
+    return Submitted([job], result.requests, validation=result, rejected=True)
 
 
 def write_job(spool: Spool, name: str, lines: list[bytes]) -> str:

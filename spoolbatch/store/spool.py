@@ -21,9 +21,12 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from spoolbatch.errors import SpoolError
-from spoolbatch.store.fsutil import atomic_write, fsync_dir
+from spoolbatch.store.fsutil import atomic_write, fsync_dir, unique_suffix
 
 DIRS = ("inbox", "active", "done", "deadletter", "rejected", "logs", "workers", "control", "groups")
+# The HTTP API's own folders: uploaded files, batch records, the webhook outbox. `init` makes them;
+# a spool made before they existed gets them from ``ensure_api_dirs`` (they are not required).
+API_DIRS = ("files", "batches", "outbox")
 IGNORED_SUFFIXES = (".tmp", ".part")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_ID_LEN = 100
@@ -86,6 +89,9 @@ class Spool:
         self.workers: Path
         self.control: Path
         self.groups: Path
+        self.files = self.root / "files"
+        self.batches = self.root / "batches"
+        self.outbox = self.root / "outbox"
         self.heartbeat = self.root / "heartbeat"
         self.metrics = self.root / "metrics.prom"
         self.config_file = self.root / "config.toml"
@@ -97,10 +103,15 @@ class Spool:
         old = os.umask(0o077)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            for name in DIRS:
+            for name in DIRS + API_DIRS:
                 (self.root / name).mkdir(exist_ok=True)
         finally:
             os.umask(old)
+
+    def ensure_api_dirs(self) -> None:
+        """Create the HTTP API's folders in a spool made before they existed (private, idempotent)."""
+        for name in API_DIRS:
+            (self.root / name).mkdir(mode=0o700, exist_ok=True)
 
     def exists(self) -> bool:
         """True when ``init`` has been run here."""
@@ -158,6 +169,30 @@ class Spool:
     def cancel_marker(self, job: str) -> Path:
         """Present while a cancel of a running job is pending."""
         return self.control / f"{job}.cancel"
+
+    def batch_record(self, job: str) -> Path:
+        """The batch record of ``job`` (its API fields: window, metadata, input file)."""
+        return self.batches / f"{job}.json"
+
+    def file_content(self, file_id: str) -> Path:
+        """The bytes of an uploaded file."""
+        return self.files / f"{file_id}.jsonl"
+
+    def file_meta(self, file_id: str) -> Path:
+        """The record of an uploaded file; written last, so a file exists once it does."""
+        return self.files / f"{file_id}.json"
+
+    def file_upload_tmp(self) -> Path:
+        """A fresh temporary name for an upload in progress (ignored, and swept when stale)."""
+        return self.files / f".upload.{unique_suffix()}.tmp"
+
+    def outbox_entry(self, name: str) -> Path:
+        """One pending (or finished) webhook delivery."""
+        return self.outbox / f"{name}.json"
+
+    def outbox_lock(self, name: str) -> Path:
+        """Held by the process sending ``name`` right now."""
+        return self.outbox / f"{name}.lock"
 
     def group(self, name: str) -> Path:
         """The manifest of a group of jobs made by `submit --split`."""

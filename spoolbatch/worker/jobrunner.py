@@ -25,6 +25,7 @@ from spoolbatch.errors import InputError
 from spoolbatch.format.lines import BadLine, LineParser, deadletter_line, failed_request, id_hash, result_line
 from spoolbatch.format.preflight import check_file
 from spoolbatch.format.types import Request
+from spoolbatch.store.batches import stop_state
 from spoolbatch.store.checkpoint import Checkpoint
 from spoolbatch.store.fsutil import AppendFile, fsync_dir
 from spoolbatch.store.idset import IdSet
@@ -163,7 +164,7 @@ class JobRunner:
             if ckpt is None:
                 return None
             ckpt = self._merge_locked(job, ckpt)
-            if ckpt.status in FINAL or sp.cancel_marker(job).exists():
+            if ckpt.status in FINAL or stop_state(sp, job) is not None:
                 return None
             area = self.area(job)
             plan = area.plan()
@@ -280,9 +281,10 @@ class JobRunner:
             self.log(job)(f"completed: {ckpt.requests_done:,} answered, {ckpt.requests_failed:,} in deadletter, "
                           f"{ckpt.total_tokens:,} tokens in {ckpt.busy_seconds:.1f}s of engine time")
             self._finish(job, ckpt, JobState.COMPLETED)
-        elif sp.cancel_marker(job).exists() and not self._in_flight(job, ckpt, plan):
-            self.log(job)(f"cancelled at a chunk boundary (line {ckpt.lines_consumed:,}); checkpoint kept")
-            self._finish(job, ckpt, JobState.CANCELLED)
+        elif (stop := stop_state(sp, job)) is not None and not self._in_flight(job, ckpt, plan):
+            why = "cancelled" if stop == JobState.CANCELLED else "expired (its completion window passed)"
+            self.log(job)(f"{why} at a chunk boundary (line {ckpt.lines_consumed:,}); checkpoint kept")
+            self._finish(job, ckpt, stop)
         return ckpt
 
     def _seen_for(self, job: str, ckpt: Checkpoint) -> IdSet:

@@ -1,0 +1,79 @@
+"""Errors in OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``; never a traceback."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from spoolbatch.errors import InputError, JobNotFound, LimitExceeded, SpoolbatchError
+
+log = logging.getLogger("spoolbatch.serve")
+QUEUE_LIMITS = ("queued jobs", "queued requests")
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
+          405: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error", 500: "server_error"}
+
+
+class ApiError(Exception):
+    """An answer other than 2xx, rendered in OpenAI's error shape."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+
+    def response(self) -> JSONResponse:
+        """The JSON response."""
+        return error_response(self.status, self.message, param=self.param, code=self.code)
+
+
+def error_response(status: int, message: str, *, param: str | None = None, code: str | None = None) -> JSONResponse:
+    """An OpenAI-shaped error response."""
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse({"error": {"message": message, "type": _TYPES.get(status, "invalid_request_error"),
+                                   "param": param, "code": code}}, status_code=status, headers=headers)
+
+
+def from_library(exc: SpoolbatchError, param: str | None = None) -> ApiError:
+    """The HTTP answer to an error the library raised."""
+    if isinstance(exc, JobNotFound):
+        return ApiError(404, f"No batch found with id 'batch_{exc.job}'.", param="batch_id", code="not_found")
+    if isinstance(exc, LimitExceeded) and exc.limit in QUEUE_LIMITS:
+        return ApiError(429, exc.reason + (f"; {exc.hint}" if exc.hint else ""), code="queue_full")
+    if isinstance(exc, InputError):
+        return ApiError(400, exc.reason, param=param, code=exc.code)
+    return ApiError(400, exc.message, param=param, code="invalid_request")
+
+
+def install(app: FastAPI) -> None:
+    """Route every failure through the OpenAI error shape."""
+
+    @app.exception_handler(ApiError)
+    async def _api(request: Request, exc: ApiError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(SpoolbatchError)
+    async def _library(request: Request, exc: SpoolbatchError) -> JSONResponse:
+        return from_library(exc).response()
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        message = "Not found." if exc.status_code == 404 else str(exc.detail)
+        return error_response(exc.status_code, message, code="not_found" if exc.status_code == 404 else None)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+        return error_response(400, f"invalid {'.'.join(where) or 'request'}: {first.get('msg', 'bad value')}",
+                              param=".".join(where) or None, code="invalid_request")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unexpected error on %s %s: %r", request.method, request.url.path, exc)
+        return error_response(500, "The server had an error while processing your request.", code="server_error")

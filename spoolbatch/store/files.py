@@ -1,0 +1,130 @@
+"""Uploaded files (the OpenAI Files API): content and a record, both private to the user.
+
+An upload streams into a temporary name in ``files/``; ``commit`` renames it into place and
+then writes the record, which is what makes the file exist: a crash before that leaves only a
+temporary that ``sweep`` removes. The output and error files of a batch are virtual: their ids
+(``file-output-JOB``, ``file-errors-JOB``, and ``file-input-JOB`` for a job dropped with `cp`) name
+the job whose lines they stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from spoolbatch.store.fsutil import atomic_write, fsync_dir
+from spoolbatch.store.spool import Spool, sanitize_job_id
+
+UPLOAD_ID = re.compile(r"file-[0-9a-f]{24}")
+VIRTUAL_ID = re.compile(r"file-(input|output|errors)-([A-Za-z0-9][A-Za-z0-9._-]{0,99})")
+STALE_UPLOAD_SECONDS = 6 * 3600
+
+
+def new_file_id() -> str:
+    """A fresh upload id."""
+    return f"file-{secrets.token_hex(12)}"
+
+
+def input_file_id(job: str) -> str:
+    """The id of the virtual file holding the input of a job that was not uploaded (`cp`, `submit`)."""
+    return f"file-input-{job}"
+
+
+def output_file_id(job: str) -> str:
+    """The id of the virtual file holding ``job``'s results."""
+    return f"file-output-{job}"
+
+
+def error_file_id(job: str) -> str:
+    """The id of the virtual file holding ``job``'s error lines."""
+    return f"file-errors-{job}"
+
+
+def parse_file_id(file_id: str) -> tuple[str, str] | None:
+    """("upload", id), ("input"|"output"|"errors", job), or None when the id is not one of ours."""
+    if UPLOAD_ID.fullmatch(file_id):
+        return "upload", file_id
+    m = VIRTUAL_ID.fullmatch(file_id)
+    if m and sanitize_job_id(m.group(2)) == m.group(2):
+        return m.group(1), m.group(2)
+    return None
+
+
+@dataclass(slots=True)
+class FileRecord:
+    """One uploaded file, in OpenAI's terms."""
+
+    id: str
+    filename: str
+    bytes: int
+    lines: int
+    purpose: str = "batch"
+    created_at: float = 0.0
+
+    def to_openai(self) -> dict[str, Any]:
+        """The OpenAI file object."""
+        return {"id": self.id, "object": "file", "bytes": self.bytes, "created_at": int(self.created_at),
+                "filename": self.filename, "purpose": self.purpose, "status": "processed",
+                "expires_at": None, "status_details": None}
+
+    @classmethod
+    def load(cls, spool: Spool, file_id: str) -> FileRecord | None:
+        """The record of an uploaded file, or None."""
+        try:
+            data = orjson.loads(spool.file_meta(file_id).read_bytes())
+        except (FileNotFoundError, NotADirectoryError, orjson.JSONDecodeError):
+            return None
+        return cls(**{k: data[k] for k in ("id", "filename", "bytes", "lines", "purpose", "created_at")})
+
+
+def commit(spool: Spool, tmp: Path, record: FileRecord) -> None:
+    """Move a finished upload into place (content first, record last)."""
+    os.replace(tmp, spool.file_content(record.id))
+    fsync_dir(spool.files)
+    atomic_write(spool.file_meta(record.id), orjson.dumps(asdict(record)))
+
+
+def list_files(spool: Spool) -> list[FileRecord]:
+    """Every uploaded file, newest first."""
+    out = []
+    with contextlib.suppress(FileNotFoundError):
+        for path in spool.files.glob("file-*.json"):
+            record = FileRecord.load(spool, path.name[: -len(".json")])
+            if record is not None:
+                out.append(record)
+    out.sort(key=lambda r: (r.created_at, r.id), reverse=True)
+    return out
+
+
+def delete(spool: Spool, file_id: str) -> bool:
+    """Remove an upload (record first, so it stops existing at once); False when there was none."""
+    try:
+        os.unlink(spool.file_meta(file_id))
+    except FileNotFoundError:
+        return False
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(spool.file_content(file_id))
+    fsync_dir(spool.files)
+    return True
+
+
+def sweep(spool: Spool, now: float | None = None, older_than: float = STALE_UPLOAD_SECONDS) -> int:
+    """Remove uploads a killed server left half-written, and content without a record."""
+    now = time.time() if now is None else now
+    removed = 0
+    with contextlib.suppress(FileNotFoundError):
+        for path in spool.files.iterdir():
+            orphan = path.name.endswith(".jsonl") and not spool.file_meta(path.name[: -len(".jsonl")]).exists()
+            if (path.name.startswith(".upload.") or orphan) and now - path.lstat().st_mtime > older_than:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed += 1
+    return removed
