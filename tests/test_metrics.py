@@ -115,3 +115,37 @@ def test_failed_write_leaves_the_old_file_and_no_temp(tmp_path: Path, monkeypatc
         write_metrics(path, sample())
     assert path.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["spoolbatch.prom"]
+
+
+def test_the_metrics_file_agrees_with_the_spool_right_after_a_job_completes(tmp_path: Path) -> None:
+    from spoolbatch.config import load_config
+    from spoolbatch.store.checkpoint import Checkpoint
+    from spoolbatch.store.jobstate import JobState
+    from spoolbatch.store.spool import Spool
+    from spoolbatch.worker.daemon import Daemon
+
+    from .conftest import chat_line, drop
+
+    spool = Spool(tmp_path / "spool")
+    spool.init()
+    config = load_config(spool.root, env={}, engine="fake", chunk_size=10, settle_seconds=0, poll_interval=0.1,
+                         heartbeat_interval=60)  # no beat comes between the steps below: only the job changes
+    drop(spool, "first.jsonl", [chat_line(i) for i in range(25)])
+    drop(spool, "second.jsonl", [chat_line(i) for i in range(5)])
+    daemon = Daemon(config, echo=False)
+    daemon.totals.sample(spool, {})  # the 30 s job count is fresh: only a state change may recount it
+    path = spool.worker_metrics(daemon.heartbeat.id)
+
+    def jobs() -> dict[str, float]:
+        values = parse(path.read_text())
+        return {dict(k[1])["state"]: v for k, v in values.items() if k[0] == "spoolbatch_jobs"}
+
+    assert daemon.loop_once().worked  # claims "first" (the older) and answers its first chunk
+    assert (jobs()["queued"], jobs()["running"], jobs()["completed"]) == (1, 1, 0)
+    while (ckpt := Checkpoint.load(spool.checkpoint("first"))) is None or ckpt.status != JobState.COMPLETED:
+        assert daemon.loop_once().worked
+    assert (jobs()["queued"], jobs()["running"], jobs()["completed"]) == (1, 0, 1), "right after it completed"
+    assert parse(path.read_text())[("spoolbatch_requests_done_total", (("worker", daemon.heartbeat.id),))] == 25
+    while daemon.loop_once().worked:
+        pass
+    assert (jobs()["queued"], jobs()["running"], jobs()["completed"]) == (0, 0, 2)

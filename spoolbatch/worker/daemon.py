@@ -8,6 +8,7 @@ already handed to the engine (the look-ahead) is finished before the daemon leav
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from collections.abc import Callable
@@ -63,6 +64,7 @@ class Daemon:
         self.guard = GpuGuard(gpu or GpuMonitor(), config, self.heartbeat, self._stop,
                               reserved_pct=self._reserved_pct, log=self.log)
         self.totals = Totals()
+        self._metrics_lock = threading.Lock()  # the heartbeat thread and the loop both write the file
         self.runner = JobRunner(self.spool, config, self.executor, worker=self.heartbeat.id, echo=echo)
         self._ahead: PreparedChunk | None = None  # the next chunk, already handed to the engine
         self.heartbeat.on_beat.append(self._on_beat)
@@ -75,7 +77,19 @@ class Daemon:
     def _on_beat(self, beat: dict[str, object]) -> None:
         """Every heartbeat: feed the systemd watchdog and rewrite the metrics file."""
         sdnotify.watchdog()
-        write_metrics(self.spool.worker_metrics(self.heartbeat.id), self.totals.sample(self.spool, beat))
+        self._write_metrics(beat)
+
+    def _write_metrics(self, beat: dict[str, object] | None = None) -> None:
+        with self._metrics_lock:
+            sample = self.totals.sample(self.spool, beat if beat is not None else self.heartbeat.snapshot())
+            write_metrics(self.spool.worker_metrics(self.heartbeat.id), sample)
+
+    def _jobs_changed(self) -> None:
+        """This worker changed a job's state (claimed, finished, cancelled, refused it): recount the
+        jobs and rewrite the metrics file now, so it never shows a finished job as queued."""
+        self.totals.jobs_changed()
+        with contextlib.suppress(Exception):  # best effort, as on every beat: the next one tries again
+            self._write_metrics()
 
     # --- signals --------------------------------------------------------------------------
     def request_stop(self, *_: object) -> None:
@@ -133,8 +147,7 @@ class Daemon:
             if chunk is not None:
                 return chunk, 0
         while model is None and not self._stop.is_set():
-            claim, settling = self.spool.claim_inbox(
-                self.config.settle_seconds, on_refused=lambda job, why: self.log(f"refused {job}: {why}"))
+            claim, settling = self.spool.claim_inbox(self.config.settle_seconds, on_refused=self._refused)
             if claim is None:
                 # Another worker may have moved a job from the inbox to active/ between the listing
                 # above and this scan: help with it now (a `--once` worker would otherwise leave).
@@ -142,11 +155,17 @@ class Daemon:
                     if job not in tried and (chunk := self.runner.claim_chunk(job, size)) is not None:
                         return chunk, settling
                 return None, settling
-            if self.runner.setup(claim) is not None:
+            ready = self.runner.setup(claim)
+            self._jobs_changed()
+            if ready is not None:
                 chunk = self.runner.claim_chunk(claim.job, size)
                 if chunk is not None:
                     return chunk, settling
         return None, 0
+
+    def _refused(self, job: str, why: str) -> None:
+        self.log(f"refused {job}: {why}")
+        self._jobs_changed()
 
     def _look_ahead(self, current: PreparedChunk) -> None:
         """Claim and submit the next chunk of the same model while the current one is answered.
@@ -179,6 +198,8 @@ class Daemon:
             ckpt = self.runner.merge(job)
             if ckpt is not None:
                 self._progress(ckpt, summary)
+                if ckpt.status in FINAL:
+                    self._jobs_changed()
             if self._stop.is_set() and ckpt is not None and ckpt.status not in FINAL:
                 self.runner.log(job)(f"stopping at a chunk boundary (line {ckpt.lines_consumed:,}); "
                                      "the job resumes later")

@@ -25,7 +25,9 @@ class Totals:
     completion_tokens: int = 0
     last_rps: float | None = None
     last_tps: float | None = None
-    _jobs: dict[str, int] = field(default_factory=dict)  # jobs by status, refreshed every JOB_COUNT_SECONDS
+    # Jobs by status: recounted every JOB_COUNT_SECONDS (it reads every checkpoint), and at once
+    # after this worker changes a job's state (jobs_changed).
+    _jobs: dict[str, int] = field(default_factory=dict)
     _jobs_at: float = float("-inf")
 
     def add(self, report: PartSummary) -> None:
@@ -37,6 +39,10 @@ class Totals:
         if report.seconds > 0:
             self.last_rps = report.lines / report.seconds
             self.last_tps = report.completion_tokens / report.seconds
+
+    def jobs_changed(self) -> None:
+        """A job changed state: the next sample recounts the jobs instead of reusing the last count."""
+        self._jobs_at = float("-inf")
 
     def sample(self, spool: Spool, beat: dict[str, Any]) -> MetricsSample:
         """A metrics sample from these counters, the spool's jobs and the heartbeat's GPU figures."""
