@@ -32,6 +32,8 @@ class EngineSettings:
     dtype: str = "auto"
     cpu_kvcache_gib: int = 1
     model_dir: str | None = None
+    tool_call_parser: str | None = None  # vLLM's --tool-call-parser name, for tool_choice "auto"
+    reasoning_parser: str | None = None  # vLLM's --reasoning-parser name: reasoning split from content
 
 
 _ENGINE = EngineSettings()
@@ -103,6 +105,8 @@ class Config:
     dtype: str = _ENGINE.dtype
     cpu_kvcache_gib: int = _ENGINE.cpu_kvcache_gib
     model_dir: str | None = _ENGINE.model_dir
+    tool_call_parser: str | None = _ENGINE.tool_call_parser
+    reasoning_parser: str | None = _ENGINE.reasoning_parser
     ray_address: str = "auto"  # --engine ray: a cluster address, "auto" (a running one, else local), "local"
     ray_concurrency: int = 1  # --engine ray: vLLM replicas, one GPU each on a GPU cluster
     api_keys: tuple[str, ...] = ()  # `serve`: Bearer keys (SPOOLBATCH_API_KEYS: comma-separated)

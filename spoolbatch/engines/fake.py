@@ -17,7 +17,8 @@ from typing import Any
 
 import orjson
 
-from spoolbatch.format.bodies import Choice, chat_completion, embedding_list, text_completion
+from spoolbatch.format import tools as fn_tools
+from spoolbatch.format.bodies import Choice, chat_completion, embedding_list, text_completion, tool_call
 from spoolbatch.format.types import Outcome, Request
 from spoolbatch.format.validation import CHAT, EMBEDDINGS, SamplingSpec
 
@@ -51,6 +52,10 @@ def _prompt_text(spec: SamplingSpec) -> str:
 
 def _generate(spec: SamplingSpec, digest: bytes, index: int) -> Choice:
     """3 to 14 words picked by the request's digest; stops at a stop string or at max_tokens."""
+    if spec.tools and spec.tool_choice != fn_tools.NONE:
+        choice = _call_tools(spec, digest, index)
+        if choice is not None:
+            return choice
     if spec.json_schema is not None or spec.json_object:
         seed = digest[index % len(digest):] + digest[:index % len(digest)]
         text = orjson.dumps(_fake_json(spec.json_schema or {}, seed)).decode()
@@ -69,23 +74,58 @@ def _generate(spec: SamplingSpec, digest: bytes, index: int) -> Choice:
     return Choice(text=text, finish_reason=finish, completion_tokens=len(text.split()))
 
 
+def _call_tools(spec: SamplingSpec, digest: bytes, index: int) -> Choice | None:
+    """Deterministic calls valid against each tool's schema; ``auto`` calls on about half the digests.
+
+    A named function is called once (finish ``stop``, as OpenAI does for a forced function);
+    ``required`` and ``auto`` call one tool, or two when parallel calls are allowed and the
+    digest says so (finish ``tool_calls``).
+    """
+    b = digest[(index + 3) % len(digest)]
+    by_name = {t["function"]["name"]: t["function"] for t in spec.tools}
+    if spec.tool_choice == fn_tools.AUTO and b % 2:
+        return None
+    if spec.forced_tool and spec.tool_choice != fn_tools.REQUIRED:
+        names, finish = [str(spec.tool_choice)], "stop"
+    else:
+        ordered = list(by_name)
+        count = 2 if spec.parallel_tool_calls and b % 3 == 0 else 1
+        names, finish = [ordered[(b + k) % len(ordered)] for k in range(count)], "tool_calls"
+    calls, tokens = [], 0
+    for k, name in enumerate(names):
+        seed = digest[k:] + digest[:k]
+        arguments = orjson.dumps(_fake_json(by_name[name].get("parameters") or {"type": "object"}, seed)).decode()
+        calls.append(tool_call(f"call_{digest[:8].hex()}{index:02d}{k:02d}", name, arguments))
+        tokens += _tokens(arguments) + 1
+    return Choice(text="", finish_reason=finish, completion_tokens=tokens, tool_calls=calls)
+
+
 def _fake_json(schema: dict[str, Any], seed: bytes) -> Any:
-    """A value that satisfies simple JSON schemas (objects, arrays, scalars, enums)."""
+    """A value that satisfies simple JSON schemas (objects, arrays, scalars, enums, ranges, lengths)."""
     if "enum" in schema:
         return schema["enum"][seed[0] % len(schema["enum"])]
+    if "const" in schema:
+        return schema["const"]
     kind = schema.get("type", "object")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
     if kind == "object":
         props = schema.get("properties") or {}
         return {k: _fake_json(v, seed[1:] + seed[:1]) for k, v in props.items()}
     if kind == "array":
-        return [_fake_json(schema.get("items") or {"type": "string"}, seed)]
-    if kind == "integer":
-        return int(seed[0])
-    if kind == "number":
-        return seed[0] / 7
+        count = max(1, int(schema.get("minItems", 1)))
+        return [_fake_json(schema.get("items") or {"type": "string"}, seed) for _ in range(count)]
+    if kind in ("integer", "number"):
+        lo = schema.get("minimum", 0)
+        hi = schema.get("maximum", lo + 255)
+        value = lo + seed[0] % (int(hi - lo) + 1) if hi >= lo else lo
+        return int(value) if kind == "integer" else float(value)
     if kind == "boolean":
         return bool(seed[0] & 1)
-    return _WORDS[seed[0] % len(_WORDS)]
+    if kind == "null":
+        return None
+    word = _WORDS[seed[0] % len(_WORDS)]
+    return word[:schema["maxLength"]] if "maxLength" in schema else word
 
 
 def _embed(text: str) -> list[float]:

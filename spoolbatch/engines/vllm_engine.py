@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spoolbatch.config import EngineSettings
+from spoolbatch.engines.vllm_tools import needs_chat_path
 from spoolbatch.errors import EngineError, RequestError
 from spoolbatch.format import bodies
 from spoolbatch.format.types import Outcome, Request
@@ -83,6 +84,7 @@ class Ticket:
     requests: list[Request]
     outcomes: list[Outcome | None]
     waiting: dict[str, int] = field(default_factory=dict)  # engine request id -> index
+    prepared: dict[int, Any] = field(default_factory=dict)  # index -> vllm_tools.Prepared (chat path)
 
 
 class VllmEngine:
@@ -104,6 +106,7 @@ class VllmEngine:
         self._tickets = 0
         self._open: dict[str, int] = {}  # request id -> ticket, still in the engine
         self._finished: dict[str, Any] = {}  # finished outputs not collected yet
+        self._chat: Any = None  # vllm_tools.ChatTools for the loaded model, made on first use
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -191,6 +194,7 @@ class VllmEngine:
         self.abort()
         llm, self._llm = self._llm, None
         self._tokenizer = None
+        self._chat = None
         if llm is None:
             return
         with contextlib.suppress(Exception):
@@ -262,10 +266,17 @@ class VllmEngine:
                 continue
             rid = f"sb{ticket.number}-{i}"
             try:
-                ids = self._prompt_ids(request)
-                params = self.sampling_params(request, len(ids))
+                if request.spec.endpoint == CHAT and needs_chat_path(request.spec, self.settings.reasoning_parser):
+                    prepared = self.chat_tools().prepare(request)
+                    params = self.sampling_params(request, len(prepared.prompt_ids), overrides=prepared.overrides)
+                    prompt: Any = prepared.engine_input
+                    ticket.prepared[i] = prepared
+                else:
+                    ids = self._prompt_ids(request)
+                    params = self.sampling_params(request, len(ids))
+                    prompt = TokensPrompt(prompt_token_ids=ids)
                 params.output_kind = RequestOutputKind.FINAL_ONLY
-                self._llm.llm_engine.add_request(rid, TokensPrompt(prompt_token_ids=ids), params)
+                self._llm.llm_engine.add_request(rid, prompt, params)
             except RequestError as exc:
                 ticket.outcomes[i] = Outcome.fail(exc.code, str(exc))
                 continue
@@ -301,7 +312,8 @@ class VllmEngine:
         for rid, i in ticket.waiting.items():
             output = self._finished.pop(rid)
             try:
-                ticket.outcomes[i] = Outcome.ok(self._generation_body(ticket.requests[i], output, ticket.created))
+                ticket.outcomes[i] = Outcome.ok(self._generation_body(ticket.requests[i], output, ticket.created,
+                                                                      ticket.prepared.get(i)))
             except Exception as exc:  # a body we cannot build (odd logprobs) fails that request alone
                 ticket.outcomes[i] = Outcome.fail("internal_error", f"{type(exc).__name__}: {exc}")
         ticket.waiting.clear()
@@ -328,8 +340,20 @@ class VllmEngine:
             return list(ids)
         return list(self._tokenizer.encode(spec.prompt))
 
-    def sampling_params(self, request: Request, prompt_len: int) -> Any:
-        """The ``SamplingParams`` for ``request``; raise ``RequestError`` when it cannot be honoured."""
+    def chat_tools(self) -> Any:
+        """vLLM's request model, renderer and parsers for tools and reasoning (``vllm_tools``)."""
+        if self._chat is None:
+            from spoolbatch.engines.vllm_tools import ChatTools
+
+            self._chat = ChatTools.for_llm(self._llm, tool_call_parser=self.settings.tool_call_parser,
+                                   reasoning_parser=self.settings.reasoning_parser)
+        return self._chat
+
+    def sampling_params(self, request: Request, prompt_len: int, *, overrides: dict[str, Any] | None = None) -> Any:
+        """The ``SamplingParams`` for ``request``; raise ``RequestError`` when it cannot be honoured.
+
+        ``overrides`` are parameters vLLM's parser set (structured output for a forced tool call).
+        """
         from vllm import SamplingParams
 
         spec = request.spec
@@ -358,6 +382,7 @@ class VllmEngine:
             kwargs["structured_outputs"] = (StructuredOutputsParams(json=spec.json_schema)
                                             if spec.json_schema is not None
                                             else StructuredOutputsParams(json_object=True))
+        kwargs.update(overrides or {})
         try:
             return SamplingParams(**kwargs)
         except Exception as exc:
@@ -386,23 +411,29 @@ class VllmEngine:
             half = len(items) // 2
             return self._isolating(items[:half], call) + self._isolating(items[half:], call)
 
-    def _generation_body(self, request: Request, output: Any, created: int) -> dict[str, Any]:
+    def _generation_body(self, request: Request, output: Any, created: int, prepared: Any = None) -> dict[str, Any]:
         spec = request.spec
         chat = spec.endpoint == CHAT
         choices = []
-        for completion in output.outputs:
+        for index, completion in enumerate(output.outputs):
             logprobs = None
             if spec.logprobs:
                 logprobs = (self._chat_logprobs(completion, spec.top_logprobs) if chat
                             else self._legacy_logprobs(completion, spec.top_logprobs))
+            if prepared is not None:
+                choices.append(self.chat_tools().choice(request, prepared, completion, index, logprobs))
+                continue
             reason = "length" if completion.finish_reason == "length" else "stop"
             choices.append(bodies.Choice(text=completion.text, finish_reason=reason,
                                          completion_tokens=len(completion.token_ids), logprobs=logprobs))
         prompt_tokens = len(output.prompt_token_ids or ())
-        build = bodies.chat_completion if chat else bodies.text_completion
-        prefix = "chatcmpl-" if chat else "cmpl-"
-        return build(id=bodies.stable_id(prefix, spec.model, request.custom_id, str(request.line)),
-                     model=spec.model, created=created, choices=choices, prompt_tokens=prompt_tokens)
+        id = bodies.stable_id("chatcmpl-" if chat else "cmpl-", spec.model, request.custom_id, str(request.line))
+        if chat:
+            return bodies.chat_completion(id=id, model=spec.model, created=created, choices=choices,
+                                          prompt_tokens=prompt_tokens,
+                                          reasoning=prepared is not None and self.chat_tools().reasoning)
+        return bodies.text_completion(id=id, model=spec.model, created=created, choices=choices,
+                                      prompt_tokens=prompt_tokens)
 
     def _token_text(self, token_id: int, logprob: Any) -> str:
         text = getattr(logprob, "decoded_token", None)

@@ -28,24 +28,51 @@ class Choice:
     finish_reason: str
     completion_tokens: int
     logprobs: Any = None
+    tool_calls: list[dict[str, Any]] | None = None  # chat: [{id, type, function: {name, arguments}}]
+    reasoning: str | None = None  # chat: the reasoning text a reasoning parser split off
+    reasoning_tokens: int = 0
 
 
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+def tool_call(call_id: str, name: str, arguments: str) -> dict[str, Any]:
+    """One entry of ``message.tool_calls``: arguments are a JSON string, as OpenAI sends them."""
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def _usage(prompt_tokens: int, completion_tokens: int, reasoning_tokens: int | None = None) -> dict[str, Any]:
+    usage: dict[str, Any] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                             "total_tokens": prompt_tokens + completion_tokens}
+    if reasoning_tokens is not None:
+        usage["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
+    return usage
+
+
+def _message(c: Choice) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": c.text, "refusal": None}
+    if c.tool_calls:
+        message["tool_calls"] = c.tool_calls
+        if not c.text:
+            message["content"] = None  # OpenAI sends null content beside tool calls
+    if c.reasoning is not None:
+        message["reasoning"] = c.reasoning  # the field vLLM's server uses
+    return message
 
 
 # Plain loops, not comprehensions: these run once per answered request.
 def chat_completion(*, id: str, model: str, created: int, choices: Sequence[Choice],
-                    prompt_tokens: int) -> dict[str, Any]:
-    """A ``chat.completion`` object."""
-    out, completion_tokens = [], 0
+                    prompt_tokens: int, reasoning: bool = False) -> dict[str, Any]:
+    """A ``chat.completion`` object; ``reasoning`` adds ``usage.completion_tokens_details``."""
+    out, completion_tokens, reasoning_tokens = [], 0, 0
     for i, c in enumerate(choices):
-        out.append({"index": i, "message": {"role": "assistant", "content": c.text, "refusal": None},
-                    "logprobs": c.logprobs, "finish_reason": c.finish_reason})
+        if c.tool_calls is None and c.reasoning is None:
+            message = {"role": "assistant", "content": c.text, "refusal": None}
+        else:
+            message = _message(c)
+        out.append({"index": i, "message": message, "logprobs": c.logprobs, "finish_reason": c.finish_reason})
         completion_tokens += c.completion_tokens
+        reasoning_tokens += c.reasoning_tokens
     return {"id": id, "object": "chat.completion", "created": created, "model": model, "choices": out,
-            "usage": _usage(prompt_tokens, completion_tokens), "system_fingerprint": None}
+            "usage": _usage(prompt_tokens, completion_tokens, reasoning_tokens if reasoning else None),
+            "system_fingerprint": None}
 
 
 def text_completion(*, id: str, model: str, created: int, choices: Sequence[Choice],

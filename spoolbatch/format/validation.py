@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spoolbatch.errors import RequestError
+from spoolbatch.format import tools as fn_tools
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -23,12 +24,15 @@ _GENERATE = {"temperature", "top_p", "n", "stop", "seed", "presence_penalty",
              "frequency_penalty", "max_tokens", "logit_bias", "stream"}
 _ALLOWED = {
     CHAT: _METADATA | _GENERATE | {"messages", "max_completion_tokens", "logprobs",
-                                   "top_logprobs", "response_format", "stream_options"},
+                                   "top_logprobs", "response_format", "stream_options", "tools",
+                                   "tool_choice", "parallel_tool_calls", "reasoning_effort",
+                                   "chat_template_kwargs"},
     COMPLETIONS: _METADATA | _GENERATE | {"prompt", "logprobs", "echo", "best_of", "suffix"},
     EMBEDDINGS: _METADATA | {"input", "encoding_format", "dimensions"},
 }
 _ROLES = {"system", "developer", "user", "assistant", "tool"}
 _PLAIN_ROLES = {"system", "user", "assistant"}
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 
 
 @dataclass(slots=True)
@@ -54,6 +58,20 @@ class SamplingSpec:
     json_schema: dict[str, Any] | None = None
     json_object: bool = False
     encoding_format: str = "float"
+    # Function calling: the tools, and tool_choice as "none"/"auto"/"required" or a function name.
+    tools: tuple[dict[str, Any], ...] = ()
+    tool_choice: str | None = None
+    parallel_tool_calls: bool = True
+    reasoning_effort: str | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+    # True when the messages hold more than role + text (replayed tool calls, tool results):
+    # an engine renders them with its full chat renderer, not the plain fast path.
+    rich: bool = False
+
+    @property
+    def forced_tool(self) -> bool:
+        """True when the answer must be a tool call (``required`` or a named function)."""
+        return self.tool_choice is not None and self.tool_choice not in (fn_tools.NONE, fn_tools.AUTO)
 
 
 def _number(body: dict[str, Any], key: str, default: float, lo: float, hi: float) -> float:
@@ -95,7 +113,8 @@ def _text(content: Any, where: str) -> str:
     raise RequestError("invalid_type", f"{where}: 'content' must be a string or a list of text parts")
 
 
-def _messages(body: dict[str, Any]) -> tuple[dict[str, Any], ...]:
+def _messages(body: dict[str, Any]) -> tuple[tuple[dict[str, Any], ...], bool]:
+    """The messages, normalised, and whether any carries more than role and text."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise RequestError("missing_field", "'messages' must be a non-empty list")
@@ -104,8 +123,9 @@ def _messages(body: dict[str, Any]) -> tuple[dict[str, Any], ...]:
                 and message.get("role") in _PLAIN_ROLES):
             break
     else:
-        return tuple(messages)  # the common case: every message plain {"role", "content": str}
+        return tuple(messages), False  # the common case: every message plain {"role", "content": str}
     out = []
+    rich = False
     for i, message in enumerate(messages):
         if type(message) is dict and len(message) == 2 and type(message.get("content")) is str \
                 and message.get("role") in _PLAIN_ROLES:
@@ -116,11 +136,27 @@ def _messages(body: dict[str, Any]) -> tuple[dict[str, Any], ...]:
         role = message.get("role")
         if role not in _ROLES:
             raise RequestError("invalid_value", f"messages[{i}].role {role!r} is not one of {sorted(_ROLES)}")
-        if message.get("tool_calls") or message.get("function_call"):
-            raise RequestError("unsupported_parameter", f"messages[{i}]: tool calls are not supported")
+        if message.get("function_call"):
+            raise RequestError("unsupported_parameter", f"messages[{i}]: 'function_call' is deprecated and not "
+                               "supported; use 'tool_calls'")
+        where = f"messages[{i}]"
+        if role == "assistant" and message.get("tool_calls"):
+            content = message.get("content")
+            out.append({"role": "assistant", "content": "" if content is None else _text(content, where),
+                        "tool_calls": fn_tools.assistant_calls(message["tool_calls"], where)})
+            rich = True
+            continue
+        if role == "tool":
+            call_id = message.get("tool_call_id")
+            if not isinstance(call_id, str) or not call_id:
+                raise RequestError("missing_field", f"{where}: a tool message needs a string 'tool_call_id'")
+            out.append({"role": "tool", "content": _text(message.get("content", ""), where),
+                        "tool_call_id": call_id})
+            rich = True
+            continue
         out.append({"role": "system" if role == "developer" else role,
-                    "content": _text(message.get("content", ""), f"messages[{i}]")})
-    return tuple(out)
+                    "content": _text(message.get("content", ""), where)})
+    return tuple(out), rich
 
 
 def _stop(body: dict[str, Any]) -> tuple[str, ...]:
@@ -149,6 +185,28 @@ def _response_format(body: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]
             raise RequestError("invalid_value", "response_format.json_schema.schema must be an object")
         return schema, False
     raise RequestError("invalid_value", f"response_format.type {kind!r} is not one of text, json_object, json_schema")
+
+
+_CHAT_EXTRAS = frozenset({"tools", "tool_choice", "parallel_tool_calls", "reasoning_effort", "chat_template_kwargs"})
+
+
+def _chat_extras(body: dict[str, Any]) -> dict[str, Any]:
+    """Tools, reasoning effort and chat template arguments, checked (only when present)."""
+    defined = fn_tools.tools(body)
+    out: dict[str, Any] = {"tools": defined, "tool_choice": fn_tools.tool_choice(body, defined),
+                           "parallel_tool_calls": fn_tools.parallel(body)}
+    effort = body.get("reasoning_effort")
+    if effort is not None:
+        if effort not in REASONING_EFFORTS:
+            raise RequestError("invalid_value", f"'reasoning_effort' {effort!r} is not one of "
+                               f"{', '.join(REASONING_EFFORTS)}")
+        out["reasoning_effort"] = effort
+    kwargs = body.get("chat_template_kwargs")
+    if kwargs is not None:
+        if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+            raise RequestError("invalid_value", "'chat_template_kwargs' must be an object")
+        out["chat_template_kwargs"] = dict(kwargs)
+    return out
 
 
 def _embedding_inputs(body: dict[str, Any]) -> tuple[str, ...]:
@@ -199,8 +257,14 @@ def parse_spec(url: str, body: dict[str, Any]) -> SamplingSpec:
         if common.get("top_logprobs") and not logprobs:
             raise RequestError("invalid_value", "'top_logprobs' needs 'logprobs': true")
         schema, json_object = _response_format(body)
-        return SamplingSpec(messages=_messages(body), max_tokens=max_tokens, logprobs=logprobs,
-                            json_schema=schema, json_object=json_object, **common)
+        messages, rich = _messages(body)
+        extras = _chat_extras(body) if body.keys() & _CHAT_EXTRAS else {}
+        if extras.get("tool_choice") not in (None, fn_tools.NONE, fn_tools.AUTO) \
+                and (schema is not None or json_object):
+            raise RequestError("unsupported_parameter", "'response_format' cannot be combined with a "
+                               "'tool_choice' that forces a tool call (the call's arguments are the format)")
+        return SamplingSpec(messages=messages, max_tokens=max_tokens, logprobs=logprobs, rich=rich,
+                            json_schema=schema, json_object=json_object, **extras, **common)
     # completions
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):

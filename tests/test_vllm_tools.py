@@ -1,0 +1,184 @@
+"""Tools and reasoning on the real vLLM engine and through vLLM's own parser classes.
+
+Forced calls (a named function, ``required``) run on the tiny random model: structured
+output must make even gibberish weights give schema-valid arguments. ``auto`` tool parsing
+and reasoning separation run vLLM's real parsers (hermes, deepseek_r1, qwen3) on canned
+model outputs, with the tiny model's tokenizer plus the markup tokens those parsers look up.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from spoolbatch.format.types import Outcome, Request
+from spoolbatch.format.validation import CHAT, parse_spec
+
+pytestmark = pytest.mark.vllm
+
+# Bounded fields, so even a random model closes every call within the tiny context.
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 6},
+                                                    "days": {"type": "integer", "minimum": 0, "maximum": 9}},
+                   "required": ["city", "days"], "additionalProperties": False}}}
+PING = {"type": "function", "function": {"name": "ping",
+                                         "parameters": {"type": "object", "properties": {},
+                                                        "additionalProperties": False}}}
+USER = [{"role": "user", "content": "weather?"}]
+REPLAY = [*USER,
+          {"role": "assistant", "content": None, "tool_calls": [
+              {"id": "call_1", "type": "function",
+               "function": {"name": "get_weather", "arguments": '{"city": "Paris", "days": 1}'}}]},
+          {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]
+
+
+def chat(custom_id: str, line: int = 1, **body: Any) -> Request:
+    body = {"model": "tiny", "messages": USER, "max_tokens": 70, **body}
+    return Request(custom_id, line, CHAT, body, parse_spec(CHAT, body))
+
+
+def ok(outcome: Outcome) -> dict[str, Any]:
+    assert not outcome.failed, (outcome.error_code, outcome.error_message)
+    assert outcome.body is not None
+    return outcome.body
+
+
+def schema_valid(instance: Any, schema: dict[str, Any]) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(instance, schema)
+
+
+def test_forced_tool_calls_are_schema_valid(shared_vllm_engine: Any) -> None:
+    from openai.types.chat import ChatCompletion
+
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    requests = [chat("named", 1, tools=[WEATHER, PING], tool_choice=named),
+                chat("required", 2, tools=[WEATHER, PING], tool_choice="required", parallel_tool_calls=False),
+                chat("named-2", 3, messages=[{"role": "user", "content": "the quick brown fox"}],
+                     tools=[WEATHER], tool_choice=named)]
+    outcomes = shared_vllm_engine.run(requests)
+    for request, outcome in zip(requests, outcomes, strict=True):
+        choice = ChatCompletion.model_validate(ok(outcome)).choices[0]
+        assert choice.message.tool_calls, (request.custom_id, choice)
+        assert choice.finish_reason == ("tool_calls" if request.spec.tool_choice == "required" else "stop")
+        for call in choice.message.tool_calls:
+            assert call.type == "function" and call.id.startswith("call_")
+            tool = {"get_weather": WEATHER, "ping": PING}[call.function.name]
+            schema_valid(json.loads(call.function.arguments), tool["function"]["parameters"])
+        if request.spec.tool_choice == "get_weather":
+            assert [c.function.name for c in choice.message.tool_calls] == ["get_weather"]
+        else:
+            assert len(choice.message.tool_calls) == 1  # parallel_tool_calls false
+    again = shared_vllm_engine.run(requests[:1])  # a redone chunk writes the same call ids
+    assert ok(again[0])["choices"][0]["message"]["tool_calls"][0]["id"] \
+        == ok(outcomes[0])["choices"][0]["message"]["tool_calls"][0]["id"]
+
+
+def test_a_replayed_tool_conversation_is_answered(shared_vllm_engine: Any) -> None:
+    from openai.types.chat import ChatCompletion
+
+    (outcome,) = shared_vllm_engine.run([chat("replay", messages=REPLAY, tools=[WEATHER], tool_choice="none",
+                                              max_tokens=8)])
+    completion = ChatCompletion.model_validate(ok(outcome))
+    assert completion.choices[0].message.tool_calls is None
+    assert completion.usage is not None and completion.usage.completion_tokens > 0
+    # The replayed call and the tool result are in the prompt: longer than the question alone.
+    (plain,) = shared_vllm_engine.run([chat("plain", max_tokens=8)])
+    assert completion.usage.prompt_tokens > ok(plain)["usage"]["prompt_tokens"]
+
+
+def test_auto_without_a_tool_parser_is_refused_per_line(shared_vllm_engine: Any) -> None:
+    outcomes = shared_vllm_engine.run([chat("auto", tools=[WEATHER]), chat("fine", 2, max_tokens=4)])
+    assert outcomes[0].failed and outcomes[0].error_code == "tool_parser_missing"
+    assert "tool_call_parser" in (outcomes[0].error_message or "")
+    ok(outcomes[1])
+
+
+# --- vLLM's own parsers on canned outputs ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    tok.add_special_tokens({"additional_special_tokens": ["<tool_call>", "</tool_call>", "<think>", "</think>"]})
+    return tok
+
+
+def canned(tokenizer: Any, request: Request, text: str, *, tool_call_parser: str | None = None,
+           reasoning_parser: str | None = None) -> Any:
+    """What ``ChatTools`` makes of ``text`` as the model's finished output for ``request``."""
+    from spoolbatch.engines.vllm_tools import ChatTools, Prepared
+
+    tools = ChatTools(tokenizer, None, None, tool_call_parser=tool_call_parser, reasoning_parser=reasoning_parser)
+    prepared = Prepared(engine_input={}, prompt_ids=[], vrequest=tools._vllm_request(request.spec))
+    completion = SimpleNamespace(text=text, token_ids=tokenizer.encode(text, add_special_tokens=False),
+                                 finish_reason="stop")
+    return tools.choice(request, prepared, completion, 0, None)
+
+
+def test_auto_tool_calls_are_parsed_by_vllms_hermes_parser(tokenizer: Any) -> None:
+    from openai.types.chat import ChatCompletion
+
+    from spoolbatch.format import bodies
+
+    request = chat("auto", tools=[WEATHER, PING])
+    text = ('I will check. <tool_call>{"name": "get_weather", "arguments": {"city": "Paris", "days": 2}}</tool_call>'
+            '<tool_call>{"name": "ping", "arguments": {}}</tool_call>')
+    choice = canned(tokenizer, request, text, tool_call_parser="hermes")
+    assert choice.finish_reason == "tool_calls" and choice.text.strip() == "I will check."
+    assert [c["function"]["name"] for c in choice.tool_calls] == ["get_weather", "ping"]
+    assert json.loads(choice.tool_calls[0]["function"]["arguments"]) == {"city": "Paris", "days": 2}
+    body = bodies.chat_completion(id="chatcmpl-x", model="tiny", created=1, choices=[choice], prompt_tokens=3)
+    assert ChatCompletion.model_validate(body).choices[0].message.tool_calls[1].function.name == "ping"
+
+    plain = canned(tokenizer, request, "No tool needed.", tool_call_parser="hermes")
+    assert plain.tool_calls is None and plain.text == "No tool needed." and plain.finish_reason == "stop"
+
+
+@pytest.mark.parametrize("reasoning_parser", ["deepseek_r1", "qwen3"])
+def test_reasoning_is_split_by_vllms_parser(tokenizer: Any, reasoning_parser: str) -> None:
+    from openai.types.chat import ChatCompletion
+
+    from spoolbatch.format import bodies
+
+    choice = canned(tokenizer, chat("r"), "<think>The user wants weather.</think>It is sunny.",
+                    reasoning_parser=reasoning_parser)
+    assert choice.reasoning == "The user wants weather." and choice.text == "It is sunny."
+    assert choice.tool_calls is None and 0 < choice.reasoning_tokens < choice.completion_tokens
+    body = bodies.chat_completion(id="chatcmpl-x", model="tiny", created=1, choices=[choice], prompt_tokens=3,
+                                  reasoning=True)
+    completion = ChatCompletion.model_validate(body)
+    assert completion.choices[0].message.reasoning == "The user wants weather."  # type: ignore[attr-defined]
+    assert completion.usage is not None and completion.usage.completion_tokens_details is not None
+    assert completion.usage.completion_tokens_details.reasoning_tokens == choice.reasoning_tokens
+
+    both = canned(tokenizer, chat("t", tools=[WEATHER]),
+                  '<think>Need a tool.</think><tool_call>{"name": "get_weather", '
+                  '"arguments": {"city": "Oslo", "days": 1}}</tool_call>',
+                  tool_call_parser="hermes", reasoning_parser=reasoning_parser)
+    assert both.reasoning == "Need a tool." and both.tool_calls and both.finish_reason == "tool_calls"
+
+
+def test_reasoning_effort_and_template_kwargs_reach_the_template(tokenizer: Any) -> None:
+    from spoolbatch.engines.vllm_tools import ChatTools
+
+    seen: dict[str, Any] = {}
+
+    def render(messages: list[dict[str, Any]], *, tools: Any, chat_template_kwargs: dict[str, Any]) -> dict[str, Any]:
+        seen.update(chat_template_kwargs, tools=tools, messages=messages)
+        return {"prompt_token_ids": [1, 2, 3]}
+
+    tools = ChatTools(tokenizer, None, render, tool_call_parser=None, reasoning_parser="qwen3")
+    request = chat("k", messages=REPLAY, tools=[WEATHER], tool_choice="none", reasoning_effort="low",
+                   chat_template_kwargs={"custom_flag": 7})
+    prepared = tools.prepare(request)
+    assert prepared.prompt_ids == [1, 2, 3]
+    assert seen["reasoning_effort"] == "low" and seen["enable_thinking"] is True and seen["custom_flag"] == 7
+    assert seen["tools"] == [WEATHER] and seen["messages"][2]["tool_call_id"] == "call_1"
+    assert request.spec.messages[1]["tool_calls"][0]["function"]["arguments"].startswith("{")  # not mutated
