@@ -233,6 +233,10 @@ def _render_status(data: dict[str, Any]) -> list[Any]:
         elif gpu:
             lines.append(f"  GPU: {gpu.get('reason') or 'none'}")
     lines.append(f"queue: {data['queue']['jobs']} job(s) waiting")
+    disk = data.get("disk")
+    if disk:
+        lines.append(f"disk: the spool uses {_bytes(disk['used_bytes'])} in {disk['files']:,} files; "
+                     f"{_bytes(disk['free_bytes'])} free of {_bytes(disk['total_bytes'])}")
     lines.append(_status_table(data))
     return lines
 
@@ -419,6 +423,42 @@ def serve(
     except ImportError as exc:
         raise ConfigError(f"serve needs its extra: pip install 'spoolbatch[serve]' ({exc.name} is missing)") from None
     do_serve(config, host, port)
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+@app.command()
+@handles_errors
+def gc(
+    spool: SpoolOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would go; remove nothing.")] = False,
+    older_than: Annotated[float | None, typer.Option(
+        "--older-than", help="Remove finished jobs older than D days (default: retention_days, 30).")] = None,
+    json: JsonOpt = False,
+) -> None:
+    """Remove finished jobs past their retention, and dead workers' files, stale temporaries, orphans."""
+    from spoolbatch.commands.gc import gc as do_gc
+
+    if older_than is not None and older_than < 0:
+        raise ConfigError("--older-than must not be negative")
+    report = do_gc(_config(spool), older_than_days=older_than, dry_run=dry_run)
+    if json:
+        _json(report.to_dict())
+        return
+    verb = "would remove" if dry_run else "removed"
+    for r in report.removed:
+        detail = f" ({r.detail})" if r.detail else ""
+        out.print(f"{verb} {r.kind.value} {r.name}{detail}: {r.files} file(s), {_bytes(r.bytes)}", markup=False)
+    for job in report.skipped:
+        out.print(f"skipped job {job}: busy now, the next gc has it", markup=False)
+    freed = "would free" if dry_run else "freed"
+    out.print(f"{verb} {len(report.removed)} item(s), {freed} {_bytes(report.bytes_freed)}")
 
 
 def main() -> None:

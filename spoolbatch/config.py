@@ -111,6 +111,15 @@ class Config:
     ray_concurrency: int = 1  # --engine ray: vLLM replicas, one GPU each on a GPU cluster
     api_keys: tuple[str, ...] = ()  # `serve`: Bearer keys (SPOOLBATCH_API_KEYS: comma-separated)
     webhooks: tuple[Webhook, ...] = ()  # `serve`: [[webhooks]] tables in config.toml
+    # Months unattended: retention, clean-up, logs, disk.
+    retention_days: float = 30.0  # finished jobs' files are kept this long (`gc`, and the daemon hourly)
+    gc_interval: float = 3600.0  # seconds between the daemons' clean-ups (one worker at a time); 0: never
+    worker_grace_seconds: float = 86400.0  # a dead worker's heartbeat and metrics files stay this long
+    temp_grace_seconds: float = 86400.0  # a crashed write's temporary stays this long
+    log_max_bytes: int = 10 * 1024 * 1024  # the daemon log and each job log rotate past this; 0: no cap
+    log_keep: int = 3  # rotated parts kept (NAME.1 .. NAME.N)
+    daemon_log_file: bool | None = None  # logs/daemon.log; None: yes, except under systemd (the journal has it)
+    disk_min_free_bytes: int = 100 * 1024 * 1024  # no chunk starts with less free (or less than it will write)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def engine_settings(self) -> EngineSettings:
@@ -161,7 +170,9 @@ def _check(config: Config) -> Config:
     for name in positive:
         if getattr(config, name) < 1:
             raise ConfigError(f"setting {name!r} must be at least 1, got {getattr(config, name)}")
-    for name in ("poll_interval", "heartbeat_interval", "settle_seconds", "fake_latency"):
+    for name in ("poll_interval", "heartbeat_interval", "settle_seconds", "fake_latency", "retention_days",
+                 "gc_interval", "worker_grace_seconds", "temp_grace_seconds", "log_max_bytes", "log_keep",
+                 "disk_min_free_bytes"):
         if getattr(config, name) < 0:
             raise ConfigError(f"setting {name!r} must not be negative")
     if config.engine not in ENGINE_NAMES:

@@ -35,6 +35,16 @@ class SpoolError(SpoolbatchError):
     exit_code = 3
 
 
+class SpoolFormatError(SpoolError):
+    """The spool was laid out by a newer spoolbatch than this one (or its format file is unreadable)."""
+
+    def __init__(self, message: str, *, found: int | None = None, supported: int | None = None,
+                 hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.found = found
+        self.supported = supported
+
+
 class JobNotFound(SpoolbatchError):
     """A command named a job (or group) that the spool does not hold."""
 

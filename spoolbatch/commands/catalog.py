@@ -18,6 +18,7 @@ from spoolbatch.format.lines import error_line
 from spoolbatch.store.batches import BatchRecord, batch_id
 from spoolbatch.store.checkpoint import Checkpoint
 from spoolbatch.store.jobstate import JobState
+from spoolbatch.store.logfile import rotated_parts
 from spoolbatch.store.spool import InboxEntry, Spool, sanitize_job_id
 
 
@@ -226,10 +227,12 @@ def errors(spool: Spool, name: str) -> Iterator[bytes]:
 def log_lines(spool: Spool, job: str, tail: int | None = None) -> list[str]:
     """The per-job log, or its last ``tail`` lines."""
     spool.require()
-    try:
-        lines = spool.log(job).read_text(errors="replace").splitlines()
-    except FileNotFoundError:
-        if not spool.job_exists(job):
-            raise JobNotFound(job) from None
-        lines = []
+    lines: list[str] = []
+    found = False
+    for path in [*reversed(rotated_parts(spool.log(job))), spool.log(job)]:  # oldest first
+        with contextlib.suppress(FileNotFoundError):
+            lines += path.read_text(errors="replace").splitlines()
+            found = True
+    if not found and not spool.job_exists(job):
+        raise JobNotFound(job)
     return lines[-tail:] if tail else lines

@@ -21,6 +21,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from spoolbatch.errors import SpoolError
+from spoolbatch.store import formatversion
 from spoolbatch.store.fsutil import atomic_write, fsync_dir, unique_suffix
 
 DIRS = ("inbox", "active", "done", "deadletter", "rejected", "logs", "workers", "control", "groups")
@@ -95,11 +96,28 @@ class Spool:
         self.heartbeat = self.root / "heartbeat"
         self.metrics = self.root / "metrics.prom"
         self.config_file = self.root / "config.toml"
+        self.format_file = self.root / "spool.json"
+        self.gc_lock = self.root / ".gc.lock"
+        self.gc_stamp = self.root / ".gc.last"
         self._claim_lock = self.root / ".claim.lock"
 
     # --- layout ---------------------------------------------------------------------------
     def init(self) -> None:
-        """Create the layout (idempotent), private to the current user."""
+        """Create the layout (idempotent), private to the current user, and record its format.
+
+        An existing spool of an older format is upgraded; one of a newer format is refused.
+        """
+        fresh = not self.exists()
+        self.make_dirs()
+        if fresh and not self.format_file.exists():
+            formatversion.write_format(self, formatversion.FORMAT)
+        else:
+            formatversion.ensure_current(self)
+
+    def make_dirs(self) -> None:
+        """Create the root and any missing directory of the layout, private to the current user."""
+        if all((self.root / name).is_dir() for name in DIRS + API_DIRS):
+            return
         old = os.umask(0o077)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -114,13 +132,14 @@ class Spool:
             (self.root / name).mkdir(mode=0o700, exist_ok=True)
 
     def exists(self) -> bool:
-        """True when ``init`` has been run here."""
-        return all((self.root / name).is_dir() for name in DIRS)
+        """True when ``init`` has been run here (by this release or an older one)."""
+        return all((self.root / name).is_dir() for name in formatversion.V1_DIRS)
 
     def require(self) -> None:
-        """Raise a clear error when the spool has not been initialised."""
+        """Raise a clear error unless this is a spool this release can use (upgrading an older one)."""
         if not self.exists():
             raise SpoolError(f"{self.root} is not a spool", hint=f"run `spoolbatch init --spool {self.root}`")
+        formatversion.ensure_current(self)
 
     def input(self, job: str) -> Path:
         """The claimed input of a running job."""
@@ -163,8 +182,20 @@ class Spool:
         return self.rejected / f"{job}.reason.json"
 
     def log(self, job: str) -> Path:
-        """The per-job log that `spoolbatch logs` shows."""
+        """The per-job log that `spoolbatch logs` shows (``JOB.log.1``... are its rotated parts)."""
         return self.logs / f"{job}.log"
+
+    def daemon_log(self) -> Path:
+        """The daemons' shared log."""
+        return self.logs / "daemon.log"
+
+    def tombstone(self, job: str) -> Path:
+        """A finished job's checkpoint while the clean-up removes the job (the job is gone)."""
+        return self.done / f"{job}.removing"
+
+    def rejected_tombstone(self, job: str) -> Path:
+        """A refused file's reason while the clean-up removes it (the file is gone)."""
+        return self.rejected / f"{job}.removing"
 
     def cancel_marker(self, job: str) -> Path:
         """Present while a cancel of a running job is pending."""
@@ -216,6 +247,7 @@ class Spool:
         return (queued.name != own_inbox_name and (queued.exists() or queued.is_symlink())) or any(
             p.exists() or p.is_symlink() for p in (self.input(job), self.checkpoint(job),
             self.rejected_file(job), self.rejected_reason(job), self.results(job), self.group(job),
+            self.tombstone(job), self.rejected_tombstone(job),
         ))
 
     def unique_job_id(self, name: str, taken: set[str] | None = None, own_inbox_name: str | None = None) -> str:

@@ -9,10 +9,12 @@ already handed to the engine (the look-ahead) is finished before the daemon leav
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 
 from spoolbatch.config import Config
@@ -26,11 +28,13 @@ from spoolbatch.store.jobstate import FINAL
 from spoolbatch.store.spool import Spool
 from spoolbatch.store.workarea import PartSummary
 from spoolbatch.worker import gcpolicy, sdnotify
+from spoolbatch.worker.diskguard import DiskGuard, Statvfs
 from spoolbatch.worker.executor import ChunkExecutor, describe
 from spoolbatch.worker.gpu import GpuMonitor
 from spoolbatch.worker.gpuguard import GpuGuard
 from spoolbatch.worker.heartbeat import Heartbeat
 from spoolbatch.worker.jobrunner import ChunkClaim, JobRunner, PreparedChunk, order_jobs
+from spoolbatch.worker.maintenance import Maintenance
 from spoolbatch.worker.metrics import write_metrics
 from spoolbatch.worker.totals import Totals
 
@@ -48,7 +52,7 @@ class Daemon:
     """One worker on one spool."""
 
     def __init__(self, config: Config, *, engine_factory: Callable[[], Engine] | None = None,
-                 gpu: GpuMonitor | None = None, echo: bool = True) -> None:
+                 gpu: GpuMonitor | None = None, echo: bool = True, statvfs: Statvfs = os.statvfs) -> None:
         self.config = config
         self.spool = Spool(config.spool)
         self.spool.require()
@@ -57,17 +61,26 @@ class Daemon:
         self._interrupts = 0
         self.heartbeat = Heartbeat(self.spool, config.heartbeat_interval, engine=config.engine,
                                    chunk_size=config.chunk_size, poll_interval=config.poll_interval)
-        self.log = JobLog(self.spool.logs / "daemon.log", echo=echo)
+        self.log = JobLog(self._daemon_log_path(), echo=echo, max_bytes=config.log_max_bytes, keep=config.log_keep)
         self.executor = ChunkExecutor(
             engine_factory or (lambda: make_engine(config.engine, config)),
             max_attempts=config.max_attempts, log=self.log)
         self.guard = GpuGuard(gpu or GpuMonitor(), config, self.heartbeat, self._stop,
                               reserved_pct=self._reserved_pct, log=self.log)
+        self.disk = DiskGuard(self.spool, config, self.heartbeat, self._stop, self.log, statvfs=statvfs)
+        self.maintenance = Maintenance(self.spool, config, self.log)
         self.totals = Totals()
         self._metrics_lock = threading.Lock()  # the heartbeat thread and the loop both write the file
         self.runner = JobRunner(self.spool, config, self.executor, worker=self.heartbeat.id, echo=echo)
         self._ahead: PreparedChunk | None = None  # the next chunk, already handed to the engine
         self.heartbeat.on_beat.append(self._on_beat)
+
+    def _daemon_log_path(self) -> Path | None:
+        """logs/daemon.log, unless systemd's journal already has stderr (and no file was asked for)."""
+        wanted = self.config.daemon_log_file
+        if wanted is None:
+            wanted = not os.environ.get("JOURNAL_STREAM")
+        return self.spool.daemon_log() if wanted else None
 
     def _reserved_pct(self) -> float:
         """The share of the card our own engine holds by design (vLLM preallocates it)."""
@@ -138,8 +151,11 @@ class Daemon:
         size = self.guard.next_chunk_size(block=block)  # waits while the GPU is unsafe
         if size is None:
             return None, 0
+        jobs = order_jobs(self.spool, model or self.executor.model, only_model=model)
+        if not self.disk.wait(self.disk.need(size, jobs[0] if jobs else None), block=block):
+            return None, 0  # stopping, or (a look-ahead) short of space now
         tried = set()
-        for job in order_jobs(self.spool, model or self.executor.model, only_model=model):
+        for job in jobs:
             if self._stop.is_set():
                 return None, 0
             tried.add(job)
@@ -236,6 +252,7 @@ class Daemon:
                  f"chunk size {self.config.chunk_size})")
         try:
             while not self._stop.is_set() or self._ahead is not None:
+                self.maintenance.maybe_run()
                 result = self.loop_once()
                 if result.worked:
                     continue

@@ -115,7 +115,8 @@ class JobRunner:
 
     def log(self, job: str) -> JobLog:
         """The job's log."""
-        return JobLog(self.spool.log(job), echo=self.echo)
+        return JobLog(self.spool.log(job), echo=self.echo, max_bytes=self.config.log_max_bytes,
+                      keep=self.config.log_keep)
 
     def area(self, job: str) -> WorkArea:
         """The job's work area."""

@@ -37,6 +37,8 @@ class MetricsSample:
     last_chunk_requests_per_second: float | None = None
     last_chunk_tokens_per_second: float | None = None
     chunk_size: int | None = None
+    disk_free_bytes: int | None = None  # free on the spool's file system, as the disk guard last read it
+    disk_low: bool | None = None  # True while the daemon waits for space
     up: bool = True
     heartbeat_timestamp: float | None = None  # None: now
     worker: str | None = None  # adds worker="..." to every series
@@ -107,6 +109,8 @@ def render(sample: MetricsSample) -> str:
     add("spoolbatch_last_chunk_tokens_per_second", "gauge", "Token throughput of the last finished chunk.",
         [({}, s.last_chunk_tokens_per_second)])
     add("spoolbatch_chunk_size", "gauge", "Requests in the current (or next) chunk.", [({}, s.chunk_size)])
+    add("spoolbatch_disk_free_bytes", "gauge", "Bytes free on the spool's file system.", [({}, s.disk_free_bytes)])
+    add("spoolbatch_disk_low", "gauge", "1 while the daemon waits for disk space before a chunk.", [({}, s.disk_low)])
     add("spoolbatch_up", "gauge", "1 while the daemon runs; 0 written on a clean stop.", [({}, s.up)])
     stamp = time.time() if s.heartbeat_timestamp is None else s.heartbeat_timestamp
     add("spoolbatch_heartbeat_timestamp_seconds", "gauge", "Unix time this file was written by the daemon.",

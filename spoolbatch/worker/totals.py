@@ -54,10 +54,12 @@ class Totals:
             self._jobs, self._jobs_at = {state.value: n for state, n in count_jobs(spool).items()}, now
         gpu = beat.get("gpu") or {}
         devices = [GpuDevice(**d) for d in gpu.get("devices", [])]
+        disk = beat.get("disk") or {}
         return MetricsSample(jobs=self._jobs, requests_done_total=self.requests_done,
                              requests_failed_total=self.requests_failed,
                              prompt_tokens_total=self.prompt_tokens,
                              completion_tokens_total=self.completion_tokens, gpus=devices,
                              last_chunk_requests_per_second=self.last_rps, last_chunk_tokens_per_second=self.last_tps,
                              chunk_size=beat.get("chunk_size"), heartbeat_timestamp=beat.get("last_seen"),
+                             disk_free_bytes=disk.get("free_bytes"), disk_low=disk.get("low"),
                              worker=str(beat.get("worker")))
