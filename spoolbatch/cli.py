@@ -193,9 +193,44 @@ def run(
         raise typer.Exit(Supervisor(slots, args, once=once).run())
     from spoolbatch.worker.daemon import Daemon
 
-    daemon = Daemon(config, echo=not quiet)
+    bars = not quiet and err.is_terminal  # a person watching: bars; a log or a pipe: plain lines, as always
+    daemon = Daemon(config, echo=not quiet and not bars)
     daemon.install_signal_handlers()
-    raise typer.Exit(daemon.run(once=once))
+    if not bars:
+        raise typer.Exit(daemon.run(once=once))
+    with _run_bars(daemon):
+        code = daemon.run(once=once)
+    raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def _run_bars(daemon: Any) -> Any:
+    """A progress bar per job on stderr while ``daemon`` runs, and its waiting reasons as lines."""
+    from rich.progress import Progress
+
+    from spoolbatch.commands.live import RunProgress
+
+    bars = RunProgress(console=err)
+    said: list[str | None] = [None]
+
+    def on_chunk(ckpt: Any, last: dict[str, Any] | None) -> None:
+        seconds = (last or {}).get("seconds") or 0
+        bars.update(ckpt.job, ckpt.lines_consumed, ckpt.total_lines, status=ckpt.status.value,
+                    requests_per_second=last["requests"] / seconds if last and seconds else None,
+                    tokens_per_second=last["completion_tokens"] / seconds if last and seconds else None,
+                    eta_seconds=ckpt.eta_seconds())
+
+    def on_beat(beat: dict[str, Any]) -> None:
+        reason = beat.get("reason") if beat.get("state") == "waiting" else None
+        if reason and reason != said[0]:
+            bars.progress.console.print(f"[bold yellow]waiting:[/] {reason}", highlight=False)
+        said[0] = reason
+
+    daemon.on_progress.append(on_chunk)
+    daemon.heartbeat.on_beat.append(on_beat)
+    progress: Progress = bars.progress
+    with progress:
+        yield bars
 
 
 def _status_table(data: dict[str, Any]) -> Table:
@@ -252,7 +287,8 @@ def status(
     """Workers (alive/stale/dead), GPU, queue, and each job's progress and ETA."""
     from spoolbatch.commands.status import status as gather
 
-    sp = Spool(_config(spool).spool)
+    config = _config(spool)
+    sp = Spool(config.spool)
     if json:
         _json(gather(sp, job).to_dict())
         return
@@ -260,13 +296,15 @@ def status(
         for line in _render_status(gather(sp, job).to_dict()):
             out.print(line)
         return
-    from rich.console import Group
     from rich.live import Live
 
-    with contextlib.suppress(KeyboardInterrupt), Live(console=out, auto_refresh=False) as live:
+    from spoolbatch.commands.live import Limits, live_view
+
+    limits = Limits(config.gpu_max_memory_pct, config.gpu_max_temp_c)
+    footer = f"refreshing every {interval:g}s; Ctrl-C to leave"
+    with contextlib.suppress(KeyboardInterrupt), Live(console=out, auto_refresh=False, screen=False) as live:
         while True:  # Ctrl-C is how a person leaves the live view: exit 0
-            live.update(Group(*_render_status(gather(sp, job).to_dict()), f"(refreshing every {interval}s; "
-                                                                          "Ctrl-C to leave)"), refresh=True)
+            live.update(live_view(gather(sp, job).to_dict(), limits, footer=footer), refresh=True)
             time.sleep(interval)
 
 

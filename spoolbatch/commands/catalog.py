@@ -43,6 +43,9 @@ class JobInfo:
     group: str | None = None  # the `submit --split` group it is a part of
     batch: str | None = None  # its id in the HTTP API
     metadata: dict[str, str] | None = None  # its batch metadata (`submit --metadata`, the API)
+    lines_consumed: int = 0
+    started_at: float | None = None
+    busy_seconds: float = 0.0  # engine time summed over every worker's chunks: the job's own rate
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON."""
@@ -55,7 +58,8 @@ def _from_checkpoint(ckpt: Checkpoint, owned: bool | None = None) -> JobInfo:
         status = JobState.INTERRUPTED.value
     return JobInfo(ckpt.job, status, ckpt.requests_done, ckpt.requests_failed, ckpt.total_lines,
                    round(ckpt.progress(), 4), ckpt.eta_seconds(), ckpt.model, ckpt.total_tokens,
-                   ckpt.updated_at, ckpt.message, owned, ckpt.retries)
+                   ckpt.updated_at, ckpt.message, owned, ckpt.retries, lines_consumed=ckpt.lines_consumed,
+                   started_at=ckpt.started_at, busy_seconds=round(ckpt.busy_seconds, 3))
 
 
 def list_jobs(spool: Spool) -> list[JobInfo]:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from spoolbatch.config import Config
 from spoolbatch.engines import make_engine
@@ -74,6 +75,9 @@ class Daemon:
         self.runner = JobRunner(self.spool, config, self.executor, worker=self.heartbeat.id, echo=echo)
         self._ahead: PreparedChunk | None = None  # the next chunk, already handed to the engine
         self.heartbeat.on_beat.append(self._on_beat)
+        # Called after every merged chunk with the job's checkpoint and the chunk's figures
+        # (``last_chunk`` of the heartbeat, or None): `run` in a terminal draws its bars from it.
+        self.on_progress: list[Callable[[Checkpoint, dict[str, Any] | None], None]] = []
 
     def _daemon_log_path(self) -> Path | None:
         """logs/daemon.log, unless systemd's journal already has stderr (and no file was asked for)."""
@@ -134,13 +138,16 @@ class Daemon:
                          "requests_done": ckpt.requests_done, "requests_failed": ckpt.requests_failed,
                          "fraction": round(ckpt.progress(), 4), "eta_seconds": ckpt.eta_seconds()},
         }
+        last: dict[str, Any] | None = None
         if summary is not None:
             self.totals.add(summary)
-            fields["last_chunk"] = {"requests": summary.lines, "seconds": round(summary.seconds, 3),
-                                    "requests_per_second": round(summary.lines / summary.seconds, 1)
-                                    if summary.seconds else None,
-                                    "completion_tokens": summary.completion_tokens}
+            last = {"requests": summary.lines, "seconds": round(summary.seconds, 3),
+                    "requests_per_second": round(summary.lines / summary.seconds, 1) if summary.seconds else None,
+                    "completion_tokens": summary.completion_tokens}
+            fields["last_chunk"] = last
         self.heartbeat.update(**fields)
+        for hook in self.on_progress:
+            hook(ckpt, last)
 
     def _next_chunk(self, *, model: str | None = None, block: bool = True) -> tuple[ChunkClaim | None, int]:
         """A chunk to answer: of a job already running (the loaded model's first), else of a new one.
