@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -148,9 +148,8 @@ def error_lines(spool: Spool, job: str) -> Iterator[bytes]:
     message = "the batch was cancelled before this request ran" if view.state == JobState.CANCELLED \
         else "the batch's completion window ended before this request ran"
     parser = LineParser()
-    try:
-        f = open(spool.archived_input(job), "rb")  # noqa: SIM115 - closed below, generator
-    except FileNotFoundError:
+    f = _open_input(spool, job)
+    if f is None:
         return
     with f:
         f.seek(ckpt.bytes_consumed)
@@ -164,3 +163,11 @@ def error_lines(spool: Spool, job: str) -> Iterator[bytes]:
                     custom_id = orjson.loads(raw).get("custom_id")
             yield orjson.dumps({"id": stable_id("batch_req_", job, str(custom_id), str(n)), "custom_id": custom_id,
                                 "response": None, "error": {"code": code, "message": f"line {n}: {message}"}}) + b"\n"
+
+
+def _open_input(spool: Spool, job: str) -> BinaryIO | None:
+    """The job's input wherever it is: a worker moves it from active/ to done/ just after its final checkpoint."""
+    for path in (spool.archived_input(job), spool.input(job), spool.archived_input(job)):
+        with contextlib.suppress(FileNotFoundError):
+            return open(path, "rb")  # noqa: SIM115 - the caller closes it
+    return None
