@@ -298,3 +298,29 @@ def test_a_tombstone_keeps_the_id_taken_until_the_removal_is_finished(spool: Spo
         (Kind.JOB, "job", "finished an interrupted removal")]
     assert all(not p.exists() for p in job_files(spool, "job")) and not spool.tombstone("job").exists()
     assert_exactly_once(spool, "job-2", {"req-0", "req-1"})
+
+
+def test_a_batch_output_expires_after_its_own_time_with_its_record_and_upload(spool: Spool, config: Config,
+                                                                              tmp_path: Path) -> None:
+    from spoolbatch.store import files as uploads
+    from spoolbatch.store.batches import BatchRecord, BatchSpec
+
+    for name in ("api", "cli"):
+        drop(spool, f"{name}.jsonl", [chat_line(i) for i in range(3)])
+        drain(config)
+        age_job(spool, name, 2 / 24)  # finished two hours ago
+    tmp = spool.files / ".upload.x.tmp"
+    tmp.write_bytes(b'{"x": 1}\n')
+    old = time.time() - 40 * DAY
+    uploads.commit(spool, tmp, uploads.FileRecord("file-" + "a" * 24, "in.jsonl", 9, 1, created_at=old))
+    spec = BatchSpec(endpoint="/v1/chat/completions", input_file_id="file-" + "a" * 24,
+                     output_expires_after={"anchor": "created_at", "seconds": 3600})
+    BatchRecord.new("api", spec).save(spool)
+    unused = spool.files / ".upload.y.tmp"
+    unused.write_bytes(b"{}\n")
+    uploads.commit(spool, unused, uploads.FileRecord("file-" + "b" * 24, "other.jsonl", 3, 1, created_at=old))
+    report = gc(config)
+    assert {(r.kind, r.name) for r in report.removed} == {(Kind.JOB, "api"), (Kind.UPLOAD, "file-" + "a" * 24),
+                                                         (Kind.UPLOAD, "file-" + "b" * 24)}
+    assert not spool.batch_record("api").exists() and not list(spool.files.iterdir())
+    assert spool.checkpoint("cli").exists()  # the retention rule: 30 days

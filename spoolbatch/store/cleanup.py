@@ -36,17 +36,19 @@ import orjson
 from filelock import FileLock
 
 from spoolbatch.config import Config
+from spoolbatch.store import files as uploads
+from spoolbatch.store.batches import BatchRecord
 from spoolbatch.store.checkpoint import Checkpoint
 from spoolbatch.store.fsutil import fsync_dir
 from spoolbatch.store.jobstate import FINAL
 from spoolbatch.store.liveness import Liveness, liveness
 from spoolbatch.store.logfile import rotated_parts
-from spoolbatch.store.spool import DIRS, Spool
+from spoolbatch.store.spool import API_DIRS, DIRS, Spool
 
 DAY = 86400.0
 TOMBSTONE = ".removing"
-# When the job's batch (the HTTP API's record, once it exists) says its output expires; None: the
-# retention rule alone decides. The server's batch records plug in here.
+# When a job expires instead of by the retention rule (None: by the rule); the batch record's
+# output_expires_after is applied without one.
 ExpiryHook = Callable[[Spool, str], float | None]
 
 
@@ -56,6 +58,8 @@ class Kind(StrEnum):
     JOB = "job"
     REJECTED = "rejected"
     GROUP = "group"
+    BATCH = "batch"
+    UPLOAD = "upload"
     WORKER = "worker"
     TEMPORARY = "temporary"
     CHUNK_AREA = "chunk_area"
@@ -133,12 +137,12 @@ def job_files(spool: Spool, job: str) -> list[Path]:
     A new per-job file (a batch record of the HTTP API, say) belongs in this list.
     """
     return [spool.results(job), spool.deadletter_file(job), spool.ids(job), spool.archived_input(job),
-            spool.cancel_marker(job), *log_files(spool, job)]
+            spool.cancel_marker(job), *log_files(spool, job), spool.batch_record(job)]
 
 
 def rejected_files(spool: Spool, job: str) -> list[Path]:
     """What a refused file leaves besides its reason."""
-    return [spool.rejected_file(job), *log_files(spool, job)]
+    return [spool.rejected_file(job), *log_files(spool, job), spool.batch_record(job)]
 
 
 def _size(path: Path) -> int | None:
@@ -239,6 +243,8 @@ class Cleanup:
         self.expired_jobs()
         self.rejected()
         self.groups()
+        self.batches()
+        self.uploads()
         self.workers()
         self.temporaries()
         self.orphans()
@@ -267,13 +273,17 @@ class Cleanup:
                     self._add(kind, job, n, size, "finished an interrupted removal")
 
     def _expires_at(self, job: str, ckpt: Checkpoint, mtime: float) -> float:
+        """When the job's files go: its batch's ``output_expires_after`` (counted from when its output was
+        whole, the job's end) where the API set one, else ``retention_days`` after the end."""
         finished = ckpt.finished_at or ckpt.updated_at or mtime
-        expiry = finished + self.policy.retention_seconds
-        if self.policy.expiry is not None:
-            batch = self.policy.expiry(self.spool, job)
-            if batch is not None:
-                expiry = min(expiry, batch)
-        return expiry
+        if self.policy.expiry is not None and (hooked := self.policy.expiry(self.spool, job)) is not None:
+            return hooked
+        with contextlib.suppress(OSError, TypeError, ValueError, AttributeError):
+            record = BatchRecord.load(self.spool, job)
+            after = record.output_expires_after if record is not None else None
+            if after and after.get("seconds") is not None:
+                return finished + float(after["seconds"])
+        return finished + self.policy.retention_seconds
 
     def _expired(self, job: str) -> Checkpoint | None:
         """The checkpoint of ``job`` when it is final and past its expiry (and not running again)."""
@@ -370,6 +380,49 @@ class Cleanup:
                     fsync_dir(self.spool.groups)
                 self._add(Kind.GROUP, path.name[: -len(".json")], n, size, f"{len(parts)} parts, all gone")
 
+    def batches(self) -> None:
+        """Batch records of jobs that never got placed or are gone, older than the retention."""
+        for path in sorted(self.spool.batches.glob("*.json")):
+            job = path.name[: -len(".json")]
+            if job in self._gone or self.spool.job_exists(job):
+                continue
+            try:
+                created = float(orjson.loads(path.read_bytes()).get("created_at") or 0) or path.stat().st_mtime
+            except (OSError, orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+                continue
+            if created > self.report.cutoff:
+                continue
+            with _job_lock(self.spool, job, self.dry_run) as held:
+                if not held or self.spool.job_exists(job):
+                    continue
+                n, size = _measure([path])
+                if not self.dry_run:
+                    _unlink(path)
+                self._add(Kind.BATCH, job, n, size, "its job is gone")
+
+    def uploads(self) -> None:
+        """Uploaded files (the Files API) older than the retention that no remaining batch reads."""
+        sp = self.spool
+        used = set()
+        for path in sp.batches.glob("*.json"):
+            job = path.name[: -len(".json")]
+            if job in self._gone:
+                continue
+            with contextlib.suppress(OSError, orjson.JSONDecodeError, AttributeError):
+                used.add(orjson.loads(path.read_bytes()).get("input_file_id"))
+        for record in uploads.list_files(sp):
+            if record.id in used or record.created_at > self.report.cutoff:
+                continue
+            files = [sp.file_meta(record.id), sp.file_content(record.id)]
+            n, size = _measure(files)
+            if not self.dry_run:
+                uploads.delete(sp, record.id)
+            self._add(Kind.UPLOAD, record.id, n, size, record.filename)
+        if not self.dry_run:
+            with contextlib.suppress(OSError):
+                if swept := uploads.sweep(sp, self.now):
+                    self._add(Kind.TEMPORARY, "files/", swept, 0, "uploads a killed server left")
+
     # --- clutter -------------------------------------------------------------------------------
     def workers(self) -> None:
         """Heartbeat and metrics files of workers dead or stopped for longer than the grace period."""
@@ -401,7 +454,7 @@ class Cleanup:
                     self._add(Kind.WORKER, worker, n, size, "metrics only")
 
     def _folders(self) -> list[Path]:
-        folders = [self.spool.root, *(self.spool.root / name for name in DIRS)]
+        folders = [self.spool.root, *(self.spool.root / name for name in DIRS + API_DIRS)]
         with contextlib.suppress(FileNotFoundError):
             folders += sorted(p for p in self.spool.active.iterdir() if p.name.endswith(".chunks") and p.is_dir())
         return folders
