@@ -182,3 +182,31 @@ def test_reasoning_effort_and_template_kwargs_reach_the_template(tokenizer: Any)
     assert seen["reasoning_effort"] == "low" and seen["enable_thinking"] is True and seen["custom_flag"] == 7
     assert seen["tools"] == [WEATHER] and seen["messages"][2]["tool_call_id"] == "call_1"
     assert request.spec.messages[1]["tool_calls"][0]["function"]["arguments"].startswith("{")  # not mutated
+
+
+def test_responses_lines_are_answered(shared_vllm_engine: Any) -> None:
+    from openai.types.responses import Response
+
+    from spoolbatch.format.validation import RESPONSES
+
+    def line(custom_id: str, n: int, **body: Any) -> Request:
+        body = {"model": "tiny", "max_output_tokens": 40, **body}
+        return Request(custom_id, n, RESPONSES, body, parse_spec(RESPONSES, body))
+
+    schema = WEATHER["function"]["parameters"]
+    requests = [
+        line("text", 1, input="hello there", instructions="be brief", temperature=0),
+        line("json", 2, input=[{"role": "user", "content": [{"type": "input_text", "text": "json"}]}],
+             text={"format": {"type": "json_schema", "name": "w", "schema": schema}}),
+        line("tool", 3, input="weather?", tools=[{"type": "function", **WEATHER["function"]}],
+             tool_choice={"type": "function", "name": "get_weather"}),
+    ]
+    outcomes = shared_vllm_engine.run(requests)
+    text, as_json, tool = (Response.model_validate(ok(o)) for o in outcomes)
+    assert text.status in ("completed", "incomplete") and text.output[0].type == "message"
+    assert text.usage is not None and text.usage.input_tokens > 0 and text.usage.output_tokens > 0
+    assert outcomes[0].prompt_tokens == text.usage.input_tokens
+    schema_valid(json.loads(as_json.output_text), schema)
+    (call,) = [item for item in tool.output if item.type == "function_call"]
+    assert call.name == "get_weather"
+    schema_valid(json.loads(call.arguments), schema)

@@ -19,8 +19,9 @@ import orjson
 
 from spoolbatch.format import tools as fn_tools
 from spoolbatch.format.bodies import Choice, chat_completion, embedding_list, text_completion, tool_call
+from spoolbatch.format.responses import response
 from spoolbatch.format.types import Outcome, Request
-from spoolbatch.format.validation import CHAT, EMBEDDINGS, SamplingSpec
+from spoolbatch.format.validation import CHAT, CHAT_LIKE, EMBEDDINGS, RESPONSES, SamplingSpec
 
 _WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike "
           "november oscar papa quebec romeo sierra tango uniform victor whiskey xray yankee zulu").split()
@@ -45,7 +46,7 @@ def _prompt_tokens(text: str) -> int:
 
 
 def _prompt_text(spec: SamplingSpec) -> str:
-    if spec.endpoint == CHAT:
+    if spec.endpoint in CHAT_LIKE:
         return "\n".join([f"{m['role']}: {m['content']}" for m in spec.messages])
     return spec.prompt
 
@@ -180,6 +181,10 @@ class FakeEngine:
         prompt = _prompt_text(spec)
         digest = _digest(prompt, str(spec.seed))
         choices = [_generate(spec, digest, i) for i in range(spec.n)]
+        if spec.endpoint == RESPONSES:
+            prompt_tokens = _prompt_tokens(prompt)
+            return Outcome.ok(response(id="resp_" + digest[:12].hex(), model=spec.model, created=created,
+                                       choice=choices[0], prompt_tokens=prompt_tokens, body=request.body))
         build = chat_completion if spec.endpoint == CHAT else text_completion
         prefix = "chatcmpl-" if spec.endpoint == CHAT else "cmpl-"
         prompt_tokens = _prompt_tokens(prompt)

@@ -30,7 +30,7 @@ from spoolbatch.engines.vllm_tools import needs_chat_path
 from spoolbatch.errors import EngineError, RequestError
 from spoolbatch.format import bodies
 from spoolbatch.format.types import Outcome, Request
-from spoolbatch.format.validation import CHAT, COMPLETIONS, EMBEDDINGS
+from spoolbatch.format.validation import CHAT, CHAT_LIKE, EMBEDDINGS, GENERATION, RESPONSES
 
 log = logging.getLogger(__name__)
 
@@ -260,13 +260,13 @@ class VllmEngine:
         ticket = Ticket(number=self._tickets, created=int(time.time()), requests=list(requests),
                         outcomes=[None] * len(requests))
         for i, request in enumerate(requests):
-            if request.spec.endpoint not in (CHAT, COMPLETIONS):
+            if request.spec.endpoint not in GENERATION:
                 ticket.outcomes[i] = Outcome.fail("unsupported_endpoint",
                                                   f"{request.spec.endpoint} cannot share a chunk with generation")
                 continue
             rid = f"sb{ticket.number}-{i}"
             try:
-                if request.spec.endpoint == CHAT and needs_chat_path(request.spec, self.settings.reasoning_parser):
+                if request.spec.endpoint in CHAT_LIKE and needs_chat_path(request.spec, self.settings.reasoning_parser):
                     prepared = self.chat_tools().prepare(request)
                     params = self.sampling_params(request, len(prepared.prompt_ids), overrides=prepared.overrides)
                     prompt: Any = prepared.engine_input
@@ -332,7 +332,7 @@ class VllmEngine:
     def _prompt_ids(self, request: Request) -> list[int]:
         """The prompt's token ids, rendered and tokenized once (the chat template for chat)."""
         spec = request.spec
-        if spec.endpoint == CHAT:
+        if spec.endpoint in CHAT_LIKE:
             ids = self._tokenizer.apply_chat_template(
                 [dict(m) for m in spec.messages], add_generation_prompt=True, tokenize=True)
             if isinstance(ids, dict) or hasattr(ids, "keys"):  # BatchEncoding on some versions
@@ -413,7 +413,7 @@ class VllmEngine:
 
     def _generation_body(self, request: Request, output: Any, created: int, prepared: Any = None) -> dict[str, Any]:
         spec = request.spec
-        chat = spec.endpoint == CHAT
+        chat = spec.endpoint in CHAT_LIKE
         choices = []
         for index, completion in enumerate(output.outputs):
             logprobs = None
@@ -427,6 +427,12 @@ class VllmEngine:
             choices.append(bodies.Choice(text=completion.text, finish_reason=reason,
                                          completion_tokens=len(completion.token_ids), logprobs=logprobs))
         prompt_tokens = len(output.prompt_token_ids or ())
+        if spec.endpoint == RESPONSES:
+            from spoolbatch.format.responses import response
+
+            return response(id=bodies.stable_id("resp_", spec.model, request.custom_id, str(request.line)),
+                            model=spec.model, created=created, choice=choices[0], prompt_tokens=prompt_tokens,
+                            body=request.body)
         id = bodies.stable_id("chatcmpl-" if chat else "cmpl-", spec.model, request.custom_id, str(request.line))
         if chat:
             return bodies.chat_completion(id=id, model=spec.model, created=created, choices=choices,

@@ -38,6 +38,9 @@ class Outcome:
     def ok(cls, body: dict[str, Any]) -> Outcome:
         """An answered request; token counts are read from the body's ``usage``."""
         usage = body.get("usage") or {}
+        if "input_tokens" in usage:  # a Responses API body
+            return cls(body=body, prompt_tokens=int(usage["input_tokens"]),
+                       completion_tokens=int(usage.get("output_tokens", 0)))
         return cls(body=body, prompt_tokens=int(usage.get("prompt_tokens", 0)),
                    completion_tokens=int(usage.get("completion_tokens", 0)))
 

@@ -17,7 +17,10 @@ from spoolbatch.format import tools as fn_tools
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 EMBEDDINGS = "/v1/embeddings"
-ENDPOINTS = (CHAT, COMPLETIONS, EMBEDDINGS)
+RESPONSES = "/v1/responses"
+ENDPOINTS = (CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES)
+CHAT_LIKE = (CHAT, RESPONSES)  # answered from messages with the chat template
+GENERATION = (CHAT, COMPLETIONS, RESPONSES)  # generate text (the others pool)
 
 _METADATA = {"model", "user", "metadata", "store"}
 _GENERATE = {"temperature", "top_p", "n", "stop", "seed", "presence_penalty",
@@ -231,6 +234,12 @@ def _reject_unknown(url: str, body: dict[str, Any]) -> None:
 
 def parse_spec(url: str, body: dict[str, Any]) -> SamplingSpec:
     """Check every field of ``body`` for ``url``; raise ``RequestError`` on the first refusal."""
+    if url == RESPONSES:
+        from spoolbatch.format.responses import chat_body
+
+        spec = parse_spec(CHAT, chat_body(body))
+        spec.endpoint = RESPONSES
+        return spec
     _reject_unknown(url, body)
     model = body.get("model")
     if not isinstance(model, str) or not model:

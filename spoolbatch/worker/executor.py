@@ -16,7 +16,7 @@ from typing import Any
 
 from spoolbatch.engines.base import Engine, PipelinedEngine
 from spoolbatch.format.types import Outcome, Request
-from spoolbatch.format.validation import CHAT, COMPLETIONS
+from spoolbatch.format.validation import GENERATION
 from spoolbatch.worker import backoff, gcpolicy
 
 
@@ -77,7 +77,7 @@ class ChunkExecutor:
         until ``collect``, which then runs the chunk as ``run`` does.
         """
         pending = Pending(model, list(requests), generation=self._generation)
-        if not requests or any(r.spec.endpoint not in (CHAT, COMPLETIONS) for r in requests):
+        if not requests or any(r.spec.endpoint not in GENERATION for r in requests):
             return pending
         try:
             engine = self._engine_for(model)
