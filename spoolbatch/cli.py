@@ -22,6 +22,7 @@ from rich.table import Table
 
 from spoolbatch.config import Config, load_config
 from spoolbatch.errors import BadLines, ConfigError, SpoolbatchError
+from spoolbatch.store.jobstate import JobState
 from spoolbatch.store.spool import Spool
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -242,7 +243,7 @@ def _status_table(data: dict[str, Any]) -> Table:
         table.add_row(j["job"], j["status"] + workers + (f" ({j['reason']})" if j.get("reason") else ""),
                       f"{100 * j['progress']:.1f}%", f"{j['requests_done']:,}", f"{j['requests_failed']:,}",
                       f"{j.get('retries', 0):,}", f"{j['tokens']:,}",
-                      _duration(j["eta_seconds"]) if j["status"] == "running" else "-")
+                      _duration(j["eta_seconds"]) if j["status"] == JobState.RUNNING else "-")
     return table
 
 

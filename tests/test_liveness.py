@@ -130,9 +130,10 @@ def test_read_commands_never_import_vllm_or_torch(spool: Spool, start_daemon: An
 def test_eta_is_shared_among_the_alive_workers_of_a_job() -> None:
     from spoolbatch.commands.catalog import JobInfo
     from spoolbatch.commands.status import with_workers
+    from spoolbatch.store.jobstate import JobState
 
-    jobs = [JobInfo("big", "running", eta_seconds=600.0), JobInfo("small", "running", eta_seconds=60.0),
-            JobInfo("idle", "queued")]
+    jobs = [JobInfo("big", JobState.RUNNING, eta_seconds=600.0), JobInfo("small", JobState.RUNNING, eta_seconds=60.0),
+            JobInfo("idle", JobState.QUEUED)]
     workers = [{"liveness": "alive", "job": "big"}, {"liveness": "alive", "job": "big"},
                {"liveness": "dead", "job": "big"}, {"liveness": "alive", "job": "small"},
                {"liveness": "alive", "job": None}]

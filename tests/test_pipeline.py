@@ -133,6 +133,8 @@ def test_cancel_a_queued_job_removes_it(spool: Spool) -> None:
     drop(spool, "q.jsonl", [chat_line(1)])
     assert "removed" in control.cancel(spool, "q")
     assert not list(spool.inbox.iterdir())
+    (info,) = catalog.list_jobs(spool)
+    assert (info.status, info.reason) == (JobState.CANCELLED, "cancelled while queued")
 
 
 def test_cancel_a_running_job_stops_at_a_chunk_boundary(spool: Spool, config: Config) -> None:
@@ -145,6 +147,8 @@ def test_cancel_a_running_job_stops_at_a_chunk_boundary(spool: Spool, config: Co
     assert ckpt.resumes == 0
     assert len(read_jsonl(spool.results("job"))) == 10
     assert not spool.cancel_marker("job").exists()
+    (info,) = catalog.list_jobs(spool)  # status and list show why it ended early
+    assert info.reason == ckpt.message == "cancel asked; stopped after line 10 of 40"
 
 
 def test_a_cancelled_job_reports_the_share_of_lines_it_got_through(spool: Spool, config: Config) -> None:

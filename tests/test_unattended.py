@@ -19,6 +19,7 @@ from spoolbatch.engines.fake import FakeEngine
 from spoolbatch.format.types import Outcome, Request
 from spoolbatch.store.checkpoint import Checkpoint
 from spoolbatch.store.fsutil import AppendFile
+from spoolbatch.store.jobstate import JobState
 from spoolbatch.store.spool import Spool
 from spoolbatch.worker.daemon import Daemon
 from spoolbatch.worker.gpu import GpuMonitor
@@ -55,7 +56,7 @@ def running() -> Iterator[list[Running]]:
 
 def done(spool: Spool, job: str) -> bool:
     ckpt = Checkpoint.load(spool.checkpoint(job))
-    return ckpt is not None and ckpt.status.value == "completed"
+    return ckpt is not None and ckpt.status == JobState.COMPLETED
 
 
 def test_hot_card_holds_chunks_until_it_cools(spool: Spool, config: Config, running: list[Running]) -> None:

@@ -47,7 +47,7 @@ class BatchView:
     @property
     def state(self) -> JobState:
         """The job's state."""
-        return JobState(self.info.status)
+        return self.info.status
 
     def total(self) -> int:
         """Requests in the batch (lines, once a worker has counted them)."""
@@ -122,7 +122,7 @@ def _view(spool: Spool, info: JobInfo) -> BatchView:
     if created is None:
         entry = queued_entry(spool, job) if info.status == JobState.QUEUED else None
         created = entry.mtime if entry else (rejection or {}).get("at") or info.updated_at or 0.0
-    cancelling = cancel_requested_at(spool, job) if not JobState(info.status).final else None
+    cancelling = cancel_requested_at(spool, job) if not info.status.final else None
     return BatchView(info, ckpt, record, cancelling, float(created), rejection)
 
 

@@ -27,7 +27,7 @@ class JobInfo:
     """One job as `list` and `status` show it."""
 
     job: str
-    status: str
+    status: JobState
     requests_done: int = 0
     requests_failed: int = 0
     total_lines: int = 0
@@ -36,7 +36,7 @@ class JobInfo:
     model: str | None = None
     tokens: int = 0
     updated_at: float | None = None
-    reason: str | None = None
+    reason: str | None = None  # why a whole file was rejected, or why the job ended early
     owned: bool | None = None
     retries: int = 0
     workers: int = 0  # alive workers holding a chunk of it (filled in by `status`)
@@ -48,14 +48,12 @@ class JobInfo:
     busy_seconds: float = 0.0  # engine time summed over every worker's chunks: the job's own rate
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON."""
-        return {k: getattr(self, k) for k in self.__slots__}
+        """Plain JSON (the state as its string)."""
+        return {k: getattr(self, k) for k in self.__slots__} | {"status": self.status.value}
 
 
 def _from_checkpoint(ckpt: Checkpoint, owned: bool | None = None) -> JobInfo:
-    status = ckpt.status.value
-    if ckpt.status == JobState.RUNNING and owned is False:
-        status = JobState.INTERRUPTED.value
+    status = JobState.INTERRUPTED if ckpt.status == JobState.RUNNING and owned is False else ckpt.status
     return JobInfo(ckpt.job, status, ckpt.requests_done, ckpt.requests_failed, ckpt.total_lines,
                    round(ckpt.progress(), 4), ckpt.eta_seconds(), ckpt.model, ckpt.total_tokens,
                    ckpt.updated_at, ckpt.message, owned, ckpt.retries, lines_consumed=ckpt.lines_consumed,
@@ -68,7 +66,7 @@ def list_jobs(spool: Spool) -> list[JobInfo]:
     jobs: dict[str, JobInfo] = {}
     for entry in spool.inbox_entries():
         job = sanitize_job_id(entry.name)
-        jobs[job] = JobInfo(job, JobState.QUEUED.value, updated_at=entry.mtime)
+        jobs[job] = JobInfo(job, JobState.QUEUED, updated_at=entry.mtime)
     for path in sorted(spool.done.glob("*.checkpoint.json")):
         ckpt = Checkpoint.load(path)
         if ckpt is not None:
@@ -76,11 +74,11 @@ def list_jobs(spool: Spool) -> list[JobInfo]:
             jobs[ckpt.job] = _from_checkpoint(ckpt, owned)
     for job in spool.running_jobs():
         if job not in jobs:
-            jobs[job] = JobInfo(job, JobState.CLAIMED.value, owned=spool.job_is_owned(job))
+            jobs[job] = JobInfo(job, JobState.CLAIMED, owned=spool.job_is_owned(job))
     for path in sorted(spool.rejected.glob("*.reason.json")):
         with contextlib.suppress(OSError, orjson.JSONDecodeError):
             data = orjson.loads(path.read_bytes())
-            jobs[data["job"]] = JobInfo(data["job"], JobState.REJECTED.value, reason=data.get("reason"),
+            jobs[data["job"]] = JobInfo(data["job"], JobState.REJECTED, reason=data.get("reason"),
                                         updated_at=data.get("at"))
     for group, parts in read_groups(spool).items():
         for job in parts:
@@ -109,13 +107,13 @@ def job_info(spool: Spool, job: str) -> JobInfo:
     if spool.rejected_reason(job).exists():
         with contextlib.suppress(OSError, orjson.JSONDecodeError):
             data = orjson.loads(spool.rejected_reason(job).read_bytes())
-            info = JobInfo(job, JobState.REJECTED.value, reason=data.get("reason"), updated_at=data.get("at"))
+            info = JobInfo(job, JobState.REJECTED, reason=data.get("reason"), updated_at=data.get("at"))
     if info is None and (ckpt := Checkpoint.load(spool.checkpoint(job))) is not None:
         info = _from_checkpoint(ckpt, spool.job_is_owned(job) if ckpt.status == JobState.RUNNING else None)
     if info is None and spool.input(job).exists():
-        info = JobInfo(job, JobState.CLAIMED.value, owned=spool.job_is_owned(job))
+        info = JobInfo(job, JobState.CLAIMED, owned=spool.job_is_owned(job))
     if info is None and (entry := queued_entry(spool, job)) is not None:
-        info = JobInfo(job, JobState.QUEUED.value, updated_at=entry.mtime)
+        info = JobInfo(job, JobState.QUEUED, updated_at=entry.mtime)
     if info is None:
         raise JobNotFound(job)
     return _with_batch(spool, info)
@@ -136,7 +134,7 @@ class GroupInfo:
     """A `submit --split` group as `list` shows it: its parts' figures added up."""
 
     group: str
-    status: str
+    status: str  # the parts' common state, or "running", or a count of each ("1 completed, 2 queued")
     jobs: int
     requests_done: int
     requests_failed: int
@@ -153,16 +151,16 @@ def list_groups(spool: Spool, jobs: list[JobInfo]) -> list[GroupInfo]:
     by_name = {j.job: j for j in jobs}
     out = []
     for group, names in read_groups(spool).items():
-        parts = [by_name.get(n) or JobInfo(n, JobState.MISSING.value) for n in names]
-        counts: dict[str, int] = {}
+        parts = [by_name.get(n) or JobInfo(n, JobState.MISSING) for n in names]
+        counts: dict[JobState, int] = {}
         for p in parts:
             counts[p.status] = counts.get(p.status, 0) + 1
         if len(counts) == 1:
-            status = parts[0].status
+            status = parts[0].status.value
         elif counts.keys() <= {JobState.QUEUED, JobState.CLAIMED, JobState.RUNNING, JobState.COMPLETED}:
-            status = "running"
+            status = JobState.RUNNING.value
         else:
-            status = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+            status = ", ".join(f"{n} {s.value}" for s, n in sorted(counts.items()))
         out.append(GroupInfo(group, status, len(parts), sum(p.requests_done for p in parts),
                              sum(p.requests_failed for p in parts),
                              round(sum(p.progress for p in parts) / len(parts), 4) if parts else 0.0,

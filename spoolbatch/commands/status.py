@@ -12,6 +12,7 @@ from typing import Any
 
 from spoolbatch.commands.catalog import JobInfo, list_jobs
 from spoolbatch.store.diskspace import DiskUsage, spool_usage
+from spoolbatch.store.jobstate import JobState
 from spoolbatch.store.liveness import Liveness, liveness, pid_exists, read_workers
 from spoolbatch.store.spool import Spool
 
@@ -36,9 +37,9 @@ class SpoolStatus:
         """Plain JSON for `status --json`."""
         counts: dict[str, int] = {}
         for j in self.jobs:
-            counts[j.status] = counts.get(j.status, 0) + 1
+            counts[j.status.value] = counts.get(j.status.value, 0) + 1
         return {"spool": self.spool, "alive": self.alive, "workers": self.workers,
-                "queue": {"jobs": counts.get("queued", 0), "by_status": counts},
+                "queue": {"jobs": counts.get(JobState.QUEUED.value, 0), "by_status": counts},
                 "jobs": [j.to_dict() for j in self.jobs], "disk": self.disk.to_dict() if self.disk else None}
 
 

@@ -46,7 +46,7 @@ class Checkpoint:
     busy_seconds: float = 0.0
     resumes: int = 0
     worker: str | None = None
-    message: str | None = None
+    message: str | None = None  # why it ended before its last line (cancelled, expired); `status` shows it
 
     @property
     def total_tokens(self) -> int:
@@ -93,7 +93,7 @@ class Checkpoint:
         """Read a sidecar's contents, ignoring derived and unknown keys."""
         names = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in names}
-        values["status"] = JobState(values.get("status", "running"))
+        values["status"] = JobState(values.get("status", JobState.RUNNING))
         return cls(**values)
 
     @classmethod

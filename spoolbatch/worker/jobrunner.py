@@ -285,6 +285,8 @@ class JobRunner:
         elif (stop := stop_state(sp, job)) is not None and not self._in_flight(job, ckpt, plan):
             why = "cancelled" if stop == JobState.CANCELLED else "expired (its completion window passed)"
             self.log(job)(f"{why} at a chunk boundary (line {ckpt.lines_consumed:,}); checkpoint kept")
+            cause = "cancel asked" if stop == JobState.CANCELLED else "completion window passed"
+            ckpt.message = f"{cause}; stopped after line {ckpt.lines_consumed:,} of {ckpt.total_lines:,}"
             self._finish(job, ckpt, stop)
         return ckpt
 
