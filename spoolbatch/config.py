@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import os
 import tomllib
-from dataclasses import dataclass, field, fields
+import types
+import typing
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +123,6 @@ class Config:
     log_keep: int = 3  # rotated parts kept (NAME.1 .. NAME.N)
     daemon_log_file: bool | None = None  # logs/daemon.log; None: yes, except under systemd (the journal has it)
     disk_min_free_bytes: int = 100 * 1024 * 1024  # no chunk starts with less free (or less than it will write)
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def engine_settings(self) -> EngineSettings:
         """The subset of settings the vLLM engine is built from."""
@@ -132,8 +134,22 @@ class Config:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
-def _coerce(name: str, kind: Any, raw: Any) -> Any:
-    text = str(kind)
+@functools.cache
+def _hints() -> dict[str, Any]:
+    return typing.get_type_hints(Config)
+
+
+def _field_type(name: str) -> tuple[Any, bool]:
+    """The type of Config's field ``name`` and whether it may be None (``int | None``: int, True)."""
+    kind = _hints()[name]
+    if not isinstance(kind, types.UnionType):
+        return kind, False
+    (base,) = [a for a in typing.get_args(kind) if a is not types.NoneType]  # T | None, never T | U
+    return base, True
+
+
+def _coerce(name: str, raw: Any) -> Any:
+    """A setting's value from the environment (always a string) or the config file (TOML's types)."""
     if name == "webhooks":
         return _webhooks(raw)
     if name == "api_keys":
@@ -141,27 +157,27 @@ def _coerce(name: str, kind: Any, raw: Any) -> Any:
         if not isinstance(keys, list | tuple) or not all(isinstance(k, str) for k in keys):
             raise ConfigError("setting 'api_keys' must be a list of strings")
         return tuple(k.strip() for k in keys if k.strip())
+    kind, optional = _field_type(name)
     try:
         if isinstance(raw, str):
-            if raw == "" and "None" in text:
+            if raw == "" and optional:
                 return None
-            if "bool" in text:
+            if kind is bool:
                 if raw.lower() in ("1", "true", "yes", "on"):
                     return True
                 if raw.lower() in ("0", "false", "no", "off"):
                     return False
                 raise ValueError(raw)
-            if "int" in text:
+            if kind is int:
                 return int(raw.replace("_", ""))
-            if "float" in text:
+            if kind is float:
                 return float(raw)
-            if "Path" in text:
-                return Path(raw)
-        if "Path" in text:
+        if kind is Path:
             return Path(raw)
         return raw
     except ValueError:
-        raise ConfigError(f"setting {name!r}: cannot read {raw!r} as {text}") from None
+        shown = f"{kind.__name__} | None" if optional else kind.__name__
+        raise ConfigError(f"setting {name!r}: cannot read {raw!r} as {shown}") from None
 
 
 def _check(config: Config) -> Config:
@@ -187,7 +203,7 @@ def load_config(spool: Path | str | None = None, env: dict[str, str] | None = No
                 **flags: Any) -> Config:
     """Build the configuration: defaults < config file < environment < ``flags``."""
     env = dict(os.environ if env is None else env)
-    known = {f.name: f.type for f in fields(Config) if f.name != "extra"}
+    known = {f.name for f in fields(Config)}
     values: dict[str, Any] = {}
     root = Path(spool or env.get("SPOOLBATCH_SPOOL") or "spool")
     path = Path(env["SPOOLBATCH_CONFIG"]) if env.get("SPOOLBATCH_CONFIG") else root / "config.toml"
@@ -200,11 +216,11 @@ def load_config(spool: Path | str | None = None, env: dict[str, str] | None = No
             name = key.replace("-", "_")
             if name not in known:
                 raise ConfigError(f"{path}: unknown setting {key!r}")
-            values[name] = _coerce(name, known[name], raw)
-    for name, kind in known.items():
+            values[name] = _coerce(name, raw)
+    for name in known:
         raw = env.get(f"SPOOLBATCH_{name.upper()}")
         if raw is not None and name not in ("spool", "webhooks"):
-            values[name] = _coerce(name, kind, raw)
+            values[name] = _coerce(name, raw)
     values.update({k: v for k, v in flags.items() if v is not None})
     values["spool"] = root
     return _check(Config(**values))

@@ -78,17 +78,17 @@ def test_a_missing_spool_says_how_to_make_one(tmp_path: Path) -> None:
 
 
 def test_bad_config_is_a_usage_error(spool: Spool) -> None:
-    spool.config_file.write_text("chunk_size = 0\n")
+    (spool.root / "config.toml").write_text("chunk_size = 0\n")
     code, _, err = cli(spool, "status")
     assert code == 2 and "chunk_size" in err
-    spool.config_file.write_text("no_such_setting = 1\n")
+    (spool.root / "config.toml").write_text("no_such_setting = 1\n")
     assert cli(spool, "status")[0] == 2
 
 
 def test_config_file_env_and_flags_in_order(spool: Spool) -> None:
     from spoolbatch.config import load_config
 
-    spool.config_file.write_text("chunk_size = 100\npoll_interval = 3\n")
+    (spool.root / "config.toml").write_text("chunk_size = 100\npoll_interval = 3\n")
     cfg = load_config(spool.root, env={"SPOOLBATCH_CHUNK_SIZE": "200"})
     assert (cfg.chunk_size, cfg.poll_interval) == (200, 3.0)
     assert load_config(spool.root, env={"SPOOLBATCH_CHUNK_SIZE": "200"}, chunk_size=300).chunk_size == 300
@@ -135,7 +135,7 @@ def test_an_unknown_engine_is_a_usage_error_before_anything_starts(spool: Spool,
     elif source == "env":
         monkeypatch.setenv("SPOOLBATCH_ENGINE", "nope")
     else:
-        spool.config_file.write_text('engine = "nope"\n')
+        (spool.root / "config.toml").write_text('engine = "nope"\n')
     code, out, err = cli(spool, *args)
     assert code == 2 and "unknown engine 'nope'" in err and "vllm, fake, ray" in err
     assert "daemon started" not in out + err and "Traceback" not in err

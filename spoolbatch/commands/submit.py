@@ -36,7 +36,6 @@ class Validation:
     bad_count: int = 0
     model: str | None = None
     url: str | None = None
-    max_output_tokens: int = 0
 
 
 @dataclass(slots=True)
@@ -67,7 +66,6 @@ def validate(path: Path, config: Config) -> Validation:
                     out.bad.append(replace(parsed, raw=b""))  # the line itself may be megabytes
                 continue
             out.requests += 1
-            out.max_output_tokens += (parsed.spec.max_tokens or 0) * parsed.spec.n
     out.model, out.url = parser.model, parser.url
     return out
 

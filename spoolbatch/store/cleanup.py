@@ -43,7 +43,7 @@ from spoolbatch.store.fsutil import fsync_dir
 from spoolbatch.store.jobstate import FINAL
 from spoolbatch.store.liveness import Liveness, liveness
 from spoolbatch.store.logfile import rotated_parts
-from spoolbatch.store.spool import API_DIRS, DIRS, Spool
+from spoolbatch.store.spool import Spool
 
 DAY = 86400.0
 TOMBSTONE = ".removing"
@@ -454,7 +454,7 @@ class Cleanup:
                     self._add(Kind.WORKER, worker, n, size, "metrics only")
 
     def _folders(self) -> list[Path]:
-        folders = [self.spool.root, *(self.spool.root / name for name in DIRS + API_DIRS)]
+        folders = [self.spool.root, *self.spool.dirs(), *self.spool.api_dirs()]
         with contextlib.suppress(FileNotFoundError):
             folders += sorted(p for p in self.spool.active.iterdir() if p.name.endswith(".chunks") and p.is_dir())
         return folders

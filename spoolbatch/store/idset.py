@@ -39,11 +39,6 @@ class IdSet:
     def __len__(self) -> int:
         return self._size
 
-    @property
-    def nbytes(self) -> int:
-        """Memory held by the hashes."""
-        return sum(run.nbytes for run in self._runs)
-
     def found(self, hashes: array[int] | Iterable[int]) -> npt.NDArray[np.bool_]:
         """For each of ``hashes``, whether it is in the set."""
         wanted = as_hashes(hashes)
@@ -52,13 +47,6 @@ class IdSet:
             at = np.minimum(np.searchsorted(run, wanted), len(run) - 1)
             hit |= run[at] == wanted
         return hit
-
-    def isdisjoint(self, hashes: array[int] | Iterable[int]) -> bool:
-        """True when none of ``hashes`` is in the set."""
-        return not self.found(hashes).any()
-
-    def __contains__(self, value: int) -> bool:
-        return bool(self.found((value,))[0])
 
     def add_many(self, hashes: array[int] | Iterable[int]) -> None:
         """Add hashes that are not in the set yet (the caller checked with ``found``)."""

@@ -1,10 +1,11 @@
 """The spool directory: its layout, job ids, and claiming work with locks and renames.
 
-``Spool(root)`` knows every path; no other module joins spool paths by hand. Claiming is
-a global claim lock (held for milliseconds) around an atomic rename from ``inbox/`` to
-``active/`` plus a per-job lock that the owning daemon holds for as long as it works on
-the job. The kernel drops that lock when its holder dies, which is how another daemon
-knows it may take the job over.
+``Spool(root)`` knows every path; no other module joins spool paths by hand. Claiming a
+new file is a global claim lock (held for milliseconds) around an atomic rename from
+``inbox/`` to ``active/``. After that, locks are short or per chunk: the job lock is held
+only to set a job up, plan its chunks, merge committed parts and finish it, and each worker
+holds the lock of the chunk it is answering (see ``workarea``). The kernel drops a lock when
+its holder dies, which is how another worker knows it may take that chunk over.
 """
 
 from __future__ import annotations
@@ -24,10 +25,6 @@ from spoolbatch.errors import SpoolError
 from spoolbatch.store import formatversion
 from spoolbatch.store.fsutil import atomic_write, fsync_dir, unique_suffix
 
-DIRS = ("inbox", "active", "done", "deadletter", "rejected", "logs", "workers", "control", "groups")
-# The HTTP API's own folders: uploaded files, batch records, the webhook outbox. `init` makes them;
-# a spool made before they existed gets them from ``ensure_api_dirs`` (they are not required).
-API_DIRS = ("files", "batches", "outbox")
 IGNORED_SUFFIXES = (".tmp", ".part")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_ID_LEN = 100
@@ -79,29 +76,38 @@ class Spool:
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
-        for name in DIRS:
-            setattr(self, name, self.root / name)
-        self.inbox: Path
-        self.active: Path
-        self.done: Path
-        self.deadletter: Path
-        self.rejected: Path
-        self.logs: Path
-        self.workers: Path
-        self.control: Path
-        self.groups: Path
+        self.inbox = self.root / "inbox"
+        self.active = self.root / "active"
+        self.done = self.root / "done"
+        self.deadletter = self.root / "deadletter"
+        self.rejected = self.root / "rejected"
+        self.logs = self.root / "logs"
+        self.workers = self.root / "workers"
+        self.control = self.root / "control"
+        self.groups = self.root / "groups"
         self.files = self.root / "files"
         self.batches = self.root / "batches"
         self.outbox = self.root / "outbox"
         self.heartbeat = self.root / "heartbeat"
-        self.metrics = self.root / "metrics.prom"
-        self.config_file = self.root / "config.toml"
         self.format_file = self.root / "spool.json"
         self.gc_lock = self.root / ".gc.lock"
         self.gc_stamp = self.root / ".gc.last"
         self._claim_lock = self.root / ".claim.lock"
 
     # --- layout ---------------------------------------------------------------------------
+    def dirs(self) -> tuple[Path, ...]:
+        """The layout's directories."""
+        return (self.inbox, self.active, self.done, self.deadletter, self.rejected, self.logs, self.workers,
+                self.control, self.groups)
+
+    def api_dirs(self) -> tuple[Path, ...]:
+        """The HTTP API's own folders: uploaded files, batch records, the webhook outbox.
+
+        `init` makes them; a spool made before they existed gets them from ``ensure_api_dirs``
+        (they are not required).
+        """
+        return (self.files, self.batches, self.outbox)
+
     def init(self) -> None:
         """Create the layout (idempotent), private to the current user, and record its format.
 
@@ -116,20 +122,20 @@ class Spool:
 
     def make_dirs(self) -> None:
         """Create the root and any missing directory of the layout, private to the current user."""
-        if all((self.root / name).is_dir() for name in DIRS + API_DIRS):
+        if all(path.is_dir() for path in (*self.dirs(), *self.api_dirs())):
             return
         old = os.umask(0o077)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            for name in DIRS + API_DIRS:
-                (self.root / name).mkdir(exist_ok=True)
+            for path in (*self.dirs(), *self.api_dirs()):
+                path.mkdir(exist_ok=True)
         finally:
             os.umask(old)
 
     def ensure_api_dirs(self) -> None:
         """Create the HTTP API's folders in a spool made before they existed (private, idempotent)."""
-        for name in API_DIRS:
-            (self.root / name).mkdir(mode=0o700, exist_ok=True)
+        for path in self.api_dirs():
+            path.mkdir(mode=0o700, exist_ok=True)
 
     def exists(self) -> bool:
         """True when ``init`` has been run here (by this release or an older one)."""

@@ -28,7 +28,6 @@ class GpuGuard:
         self.reserved_pct = reserved_pct
         self.log = log
         self.last: GpuSnapshot | None = None
-        self.waits = 0
 
     def read(self) -> GpuSnapshot:
         """A fresh reading, also put in the heartbeat."""
@@ -53,7 +52,6 @@ class GpuGuard:
             if reason != reason_logged:
                 self.log(f"waiting before the next chunk: {reason}")
                 reason_logged = reason
-                self.waits += 1
             self.heartbeat.update(state="waiting", reason=reason)
             self.stop.wait(max(0.05, min(cfg.poll_interval, 10.0)))
         if reason_logged:

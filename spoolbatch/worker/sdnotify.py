@@ -50,26 +50,3 @@ def stopping(env: Mapping[str, str] | None = None) -> bool:
     """Tell systemd a clean stop has begun (STOPPING=1)."""
     return notify("STOPPING=1", env)
 
-
-def status(text: str, env: Mapping[str, str] | None = None) -> bool:
-    """Set the one-line status `systemctl status` shows (STATUS=...)."""
-    return notify("STATUS=" + " ".join(text.splitlines()), env)
-
-
-def watchdog_interval(env: Mapping[str, str] | None = None) -> float | None:
-    """Seconds between watchdog pings (half of WATCHDOG_USEC), or None if no watchdog is ours."""
-    env = os.environ if env is None else env
-    try:
-        usec = int(env.get("WATCHDOG_USEC", ""))
-    except ValueError:
-        return None
-    if usec <= 0:
-        return None
-    pid = env.get("WATCHDOG_PID")
-    if pid:
-        try:
-            if int(pid) != os.getpid():
-                return None
-        except ValueError:
-            return None
-    return usec / 1_000_000 / 2
