@@ -39,6 +39,8 @@ from spoolbatch.store.spool import Spool
 MAX_JSON_BODY = 1 << 20
 JSONL = "application/jsonl"
 BLOCK = 1 << 20
+PARAM_OF_CODE = {"invalid_completion_window": "completion_window", "invalid_metadata": "metadata",
+                 "endpoint_mismatch": "endpoint"}
 OUTPUT_EXPIRES = (3600, 30 * 86400)  # OpenAI: output_expires_after.seconds from 1 hour to 30 days
 
 
@@ -180,19 +182,15 @@ class Api:
                 raise ApiError(400, "output_expires_after must be {'anchor': 'created_at', 'seconds': N} with N "
                                "from 3600 to 2592000.", param="output_expires_after")
             expires_after = {"anchor": "created_at", "seconds": seconds}
-        param = "completion_window"
         try:
             if not isinstance(window, str):
                 raise InputError("completion_window must be a string such as '24h'", code="invalid_completion_window")
-            param = "metadata"
             spec = BatchSpec(endpoint=endpoint, completion_window=window, metadata=body.get("metadata") or {},
                              input_file_id=file_id, output_expires_after=expires_after)
-            param = "input_file_id"
             done = submit(path, self.config, name=secrets.token_hex(12), allow_bad_lines=allow, batch=spec,
                           reject_bad_lines=True)
         except SpoolbatchError as exc:
-            code = getattr(exc, "code", "")
-            raise from_library(exc, "endpoint" if code == "endpoint_mismatch" else param) from None
+            raise from_library(exc, PARAM_OF_CODE.get(getattr(exc, "code", ""), "input_file_id")) from None
         view = get_batch(self.spool, done.jobs[0])
         out = view.to_openai()
         if done.estimate_seconds is not None:
