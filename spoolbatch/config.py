@@ -114,6 +114,7 @@ class Config:
     ray_concurrency: int = 1  # --engine ray: vLLM replicas, one GPU each on a GPU cluster
     api_keys: tuple[str, ...] = ()  # `serve`: Bearer keys (SPOOLBATCH_API_KEYS: comma-separated)
     webhooks: tuple[Webhook, ...] = ()  # `serve`: [[webhooks]] tables in config.toml
+    webhook_backoff: float = 5.0  # `serve`: seconds before a failed delivery's first retry (doubling, up to 1 h)
     # Months unattended: retention, clean-up, logs, disk.
     retention_days: float = 30.0  # finished jobs' files are kept this long (`gc`, and the daemon hourly)
     gc_interval: float = 3600.0  # seconds between the daemons' clean-ups (one worker at a time); 0: never

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -248,6 +250,28 @@ class Api:
         return spool_status(self.spool).to_dict()
 
 
+def _lifespan(config: Config) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Run the webhook sender beside the server while it serves (when webhooks are configured)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        stop = threading.Event()
+        thread = None
+        if config.webhooks:
+            from spoolbatch.server.webhooks import WebhookSender
+
+            thread = threading.Thread(target=WebhookSender(config).run, args=(stop,), name="webhooks", daemon=True)
+            thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            if thread is not None:
+                thread.join(timeout=15)
+
+    return lifespan
+
+
 async def _json_body(request: Request) -> dict[str, Any]:
     body = bytearray()
     async for block in request.stream():
@@ -278,7 +302,7 @@ def create_app(config: Config) -> FastAPI:
     api.spool.require()
     api.spool.ensure_api_dirs()
     auth = Depends(BearerAuth(config.api_keys))
-    app = FastAPI(title="spoolbatch", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="spoolbatch", docs_url=None, redoc_url=None, openapi_url=None, lifespan=_lifespan(config))
     install(app)
     app.state.api = api
 
