@@ -165,6 +165,8 @@ def run(
     fake_latency: Annotated[float | None, typer.Option(help="Per-request latency of the fake engine.")] = None,
     model_dir: Annotated[str | None, typer.Option(help="Folder to look for local models in.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-chunk lines on stderr.")] = False,
+    plain: Annotated[bool, typer.Option("--plain", help="Per-chunk lines even in a terminal, no progress bars.")]
+    = False,
     ray_address: Annotated[str | None, typer.Option(
         help="--engine ray: the cluster (HOST:6379 or ray://...); 'auto' (default) joins a running one, "
              "else starts a local Ray; 'local' always starts one.")] = None,
@@ -186,7 +188,8 @@ def run(
     if gpus is not None or workers is not None:
         from spoolbatch.worker.supervisor import Supervisor, parse_gpus, parse_workers
 
-        args = ["--spool", str(config.spool), *(["--once"] if once else []), *(["-q"] if quiet else [])]
+        # Workers share the supervisor's terminal: plain lines, or their bars would draw over each other.
+        args = ["--spool", str(config.spool), "--plain", *(["--once"] if once else []), *(["-q"] if quiet else [])]
         for name, value in flags.items():
             if value is not None:
                 args += [f"--{name.replace('_', '-')}", str(value)]
@@ -194,7 +197,7 @@ def run(
         raise typer.Exit(Supervisor(slots, args, once=once).run())
     from spoolbatch.worker.daemon import Daemon
 
-    bars = not quiet and err.is_terminal  # a person watching: bars; a log or a pipe: plain lines, as always
+    bars = not quiet and not plain and err.is_terminal  # a person watching: bars; a log or a pipe: plain lines
     daemon = Daemon(config, echo=not quiet and not bars)
     daemon.install_signal_handlers()
     if not bars:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -92,3 +93,53 @@ def test_status_watch_renders_live_data_from_a_spool(spool: Spool, tmp_path: Pat
     text, _ = _text(live_view(status(spool).to_dict(), now=time.time()))
     (row,) = [line for line in text.splitlines() if line.startswith("work ")]
     assert "running" in row and "━" in row and "10/30" in row
+
+
+def test_run_prints_plain_lines_when_stderr_is_not_a_terminal(spool: Spool) -> None:
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    drop(spool, "work.jsonl", [chat_line(i) for i in range(30)])
+    done = subprocess.run([sys.executable, "-m", "spoolbatch", "run", "--once", "--engine", "fake", "--chunk-size",
+                           "10", "--settle-seconds", "0", "--spool", str(spool.root)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "work: chunk 3: lines 21-30" in done.stderr and "work: completed" in done.stderr
+    assert "━" not in done.stderr and "\x1b[" not in done.stderr
+
+
+def test_run_in_a_terminal_draws_a_bar_per_job(spool: Spool) -> None:
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    drop(spool, "work.jsonl", [chat_line(i) for i in range(30)])
+    master, slave = pty.openpty()
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "120"}
+    env.pop("NO_COLOR", None)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "spoolbatch", "run", "--once", "--engine", "fake",
+                                 "--chunk-size", "10", "--settle-seconds", "0", "--spool", str(spool.root)],
+                                cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=slave)
+        os.close(slave)
+        screen = b""
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # the pty closes when the daemon exits
+                break
+            if not data:
+                break
+            screen += data
+        assert proc.wait(timeout=120) == 0
+    finally:
+        os.close(master)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.decode(errors="replace"))  # colours, cursor moves
+    assert "━" in text and "work" in text, text
+    assert "work: completed, 30 of 30 lines" in text
+    assert "spoolbatch[" not in text, "no plain per-chunk lines under the bars"
