@@ -22,6 +22,7 @@ FULL = [
     ("engine", ["engine.py", "--model", "tiny", "--prompts", "1000", "--small-chunk", "250", "--rounds", "2"]),
     ("scaleout", ["scaleout.py", "--requests", "8000"]),
     ("gpu_rate", ["gpu_rate.py"]),
+    ("soak", ["soak.py", "--minutes", "10"]),
 ]
 QUICK = [
     ("overhead", ["overhead.py", "--sizes", "10000,50000"]),
@@ -30,13 +31,14 @@ QUICK = [
     ("engine", ["engine.py", "--model", "tiny", "--prompts", "200", "--small-chunk", "50", "--rounds", "1"]),
     ("scaleout", ["scaleout.py", "--requests", "1000", "--workers", "1,2"]),
     ("gpu_rate", ["gpu_rate.py", "--requests", "10000", "--rss-requests", "10000", "--workers", "1,2"]),
+    ("soak", ["soak.py", "--quick"]),
 ]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--only", help="comma-separated: overhead,resume,startup,engine,scaleout,gpu_rate")
+    parser.add_argument("--only", help="comma-separated: overhead,resume,startup,engine,scaleout,gpu_rate,soak")
     args = parser.parse_args()
     wanted = set(args.only.split(",")) if args.only else None
     print(f"machine: {os.cpu_count()} cores; load average at start: "
