@@ -110,3 +110,36 @@ if __name__ == "__main__":  # build by hand: python tests/tiny_model.py DIR
     import sys
 
     print(build_tiny_llama(Path(sys.argv[1])))
+
+
+def build_tiny_cross_encoder(out: Path, *, seed: int = 0) -> Path:
+    """A tiny random-weight cross-encoder (``BertForSequenceClassification``, one label) in ``out``.
+
+    A WordPiece tokenizer with BERT's ``[CLS] a [SEP] b [SEP]`` pair template is trained on the
+    same fixed corpus; vLLM serves the folder as a scoring model (``LLM.score``).
+    """
+    import torch
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    out.mkdir(parents=True, exist_ok=True)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    wp = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    wp.normalizer = normalizers.BertNormalizer(lowercase=True)
+    wp.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    wp.decoder = decoders.WordPiece()
+    wp.train_from_iterator(_corpus(), trainer=trainers.WordPieceTrainer(vocab_size=VOCAB_SIZE, special_tokens=specials,
+                                                                       show_progress=False))
+    cls, sep = wp.token_to_id("[CLS]"), wp.token_to_id("[SEP]")
+    wp.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    tokenizer = BertTokenizerFast(tokenizer_object=wp, unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]",
+                                  cls_token="[CLS]", mask_token="[MASK]")
+    tokenizer.model_max_length = MAX_POSITIONS
+    tokenizer.save_pretrained(str(out))
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                        num_attention_heads=4, max_position_embeddings=MAX_POSITIONS, num_labels=1,
+                        pad_token_id=tokenizer.pad_token_id)
+    BertForSequenceClassification(config).save_pretrained(str(out), safe_serialization=True)
+    return out

@@ -20,6 +20,7 @@ import orjson
 from spoolbatch.format import tools as fn_tools
 from spoolbatch.format.bodies import Choice, chat_completion, embedding_list, text_completion, tool_call
 from spoolbatch.format.responses import response
+from spoolbatch.format.scoring import RERANK, SCORING, pair_list, rerank_list, score_list
 from spoolbatch.format.types import Outcome, Request
 from spoolbatch.format.validation import CHAT, CHAT_LIKE, EMBEDDINGS, RESPONSES, SamplingSpec
 
@@ -178,6 +179,8 @@ class FakeEngine:
             return Outcome(embedding_list(model=spec.model, vectors=[_embed(t) for t in spec.inputs],
                                           prompt_tokens=tokens, encoding_format=spec.encoding_format),
                            prompt_tokens=tokens)
+        if spec.endpoint in SCORING:
+            return self._score(request)
         prompt = _prompt_text(spec)
         digest = _digest(prompt, str(spec.seed))
         choices = [_generate(spec, digest, i) for i in range(spec.n)]
@@ -191,6 +194,20 @@ class FakeEngine:
         return Outcome(build(id=prefix + digest[:12].hex(), model=spec.model, created=created,
                              choices=choices, prompt_tokens=prompt_tokens),
                        prompt_tokens=prompt_tokens, completion_tokens=sum(c.completion_tokens for c in choices))
+
+    def _score(self, request: Request) -> Outcome:
+        """Cosine similarity of the fake embeddings of each pair."""
+        spec = request.spec
+        left, right = pair_list(spec.inputs, spec.documents)
+        scores = [sum(a * b for a, b in zip(_embed(q), _embed(d), strict=True))
+                  for q, d in zip(left, right, strict=True)]
+        tokens = sum(_prompt_tokens(q) + _prompt_tokens(d) for q, d in zip(left, right, strict=True))
+        id = "score-" + _digest(request.custom_id)[:12].hex()
+        if spec.endpoint == RERANK:
+            return Outcome.ok(rerank_list(id=id, model=spec.model, documents=spec.documents, scores=scores,
+                                          top_n=spec.top_n, prompt_tokens=tokens))
+        return Outcome.ok(score_list(id=id, model=spec.model, created=self.created or int(time.time()),
+                                     scores=scores, prompt_tokens=tokens))
 
     def close(self) -> None:
         """Nothing to release."""

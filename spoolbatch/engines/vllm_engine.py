@@ -29,8 +29,9 @@ from spoolbatch.config import EngineSettings
 from spoolbatch.engines.vllm_tools import needs_chat_path
 from spoolbatch.errors import EngineError, RequestError
 from spoolbatch.format import bodies
+from spoolbatch.format.scoring import SCORING
 from spoolbatch.format.types import Outcome, Request
-from spoolbatch.format.validation import CHAT, CHAT_LIKE, EMBEDDINGS, GENERATION, RESPONSES
+from spoolbatch.format.validation import CHAT, CHAT_LIKE, EMBEDDINGS, GENERATION, POOLED, RESPONSES
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ class VllmEngine:
 
         path = resolve_model(model, self.settings.model_dir)
         if endpoint is not None:
-            runner = POOLING if endpoint == EMBEDDINGS else GENERATE
+            runner = POOLING if endpoint in POOLED else GENERATE
         elif self._llm is not None and self._model == model and self._runner is not None:
             runner = self._runner
         else:
@@ -229,6 +230,8 @@ class VllmEngine:
         """Answer every request, in order; per-request problems become failed outcomes."""
         if not requests:
             return []
+        if any(r.spec.endpoint in SCORING for r in requests):
+            return self._run_with_scores(requests)
         embed = [i for i, r in enumerate(requests) if r.spec.endpoint == EMBEDDINGS]
         if not embed:
             return self.collect(self.submit(requests))
@@ -239,6 +242,22 @@ class VllmEngine:
                 outcomes[i] = o
         self.load(self._model or requests[embed[0]].spec.model, endpoint=EMBEDDINGS)
         for i, o in zip(embed, self._run_embeddings([requests[i] for i in embed]), strict=True):
+            outcomes[i] = o
+        return [o if o is not None else Outcome.fail("internal_error", "no answer") for o in outcomes]
+
+    def _run_with_scores(self, requests: Sequence[Request]) -> list[Outcome]:
+        """Score and rerank requests on a pooling model (``vllm_scoring``), the others as ``run`` does."""
+        from spoolbatch.engines.vllm_scoring import run_scores
+
+        outcomes: list[Outcome | None] = [None] * len(requests)
+        scored = [i for i, r in enumerate(requests) if r.spec.endpoint in SCORING]
+        rest = [i for i, r in enumerate(requests) if r.spec.endpoint not in SCORING]
+        if rest:
+            for i, o in zip(rest, self.run([requests[i] for i in rest]), strict=True):
+                outcomes[i] = o
+        first = requests[scored[0]].spec
+        self.load(self._model or first.model, endpoint=first.endpoint)
+        for i, o in zip(scored, run_scores(self, [requests[i] for i in scored], int(time.time())), strict=True):
             outcomes[i] = o
         return [o if o is not None else Outcome.fail("internal_error", "no answer") for o in outcomes]
 

@@ -13,12 +13,14 @@ from typing import Any
 
 from spoolbatch.errors import RequestError
 from spoolbatch.format import tools as fn_tools
+from spoolbatch.format.scoring import RERANK, SCORE, SCORING, pairs
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 EMBEDDINGS = "/v1/embeddings"
 RESPONSES = "/v1/responses"
-ENDPOINTS = (CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES)
+ENDPOINTS = (CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, SCORE, RERANK)
+POOLED = (EMBEDDINGS, *SCORING)  # answered by a pooling model
 CHAT_LIKE = (CHAT, RESPONSES)  # answered from messages with the chat template
 GENERATION = (CHAT, COMPLETIONS, RESPONSES)  # generate text (the others pool)
 
@@ -61,6 +63,9 @@ class SamplingSpec:
     json_schema: dict[str, Any] | None = None
     json_object: bool = False
     encoding_format: str = "float"
+    # Score and rerank: ``inputs`` are the queries, paired with these documents.
+    documents: tuple[str, ...] = ()
+    top_n: int = 0
     # Function calling: the tools, and tool_choice as "none"/"auto"/"required" or a function name.
     tools: tuple[dict[str, Any], ...] = ()
     tool_choice: str | None = None
@@ -232,6 +237,13 @@ def _reject_unknown(url: str, body: dict[str, Any]) -> None:
         raise RequestError("unsupported_parameter", "'stream' cannot be true in a batch")
 
 
+def _model(body: dict[str, Any]) -> str:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise RequestError("missing_field", "'model' must be a non-empty string")
+    return model
+
+
 def parse_spec(url: str, body: dict[str, Any]) -> SamplingSpec:
     """Check every field of ``body`` for ``url``; raise ``RequestError`` on the first refusal."""
     if url == RESPONSES:
@@ -240,10 +252,11 @@ def parse_spec(url: str, body: dict[str, Any]) -> SamplingSpec:
         spec = parse_spec(CHAT, chat_body(body))
         spec.endpoint = RESPONSES
         return spec
+    if url in SCORING:
+        left, right, top_n = pairs(url, body)
+        return SamplingSpec(endpoint=url, model=_model(body), inputs=left, documents=right, top_n=top_n)
     _reject_unknown(url, body)
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise RequestError("missing_field", "'model' must be a non-empty string")
+    model = _model(body)
     if url == EMBEDDINGS:
         if body.get("dimensions") is not None:
             raise RequestError("unsupported_parameter", "'dimensions' is not supported: the model's own size is used")
