@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -191,3 +194,49 @@ def test_one_step_route_and_the_original_routes(server: Server, start_daemon: An
     assert models["object"] == "list"
     gone = httpx.delete(f"{server.url}/v1/batches/{batch['id']}", headers=h)
     assert gone.status_code == 200 and gone.json()["status"] == "completed"
+
+
+def test_kill_9_mid_upload_leaves_no_file_and_no_job(spool: Spool, servers: Callable[..., Server]) -> None:
+    server = servers()
+    sent = threading.Event()
+
+    def body() -> Iterator[bytes]:
+        yield b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+        yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.jsonl"\r\n\r\n'
+        for i in range(200):
+            yield orjson.dumps(chat_line(i)) + b"\n"
+            sent.set()
+            time.sleep(0.05)
+        yield b"\r\n--b--\r\n"
+
+    def post() -> None:
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.post(server.url + "/v1/files", content=body(), timeout=30,
+                       headers={"Authorization": f"Bearer {KEY}", "content-type": "multipart/form-data; boundary=b"})
+
+    thread = threading.Thread(target=post, daemon=True)
+    thread.start()
+    wait_for(lambda: sent.is_set() and list(spool.files.glob(".upload.*.tmp")))
+    server.stop(signal.SIGKILL)
+    thread.join(timeout=30)
+    assert [p.name for p in spool.files.iterdir() if not p.name.startswith(".")] == []
+    assert list(spool.inbox.iterdir()) == [] and list(spool.batches.iterdir()) == []
+    again = servers()
+    client = openai.OpenAI(base_url=again.base_url, api_key=KEY, max_retries=0)
+    assert client.files.list().data == [] and client.batches.list().data == []
+
+
+def test_two_servers_and_a_kill_9_mid_batch(spool: Spool, servers: Callable[..., Server], start_daemon: Any) -> None:
+    a, b = servers(), servers()
+    ca = openai.OpenAI(base_url=a.base_url, api_key=KEY, max_retries=0)
+    cb = openai.OpenAI(base_url=b.base_url, api_key=KEY, max_retries=0)
+    file_id = upload(ca, [chat_line(i) for i in range(40)])
+    batch = cb.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h")
+    start_daemon("--chunk-size", "5", "--fake-latency", "0.02")
+    wait_for(lambda: completed(ca, batch.id) >= 5)
+    a.stop(signal.SIGKILL)
+    done = poll(cb, batch.id, {"completed"})
+    c = openai.OpenAI(base_url=servers().base_url, api_key=KEY, max_retries=0)
+    assert c.batches.retrieve(batch.id).model_dump() == done.model_dump()
+    out = [orjson.loads(x)["custom_id"] for x in c.files.content(done.output_file_id or "").read().splitlines()]
+    assert sorted(out) == sorted(f"req-{i}" for i in range(40))

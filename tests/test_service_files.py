@@ -166,3 +166,21 @@ def test_cron_line_with_the_real_daemon_runs_one_at_a_time(tmp_path: Path) -> No
     assert len(list(spool.workers.glob("*.json"))) == 1, "only one daemon ever worked"
     ckpt = orjson.loads(spool.checkpoint("job").read_bytes())
     assert ckpt["status"] == "completed" and ckpt["requests_done"] == 300
+
+
+def test_serve_unit() -> None:
+    d = directives(UNITS / "spoolbatch-serve.service")
+    assert d["ExecStart"][0].split()[:2] == [SPOOLBATCH_BIN, "serve"]
+    assert "--host 127.0.0.1" in d["ExecStart"][0] and "/var/lib/spoolbatch" in d["ExecStart"][0]
+    assert d["User"] == ["spoolbatch"] and d["UMask"] == ["0077"] and d["NoNewPrivileges"] == ["yes"]
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_serve_unit_verifies(tmp_path: Path) -> None:
+    stand_in = SPOOLBATCH_BIN if os.access(SPOOLBATCH_BIN, os.X_OK) else shutil.which("true")
+    assert stand_in
+    unit = tmp_path / "spoolbatch-serve.service"
+    unit.write_text((UNITS / "spoolbatch-serve.service").read_text().replace(SPOOLBATCH_BIN, stand_in))
+    result = _verify(unit)
+    ours = [line for line in (result.stdout + result.stderr).splitlines() if "spoolbatch" in line]
+    assert result.returncode == 0 and ours == [], result.stdout + result.stderr

@@ -26,6 +26,8 @@ function dur(s){if(s==null)return "-";s=Math.round(s);return s<60?s+"s":s<3600?M
 Math.floor(s/3600)+"h"+Math.floor(s%3600/60)+"m"}
 function gpu(g){if(!g)return "-";if(g.devices&&g.devices.length)return g.devices.map(d=>"GPU "+d.index+" "+
 (d.memory_pct||0).toFixed(0)+"% "+(d.temperature_c==null?"":d.temperature_c+"°C")).join(", ");return g.reason||"none"}
+if(location.hash.startsWith("#key=")){localStorage.setItem("spoolbatch_key",location.hash.slice(5));
+history.replaceState(null,"",location.pathname)}
 async function refresh(){
   const key=localStorage.getItem("spoolbatch_key");
   try{
