@@ -324,3 +324,19 @@ def test_a_batch_output_expires_after_its_own_time_with_its_record_and_upload(sp
                                                          (Kind.UPLOAD, "file-" + "b" * 24)}
     assert not spool.batch_record("api").exists() and not list(spool.files.iterdir())
     assert spool.checkpoint("cli").exists()  # the retention rule: 30 days
+
+
+def test_delivered_webhooks_go_with_their_job_pending_ones_stay(spool: Spool, config: Config) -> None:
+    from spoolbatch.store import outbox
+
+    drop(spool, "job.jsonl", [chat_line(i) for i in range(3)])
+    drain(config)
+    sent = outbox.Delivery("sent", "job", "https://a.example/hook", "evt_1", "{}", time.time(),
+                           state=outbox.DeliveryState.DELIVERED)
+    waiting = outbox.Delivery("waiting", "job", "https://b.example/hook", "evt_1", "{}", time.time())
+    for entry in (sent, waiting):
+        entry.save(spool)
+    assert [r.kind for r in gc(config).removed] == []  # the job is still kept: so are its events
+    report = gc(config, older_than_days=0)
+    assert sorted((r.kind, r.name) for r in report.removed) == [(Kind.JOB, "job"), (Kind.WEBHOOK, "sent")]
+    assert not spool.outbox_entry("sent").exists() and spool.outbox_entry("waiting").exists()

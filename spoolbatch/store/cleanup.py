@@ -37,6 +37,7 @@ from filelock import FileLock
 
 from spoolbatch.config import Config
 from spoolbatch.store import files as uploads
+from spoolbatch.store import outbox
 from spoolbatch.store.batches import BatchRecord
 from spoolbatch.store.checkpoint import Checkpoint
 from spoolbatch.store.fsutil import fsync_dir
@@ -59,6 +60,7 @@ class Kind(StrEnum):
     REJECTED = "rejected"
     GROUP = "group"
     BATCH = "batch"
+    WEBHOOK = "webhook"
     UPLOAD = "upload"
     WORKER = "worker"
     TEMPORARY = "temporary"
@@ -245,6 +247,7 @@ class Cleanup:
         self.groups()
         self.batches()
         self.uploads()
+        self.webhooks()
         self.workers()
         self.temporaries()
         self.orphans()
@@ -422,6 +425,29 @@ class Cleanup:
             with contextlib.suppress(OSError):
                 if swept := uploads.sweep(sp, self.now):
                     self._add(Kind.TEMPORARY, "files/", swept, 0, "uploads a killed server left")
+
+    def webhooks(self) -> None:
+        """Outbox entries delivered (or given up) whose job is gone; a pending one stays until it is sent."""
+        sp = self.spool
+        for path in sorted(sp.outbox.glob("*.json")):
+            name = path.name[: -len(".json")]
+            entry = outbox.Delivery.load(sp, name)
+            if entry is None or entry.state == outbox.DeliveryState.PENDING:
+                continue
+            if entry.job not in self._gone and sp.job_exists(entry.job):
+                continue
+            lock = sp.try_lock(sp.outbox_lock(name)) if not self.dry_run else None
+            if lock is None and not self.dry_run:
+                continue  # a sender holds it
+            try:
+                n, size = _measure([path])
+                if not self.dry_run:
+                    _unlink(path)
+                    _unlink(sp.outbox_lock(name))
+                self._add(Kind.WEBHOOK, name, n, size, f"{entry.state.value}, job {entry.job} is gone")
+            finally:
+                if lock is not None:
+                    lock.release()
 
     # --- clutter -------------------------------------------------------------------------------
     def workers(self) -> None:
