@@ -37,6 +37,9 @@ class EngineSettings:
     model_dir: str | None = None
     tool_call_parser: str | None = None  # vLLM's --tool-call-parser name, for tool_choice "auto"
     reasoning_parser: str | None = None  # vLLM's --reasoning-parser name: reasoning split from content
+    media_dir: str | None = None  # file:// images are read only inside this folder
+    allow_remote_media: bool = False  # fetch http(s) images (off: batch boxes often have no network)
+    max_image_bytes: int = 20 * 1024 * 1024
 
 
 _ENGINE = EngineSettings()
@@ -110,6 +113,9 @@ class Config:
     model_dir: str | None = _ENGINE.model_dir
     tool_call_parser: str | None = _ENGINE.tool_call_parser
     reasoning_parser: str | None = _ENGINE.reasoning_parser
+    media_dir: str | None = _ENGINE.media_dir
+    allow_remote_media: bool = _ENGINE.allow_remote_media
+    max_image_bytes: int = _ENGINE.max_image_bytes
     ray_address: str = "auto"  # --engine ray: a cluster address, "auto" (a running one, else local), "local"
     ray_concurrency: int = 1  # --engine ray: vLLM replicas, one GPU each on a GPU cluster
     api_keys: tuple[str, ...] = ()  # `serve`: Bearer keys (SPOOLBATCH_API_KEYS: comma-separated)
@@ -183,7 +189,8 @@ def _coerce(name: str, raw: Any) -> Any:
 
 def _check(config: Config) -> Config:
     positive = ("chunk_size", "max_requests_per_job", "max_job_bytes", "max_queued_jobs",
-                "max_queued_requests", "max_line_bytes", "max_attempts", "gpu_min_chunk", "ray_concurrency")
+                "max_queued_requests", "max_line_bytes", "max_attempts", "gpu_min_chunk", "ray_concurrency",
+                "max_image_bytes")
     for name in positive:
         if getattr(config, name) < 1:
             raise ConfigError(f"setting {name!r} must be at least 1, got {getattr(config, name)}")

@@ -77,6 +77,8 @@ def test_deadletter_keeps_invalid_utf8_bytes_exactly() -> None:
     (CHAT, {"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": True}, "unsupported_parameter"),
     (CHAT, {"model": "m", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 3}, "invalid_value"),
     (CHAT, {"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+     "invalid_value"),
+    (CHAT, {"model": "m", "messages": [{"role": "user", "content": [{"type": "input_audio"}]}]},
      "unsupported_content"),
     (CHAT, {"model": "m", "messages": [{"role": "user", "content": "x"}],
             "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "invalid_value"),

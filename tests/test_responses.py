@@ -55,7 +55,7 @@ def test_input_and_instructions_become_messages() -> None:
     ({"input": "x", "tools": [{"type": "web_search"}]}, "unsupported_parameter"),
     ({"input": "x", "reasoning": {"effort": "high", "summary": "auto"}}, "unsupported_parameter"),
     ({"input": "x", "reasoning": {"effort": "enormous"}}, "invalid_value"),
-    ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}, "unsupported_content"),
+    ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "x"}]}]}, "unsupported_content"),
     ({"input": [{"type": "file_search_call"}]}, "unsupported_content"),
     ({"input": "x", "text": {"format": {"type": "grammar"}}}, "invalid_value"),
     ({"input": "x", "truncation": "auto"}, "unsupported_parameter"),

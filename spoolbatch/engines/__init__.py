@@ -18,8 +18,9 @@ def make_engine(name: str, config: Config) -> Engine:
     """Build the engine called ``name``; importing vLLM happens here and nowhere else."""
     if name == "fake":
         from spoolbatch.engines.fake import FakeEngine
+        from spoolbatch.engines.media import MediaPolicy
 
-        return FakeEngine(latency=config.fake_latency)
+        return FakeEngine(latency=config.fake_latency, media=MediaPolicy.of(config.engine_settings()))
     if name == "vllm":
         from spoolbatch.engines.vllm_engine import VllmEngine
 

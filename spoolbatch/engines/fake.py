@@ -17,6 +17,8 @@ from typing import Any
 
 import orjson
 
+from spoolbatch.engines.media import MediaPolicy, has_images, resolve_images
+from spoolbatch.errors import RequestError
 from spoolbatch.format import tools as fn_tools
 from spoolbatch.format.bodies import Choice, chat_completion, embedding_list, text_completion, tool_call
 from spoolbatch.format.responses import response
@@ -48,8 +50,15 @@ def _prompt_tokens(text: str) -> int:
 
 def _prompt_text(spec: SamplingSpec) -> str:
     if spec.endpoint in CHAT_LIKE:
-        return "\n".join([f"{m['role']}: {m['content']}" for m in spec.messages])
+        return "\n".join([f"{m['role']}: {_flat(m['content'])}" for m in spec.messages])
     return spec.prompt
+
+
+def _flat(content: Any) -> str:
+    """A message's text (image parts count as their URL's length, not their bytes)."""
+    if isinstance(content, list):
+        return "".join(p.get("text", "") if p.get("type") == "text" else "<image>" for p in content)
+    return str(content or "")
 
 
 def _generate(spec: SamplingSpec, digest: bytes, index: int) -> Choice:
@@ -142,9 +151,10 @@ class FakeEngine:
 
     name = "fake"
 
-    def __init__(self, latency: float = 0.0, created: int | None = None) -> None:
+    def __init__(self, latency: float = 0.0, created: int | None = None, media: MediaPolicy | None = None) -> None:
         self.latency = latency
         self.created = created
+        self.media = media or MediaPolicy()
         self.model: str | None = None
 
     def load(self, model: str) -> None:
@@ -181,6 +191,11 @@ class FakeEngine:
                            prompt_tokens=tokens)
         if spec.endpoint in SCORING:
             return self._score(request)
+        if spec.rich and has_images(spec.messages):
+            try:  # images are read and checked as the real engine does; the answer ignores them
+                resolve_images(spec.messages, self.media)
+            except RequestError as exc:
+                return Outcome.fail(exc.code, str(exc))
         prompt = _prompt_text(spec)
         digest = _digest(prompt, str(spec.seed))
         choices = [_generate(spec, digest, i) for i in range(spec.n)]

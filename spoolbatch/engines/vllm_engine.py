@@ -362,10 +362,12 @@ class VllmEngine:
     def chat_tools(self) -> Any:
         """vLLM's request model, renderer and parsers for tools and reasoning (``vllm_tools``)."""
         if self._chat is None:
+            from spoolbatch.engines.media import MediaPolicy
             from spoolbatch.engines.vllm_tools import ChatTools
 
             self._chat = ChatTools.for_llm(self._llm, tool_call_parser=self.settings.tool_call_parser,
-                                   reasoning_parser=self.settings.reasoning_parser)
+                                           reasoning_parser=self.settings.reasoning_parser,
+                                           media=MediaPolicy.of(self.settings))
         return self._chat
 
     def sampling_params(self, request: Request, prompt_len: int, *, overrides: dict[str, Any] | None = None) -> Any:

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from spoolbatch.engines.media import MediaPolicy, has_images, resolve_images
 from spoolbatch.errors import RequestError
 from spoolbatch.format import bodies
 from spoolbatch.format import tools as fn_tools
@@ -52,8 +53,10 @@ class ChatTools:
     """vLLM's request model, renderer and parsers for one loaded model (see the module doc)."""
 
     def __init__(self, tokenizer: Any, model_config: Any, render: Callable[..., Any] | None, *,
-                 tool_call_parser: str | None, reasoning_parser: str | None) -> None:
+                 tool_call_parser: str | None, reasoning_parser: str | None,
+                 media: MediaPolicy | None = None) -> None:
         self.tokenizer = tokenizer
+        self.media = media or MediaPolicy()
         self.model_config = model_config  # vLLM's ModelConfig, or None (parsers then use defaults)
         self.render = render  # LLM._preprocess_chat_one: vLLM's offline chat renderer, LLM.chat's
         self.tool_call_parser = tool_call_parser or None
@@ -61,10 +64,11 @@ class ChatTools:
         self.parser_cls = self._parser_class()
 
     @classmethod
-    def for_llm(cls, llm: Any, *, tool_call_parser: str | None, reasoning_parser: str | None) -> ChatTools:
+    def for_llm(cls, llm: Any, *, tool_call_parser: str | None, reasoning_parser: str | None,
+                media: MediaPolicy | None = None) -> ChatTools:
         """The tools for a loaded ``vllm.LLM``."""
         return cls(llm.get_tokenizer(), llm.llm_engine.model_config, llm._preprocess_chat_one,
-                   tool_call_parser=tool_call_parser, reasoning_parser=reasoning_parser)
+                   tool_call_parser=tool_call_parser, reasoning_parser=reasoning_parser, media=media)
 
     def _parser_class(self) -> Any:
         """vLLM's composed parser class; a generic JSON tool parser stands in when none is named.
@@ -121,8 +125,10 @@ class ChatTools:
         if self.render is None:
             raise RequestError("internal_error", "no chat renderer (tools built without a model)")
         tools = [copy.deepcopy(t) for t in spec.tools] or None
-        engine_input = self.render(copy.deepcopy(list(spec.messages)), tools=tools,
-                                   chat_template_kwargs=dict(template_kwargs))
+        # Images are read and checked under the media policy first, and handed on as data: URLs.
+        messages = resolve_images(spec.messages, self.media) if has_images(spec.messages) \
+            else copy.deepcopy(list(spec.messages))
+        engine_input = self.render(messages, tools=tools, chat_template_kwargs=dict(template_kwargs))
         ids = engine_input.get("prompt_token_ids") if isinstance(engine_input, dict) else None
         if ids is None:
             raise RequestError("invalid_request", "vLLM rendered this conversation without token ids")
@@ -138,7 +144,7 @@ class ChatTools:
         from pydantic import ValidationError
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 
-        data: dict[str, Any] = {"model": spec.model, "messages": copy.deepcopy(list(spec.messages))}
+        data: dict[str, Any] = {"model": spec.model, "messages": _without_image_bytes(spec.messages)}
         if spec.tools:
             data["tools"] = copy.deepcopy(list(spec.tools))
             data["parallel_tool_calls"] = spec.parallel_tool_calls
@@ -194,6 +200,20 @@ class ChatTools:
     def reasoning(self) -> bool:
         """True when answers carry reasoning token counts (a reasoning parser is configured)."""
         return self.reasoning_parser is not None
+
+
+def _without_image_bytes(messages: Any) -> list[dict[str, Any]]:
+    """The messages for vLLM's request model: image parts stand in as a tiny placeholder URL.
+
+    The request model only steers the parsers; the images themselves are read once, for the renderer.
+    """
+    out = copy.deepcopy(list(messages))
+    for message in out:
+        if isinstance(message.get("content"), list):
+            for part in message["content"]:
+                if part.get("type") == "image_url":
+                    part["image_url"] = {"url": "data:image/png;base64,"}
+    return out
 
 
 def _close_call_objects(schema: Any) -> None:

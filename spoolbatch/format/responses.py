@@ -123,9 +123,14 @@ def _content(content: Any, where: str) -> Any:
         kind = part.get("type") if isinstance(part, dict) else None
         if kind in ("input_text", "output_text") and isinstance(part.get("text"), str):
             parts.append({"type": "text", "text": part["text"]})
+        elif kind == "input_image" and isinstance(part.get("image_url"), str):
+            if part.get("detail", "auto") != "auto":
+                raise RequestError("unsupported_parameter", f"{where}.content[{j}]: detail {part['detail']!r} "
+                                   "is not supported (auto only)")
+            parts.append({"type": "image_url", "image_url": {"url": part["image_url"]}})
         else:
             raise RequestError("unsupported_content", f"{where}.content[{j}]: part {kind!r} is not supported "
-                               "(input_text only)")
+                               "(input_text, input_image with an image_url)")
     return parts
 
 

@@ -105,7 +105,7 @@ def _integer(body: dict[str, Any], key: str, lo: int, hi: int) -> int | None:
 
 
 def _text(content: Any, where: str) -> str:
-    """A message's content: a string, or a list of text parts (images are refused)."""
+    """A message's content: a string, or a list of text parts (images only in user messages)."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
@@ -162,9 +162,36 @@ def _messages(body: dict[str, Any]) -> tuple[tuple[dict[str, Any], ...], bool]:
                         "tool_call_id": call_id})
             rich = True
             continue
-        out.append({"role": "system" if role == "developer" else role,
-                    "content": _text(message.get("content", ""), where)})
+        content = message.get("content", "")
+        if role == "user" and isinstance(content, list) \
+                and any(isinstance(p, dict) and p.get("type") == "image_url" for p in content):
+            out.append({"role": "user", "content": _image_parts(content, where)})
+            rich = True
+            continue
+        out.append({"role": "system" if role == "developer" else role, "content": _text(content, where)})
     return tuple(out), rich
+
+
+def _image_parts(content: list[Any], where: str) -> list[dict[str, Any]]:
+    """Text and ``image_url`` parts, checked for shape (the engine reads and checks the images)."""
+    parts: list[dict[str, Any]] = []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            parts.append({"type": "text", "text": part["text"]})
+            continue
+        if kind != "image_url":
+            raise RequestError("unsupported_content", f"{where}.content[{j}]: part {kind!r} is not supported "
+                               "(text and image_url)")
+        image = part.get("image_url")
+        url = image.get("url") if isinstance(image, dict) else None
+        if not isinstance(image, dict) or not isinstance(url, str) or not url:
+            raise RequestError("invalid_value", f"{where}.content[{j}].image_url.url must be a string")
+        if image.get("detail", "auto") != "auto":
+            raise RequestError("unsupported_parameter", f"{where}.content[{j}]: image_url.detail "
+                               f"{image['detail']!r} is not supported (auto only)")
+        parts.append({"type": "image_url", "image_url": {"url": url}})
+    return parts
 
 
 def _stop(body: dict[str, Any]) -> tuple[str, ...]:
