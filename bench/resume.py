@@ -83,7 +83,7 @@ def crash_inside_chunk(spool_dir: Path, chunk: int) -> None:
                       max_requests_per_job=10**8, max_job_bytes=1 << 40)
     daemon = Daemon(cfg, echo=False)
     job = daemon.spool.running_jobs()[0]
-    claim = daemon.runner.claim_chunk(job, chunk)
+    claim = daemon.take_chunk(job, chunk)
     assert claim is not None
     claim.release()
 

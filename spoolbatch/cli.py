@@ -398,14 +398,13 @@ def deadletter(job: Annotated[str, typer.Argument(help="Job id or group name.")]
 def logs(job: Annotated[str, typer.Argument(help="Job id.")], spool: SpoolOpt = None,
          tail: Annotated[int | None, typer.Option("-n", "--tail", help="Only the last N lines.")] = None,
          json: JsonOpt = False) -> None:
-    """The job's log: claim, chunks, retries, end."""
-    from spoolbatch.commands.catalog import log_lines
+    """The job's log: claim, chunks, retries, end (``--json``: its events)."""
+    from spoolbatch.commands.catalog import log_events, log_lines
 
-    lines = log_lines(Spool(_config(spool).spool), job, tail)
     if json:
-        _json(lines)
+        _json(log_events(Spool(_config(spool).spool), job, tail))
     else:
-        for line in lines:
+        for line in log_lines(Spool(_config(spool).spool), job, tail):
             out.print(line, markup=False)
 
 

@@ -15,7 +15,10 @@ import orjson
 import pytest
 
 from spoolbatch.config import Config, load_config
+from spoolbatch.store.checkpoint import Checkpoint
+from spoolbatch.store.joblog import read_events
 from spoolbatch.store.spool import Spool
+from spoolbatch.store.workarea import WorkArea
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -62,6 +65,32 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     data = path.read_bytes()
     assert not data or data.endswith(b"\n"), f"{path} ends with a torn line"
     return [orjson.loads(line) for line in data.splitlines()]
+
+
+def orphans(spool: Spool, job: str) -> set[int]:
+    """Numbers (from 1) of the planned chunks of ``job`` with no committed part and no live holder.
+
+    Each is taken over (a ``resumed`` event) by the next worker that claims from the job.
+    """
+    area = WorkArea(spool.work_area(job))
+    ckpt = Checkpoint.load(spool.checkpoint(job))
+    free = set()
+    for chunk in area.plan()[ckpt.chunks if ckpt else 0:]:
+        if area.committed(chunk.index) is None:
+            lock = spool.try_lock(area.lock(chunk.index))
+            if lock is not None:
+                lock.release()
+                free.add(chunk.index + 1)
+    return free
+
+
+def job_events(spool: Spool, job: str, *names: str) -> list[dict[str, Any]]:
+    """The events of the job's log (only those named, when names are given), oldest first."""
+    if not spool.log(job).exists():
+        return []
+    events = read_events(spool.log(job))
+    assert all(e["event"] != "text" for e in events), "the job log holds a line that is not an event"
+    return [e for e in events if not names or e["event"] in names]
 
 
 @pytest.fixture

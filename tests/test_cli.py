@@ -41,7 +41,9 @@ def test_init_submit_run_results_round_trip(spool: Spool, tmp_path: Path) -> Non
     data = orjson.loads(out)
     assert data["jobs"][0]["job"] == "jobs" and data["workers"][0]["liveness"] == "stopped"
     code, out, _ = cli(spool, "logs", "jobs", "--json")
-    assert any("completed" in line for line in orjson.loads(out))
+    assert [e["event"] for e in orjson.loads(out)] == ["claimed", "chunk_merged", "completed"]
+    code, out, _ = cli(spool, "logs", "jobs")
+    assert code == 0 and "claimed jobs.jsonl as job jobs: 12 lines" in out and "completed: 12 answered" in out
     code, out, _ = cli(spool, "status")
     assert code == 0 and "completed" in out
 

@@ -12,7 +12,7 @@ import pytest
 
 from spoolbatch.store.spool import Spool
 
-from .conftest import assert_exactly_once, chat_line, drop, wait_for
+from .conftest import assert_exactly_once, chat_line, drop, job_events, orphans, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -48,10 +48,10 @@ def test_three_daemons_process_each_job_exactly_once(spool: Spool, start_daemon:
     owners = set()
     for job in jobs:
         assert assert_exactly_once(spool, job, job_ids(job, 200)) == (200, 0)
-        log = spool.log(job).read_text()
-        assert log.count(" claimed ") == 1, log
-        assert "resuming" not in log, log
-        assert log.count("completed:") == 1, log
+        assert len(job_events(spool, job, "claimed")) == 1
+        assert job_events(spool, job, "resumed") == []
+        assert [e["chunk"] for e in job_events(spool, job, "chunk_merged")] == [1, 2, 3, 4]
+        assert len(job_events(spool, job, "completed")) == 1
         ckpt = checkpoint(spool, job)
         assert ckpt is not None and ckpt["resumes"] == 0
         owners.add(ckpt["worker"])
@@ -71,27 +71,34 @@ def test_dead_owner_is_taken_over_by_a_running_daemon(spool: Spool, start_daemon
     # While the first lives its work is owned: nothing of it is taken over (the second may share chunks).
     wait_for(lambda: any(f"-{second.pid}.json" in p.name for p in spool.workers.iterdir()), timeout=30)
     assert spool.job_is_owned(job)
-    assert "resuming" not in spool.log(job).read_text()
+    assert job_events(spool, job, "resumed") == []
 
     # Kill the first while it is inside a chunk (about 0.5 s each): wait for it to start one.
     beat = spool.worker_file(f"{socket.gethostname()}-{first.pid}")
     chunk = orjson.loads(beat.read_bytes()).get("chunk")
     wait_for(lambda: orjson.loads(beat.read_bytes()).get("chunk") not in (None, chunk), timeout=30, interval=0.01)
     time.sleep(0.1)
-    first.send_signal(signal.SIGKILL)
-    assert first.wait(timeout=10) == -signal.SIGKILL
+    # Kill it while holding the job lock, so that no chunk is planned, merged or taken over
+    # meanwhile: the chunks it leaves (the one it answers and, pipelining, the next one it
+    # handed to its engine) are the planned ones with no committed part and a free lock.
+    lock = spool.wait_lock(spool.job_lock(job))
+    try:
+        first.send_signal(signal.SIGKILL)
+        assert first.wait(timeout=10) == -signal.SIGKILL
+        orphaned = orphans(spool, job)
+    finally:
+        lock.release()
+    assert orphaned, "the kill landed inside a chunk"
     wait_for(lambda: (checkpoint(spool, job) or {}).get("status") == "completed", timeout=60)
     assert second.poll() is None, "the survivor keeps running after the take-over"
 
     assert assert_exactly_once(spool, job, job_ids(job, 600)) == (600, 0)
-    log = spool.log(job).read_text()
-    assert log.count(" claimed ") == 1
-    # The victim held the chunk it was answering and, pipelining, the next one it had handed
-    # to its engine: each is taken over once.
-    taken = log.count("resuming at line")
-    assert taken in (1, 2), log
+    assert len(job_events(spool, job, "claimed")) == 1
+    # Each chunk the victim left is taken over once, by the survivor.
+    taken = [(e["chunk"], e["worker"]) for e in job_events(spool, job, "resumed")]
+    assert sorted(taken) == [(chunk, f"{socket.gethostname()}-{second.pid}") for chunk in sorted(orphaned)]
     ckpt = checkpoint(spool, job)
-    assert ckpt is not None and ckpt["resumes"] == taken
+    assert ckpt is not None and ckpt["resumes"] == len(orphaned)
     assert ckpt["worker"].endswith(f"-{second.pid}")
     second.send_signal(signal.SIGTERM)
     assert second.wait(timeout=30) == 0

@@ -8,11 +8,12 @@ the last run everything is whole and agrees with it.
 from __future__ import annotations
 
 import random
-import re
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -20,7 +21,7 @@ import pytest
 
 from spoolbatch.store.spool import Spool
 
-from .conftest import assert_exactly_once, chat_line, drop, read_jsonl, wait_for
+from .conftest import assert_exactly_once, chat_line, drop, job_events, orphans, read_jsonl, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -78,10 +79,24 @@ def assert_files_cover_checkpoint(spool: Spool) -> None:
         assert size >= committed, f"{path.name} is {size} bytes, checkpoint says {committed}"
 
 
+@dataclass(frozen=True, slots=True)
+class Kill:
+    """One daemon of ``kill_repeatedly``: how it ended, its worker id, the chunks it left orphaned."""
+
+    kind: str
+    worker: str
+    orphans: frozenset[int]
+
+
+def worker_of(proc: subprocess.Popen[bytes]) -> str:
+    """The worker id a daemon subprocess writes in its events."""
+    return f"{socket.gethostname()}-{proc.pid}"
+
+
 def kill_repeatedly(spool: Spool, start_daemon: Any, rng: random.Random, plan: list[str],
-                    daemon_args: tuple[str, ...]) -> list[str]:
-    """Start a daemon and SIGKILL it once per entry of ``plan``; the kinds of kills that landed."""
-    kinds: list[str] = []
+                    daemon_args: tuple[str, ...]) -> list[Kill]:
+    """Start a daemon and SIGKILL it once per entry of ``plan``; the kills that landed."""
+    kills: list[Kill] = []
     for kind in plan:
         before = lines_consumed(spool)
         proc = start_daemon(*daemon_args)
@@ -97,15 +112,37 @@ def kill_repeatedly(spool: Spool, start_daemon: Any, rng: random.Random, plan: l
             wait_for(moved(spool, proc, before), timeout=30, interval=0.01)
             time.sleep(rng.uniform(0.0, 0.12))
         if proc.poll() is not None:
-            break  # the job finished before this kill; the rest of the plan is moot
+            raise AssertionError(f"a daemon exited on its own (status {proc.returncode}) before its kill")
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=10) == -signal.SIGKILL
-        kinds.append(kind)
+        kills.append(Kill(kind, worker_of(proc), frozenset(orphans(spool, JOB))))
         assert_files_cover_checkpoint(spool)
         ckpt = checkpoint(spool)
         if ckpt is not None and ckpt["status"] == "completed":
             break
-    return kinds
+    return kills
+
+
+def assert_takeovers(spool: Spool, kills: list[Kill], last: str) -> int:
+    """Each chunk a kill left orphaned is taken over once, by a later daemon; how many were.
+
+    ``last`` is the worker that ran the job to its end after the kills.
+    """
+    taken: dict[str, list[int]] = {}
+    for event in job_events(spool, JOB, "resumed"):
+        taken.setdefault(event["worker"], []).append(event["chunk"])
+    assert set(taken) <= {k.worker for k in kills} | {last}, taken
+    waiting: frozenset[int] = frozenset()  # orphans no daemon has taken over yet
+    for kill in kills:
+        mine = taken.get(kill.worker, [])
+        assert len(mine) == len(set(mine)) and set(mine) <= waiting, (kill, mine, waiting)
+        # What it did not reach is still orphaned; what it took over and held at its death is again.
+        assert waiting - set(mine) <= kill.orphans, (kill, mine, waiting)
+        waiting = kill.orphans
+    assert sorted(taken.get(last, [])) == sorted(waiting)
+    total = sum(map(len, taken.values()))
+    assert checkpoint(spool)["resumes"] == total
+    return total
 
 
 def test_kill9_at_random_instants_then_resume_exactly_once(spool: Spool, start_daemon: Any) -> None:
@@ -115,10 +152,9 @@ def test_kill9_at_random_instants_then_resume_exactly_once(spool: Spool, start_d
     daemon_args = ("--chunk-size", "50", "--fake-latency", "0.002")
 
     plan = ["early", "mid", "mid", "after_checkpoint", "mid", "mid", "after_checkpoint", "mid"]
-    kinds = kill_repeatedly(spool, start_daemon, rng, plan, daemon_args)
-    kills = len(kinds)
+    kills = kill_repeatedly(spool, start_daemon, rng, plan, daemon_args)
 
-    assert kills >= 5, f"only {kills} kills landed before the job finished: {kinds}"
+    assert len(kills) >= 5, f"only {len(kills)} kills landed before the job finished: {kills}"
     assert lines_consumed(spool) < 1000 or checkpoint(spool)["status"] == "completed"
 
     final = start_daemon("--once", *daemon_args)
@@ -134,11 +170,10 @@ def test_kill9_at_random_instants_then_resume_exactly_once(spool: Spool, start_d
     assert {d["error"]["code"] for d in dead} == {"invalid_json", "invalid_method", "missing_custom_id"}
     assert sorted(p.name for p in spool.active.iterdir()) == []
     assert spool.archived_input(JOB).exists()
-    assert checkpoint(spool)["resumes"] >= 1
-    log = spool.log(JOB).read_text()
-    assert log.count(" claimed ") == 1
-    # A kill inside a chunk leaves it to be taken over ("resuming"); one between chunks does not.
-    assert "resuming at line" in log
+    assert len(job_events(spool, JOB, "claimed")) == 1
+    # A kill inside a chunk leaves it to be taken over; one between chunks does not.
+    assert any(k.orphans for k in kills if k.kind == "mid"), kills
+    assert_takeovers(spool, kills, worker_of(final))
 
 
 def test_kill9_keeps_duplicate_detection_across_resumes(spool: Spool, start_daemon: Any) -> None:
@@ -153,10 +188,11 @@ def test_kill9_keeps_duplicate_detection_across_resumes(spool: Spool, start_daem
     firsts = {r["custom_id"] for k, r in enumerate(records, start=1) if k not in dup_lines}
     drop(spool, f"{JOB}.jsonl", records)
     daemon_args = ("--chunk-size", "20", "--fake-latency", "0.004")
-    kinds = kill_repeatedly(spool, start_daemon, random.Random(7), ["mid", "after_checkpoint", "mid", "mid", "mid"],
+    kills = kill_repeatedly(spool, start_daemon, random.Random(7), ["mid", "after_checkpoint", "mid", "mid", "mid"],
                             daemon_args)
-    assert len(kinds) >= 4, kinds
-    assert start_daemon("--once", *daemon_args).wait(timeout=60) == 0
+    assert len(kills) >= 4, kills
+    final = start_daemon("--once", *daemon_args)
+    assert final.wait(timeout=60) == 0
 
     results = read_jsonl(spool.results(JOB))
     dead = read_jsonl(spool.deadletter_file(JOB))
@@ -165,7 +201,9 @@ def test_kill9_keeps_duplicate_detection_across_resumes(spool: Spool, start_daem
     assert [d["line"] for d in dead] == sorted(dup_lines)
     assert {d["error"]["code"] for d in dead} == {"duplicate_custom_id"}
     ckpt = checkpoint(spool)
-    assert ckpt is not None and ckpt["status"] == "completed" and ckpt["resumes"] >= 1
+    assert ckpt is not None and ckpt["status"] == "completed"
+    assert any(k.orphans for k in kills), kills
+    assert_takeovers(spool, kills, worker_of(final))
     assert (ckpt["requests_done"], ckpt["requests_failed"]) == (len(results), len(dead))
     assert ckpt["results_bytes"] == spool.results(JOB).stat().st_size
     assert ckpt["deadletter_bytes"] == spool.deadletter_file(JOB).stat().st_size
@@ -193,13 +231,15 @@ def test_sigterm_stops_at_chunk_boundary_and_resumes(spool: Spool, start_daemon:
     assert len(read_jsonl(spool.results(JOB))) == ckpt["requests_done"] == ckpt["lines_consumed"]
     assert spool.input(JOB).exists(), "a stopped job stays claimable in active/"
     assert not spool.job_is_owned(JOB)
-    assert "stopping at a chunk boundary" in spool.log(JOB).read_text()
+    stopped_at = ckpt["lines_consumed"]
+    assert [(e["line"], e["worker"]) for e in job_events(spool, JOB, "stopping")] == [(stopped_at, worker_of(proc))]
 
     final = start_daemon("--once", "--chunk-size", "50")
     assert final.wait(timeout=60) == 0
     assert assert_exactly_once(spool, JOB, {f"req-{i}" for i in range(400)}) == (400, 0)
-    log = spool.log(JOB).read_text()
-    assert log.count(" claimed ") == 1
-    # A clean stop leaves no half-done chunk for anyone to take over.
-    assert "resuming" not in log
-    assert re.search(r"(continuing|resuming) at line", log) or checkpoint(spool)["resumes"] == 1
+    assert len(job_events(spool, JOB, "claimed")) == 1
+    # A clean stop leaves no half-done chunk for anyone to take over: the next daemon goes on
+    # with a fresh chunk after the last one merged.
+    assert job_events(spool, JOB, "resumed") == [] and checkpoint(spool)["resumes"] == 0
+    continued = [(e["first_line"], e["worker"]) for e in job_events(spool, JOB, "continued")]
+    assert continued == [(stopped_at + 1, worker_of(final))]

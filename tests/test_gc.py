@@ -27,6 +27,7 @@ from spoolbatch.config import Config
 from spoolbatch.store.checkpoint import Checkpoint
 from spoolbatch.store.cleanup import DAY, Kind, Policy, collect, job_files
 from spoolbatch.store.jobstate import JobState
+from spoolbatch.store.rejections import write_reason
 from spoolbatch.store.spool import Spool
 from spoolbatch.worker.daemon import Daemon
 
@@ -76,7 +77,7 @@ def build(spool: Spool, config: Config) -> dict[str, Any]:
     drop(spool, "queued.jsonl", [chat_line(i) for i in range(5)], age=50 * DAY)
     # a refused file, 35 days ago
     (spool.rejected / "refused.jsonl").write_bytes(b"not json\n")
-    spool.write_rejection("refused", "refused.jsonl", "not_jsonl", "not JSONL")
+    write_reason(spool, "refused", "refused.jsonl", "not_jsonl", "not JSONL")
     reason = orjson.loads(spool.rejected_reason("refused").read_bytes())
     reason["at"] = time.time() - 35 * DAY
     spool.rejected_reason("refused").write_bytes(orjson.dumps(reason))

@@ -20,7 +20,7 @@ from spoolbatch.store.spool import Spool, sanitize_job_id
 from spoolbatch.worker.daemon import Daemon
 from spoolbatch.worker.executor import ChunkExecutor
 
-from .conftest import assert_exactly_once, chat_line, drop, read_jsonl, write_jsonl
+from .conftest import assert_exactly_once, chat_line, drop, job_events, read_jsonl, write_jsonl
 
 
 def drain(config: Config) -> Daemon:
@@ -66,11 +66,11 @@ def crash_midway(spool: Spool, config: Config, job: str, chunks: int, *, unmerge
     if daemon._ahead is not None:  # the crash also loses the chunk it had handed to the engine
         daemon._ahead.claim.release()
         daemon._ahead = None
-    held = daemon.runner.claim_chunk(job, config.chunk_size) if orphan else None
+    held = daemon.take_chunk(job, config.chunk_size) if orphan else None
     if unmerged:  # committed after the orphan was planned: it cannot merge before the orphan does
-        claim = daemon.runner.claim_chunk(job, config.chunk_size)
+        claim = daemon.take_chunk(job, config.chunk_size)
         assert claim is not None
-        daemon.runner.run_chunk(claim)
+        daemon.claims.commit(daemon.claims.prepare(claim))
         claim.release()
     if held is not None:
         held.release()
@@ -92,8 +92,9 @@ def test_resume_cuts_files_back_and_merges_or_takes_over_chunks(spool: Spool, co
     # The crashed worker had also handed chunk 3 (line 21 on) to its engine: it is taken over too.
     assert final is not None and final.resumes == 1 + int(orphan) and final.chunks == 5
     assert not spool.work_area("job").exists()
-    log = spool.log("job").read_text()
-    assert "resuming at line 21" in log
+    resumed = [(e["chunk"], e["first_line"], e["last_line"]) for e in job_events(spool, "job", "resumed")]
+    # The orphan is that chunk 3 again: the crashing worker took it over and let it go uncommitted.
+    assert resumed == [(3, 21, 30)] * (1 + int(orphan))
 
 
 def test_duplicates_are_caught_across_a_resume(spool: Spool, config: Config) -> None:
@@ -265,7 +266,7 @@ def test_executor_splits_on_oom_and_deadletters_a_poison_request(spool: Spool, c
     engine = FlakyEngine(max_batch=4, poison={"req-7"})
     drop(spool, "job.jsonl", [chat_line(i) for i in range(20)])
     daemon = Daemon(config.replace(chunk_size=20), echo=False)
-    daemon.executor = daemon.runner.executor = ChunkExecutor(lambda: engine, max_attempts=3, backoff=0)
+    daemon.executor = daemon.claims.executor = ChunkExecutor(lambda: engine, max_attempts=3, backoff=0)
     while daemon.loop_once().worked:
         pass
     assert assert_exactly_once(spool, "job", {f"req-{i}" for i in range(20)}) == (19, 1)

@@ -14,15 +14,14 @@ import pytest
 
 from spoolbatch.store.spool import Spool
 
-from .conftest import REPO, assert_exactly_once, chat_line, daemon_cmd, drop, wait_for
+from .conftest import REPO, assert_exactly_once, chat_line, daemon_cmd, drop, job_events, wait_for
 
 pytestmark = pytest.mark.slow
 
 
 def chunk_workers(spool: Spool, job: str) -> set[str]:
-    """The workers named in the job log's chunk lines."""
-    return {line.rsplit("(", 1)[1].rstrip(")") for line in spool.log(job).read_text().splitlines()
-            if " chunk " in line and line.endswith(")") and "answered" in line}
+    """The workers that answered the job's merged chunks."""
+    return {e["worker"] for e in job_events(spool, job, "chunk_merged")}
 
 
 def test_gpus_flag_runs_one_worker_per_card_on_one_job(spool: Spool) -> None:

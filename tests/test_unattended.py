@@ -24,7 +24,7 @@ from spoolbatch.store.spool import Spool
 from spoolbatch.worker.daemon import Daemon
 from spoolbatch.worker.gpu import GpuMonitor
 
-from .conftest import assert_exactly_once, chat_line, drop, wait_for
+from .conftest import assert_exactly_once, chat_line, drop, job_events, wait_for
 from .test_gpu import GIB, FakeCard, FakeNvml
 
 
@@ -144,7 +144,8 @@ def test_full_disk_pauses_the_job_and_loses_nothing(spool: Spool, config: Config
     wait_for(lambda: done(spool, "job"), timeout=20)
     assert state["hits"] >= 1
     assert_exactly_once(spool, "job", {f"req-{i}" for i in range(30)})
-    assert "disk full" in (spool.log("job")).read_text()
+    full = job_events(spool, "job", "disk_full")
+    assert len(full) == state["hits"] and all("No space left" in e["error"] for e in full)
 
 
 def test_metrics_file_and_watchdog_are_fed_from_the_loop(spool: Spool, config: Config, running: list[Running],

@@ -27,9 +27,8 @@ import pytest
 
 from spoolbatch.store.checkpoint import Checkpoint
 from spoolbatch.store.spool import Spool
-from spoolbatch.store.workarea import WorkArea
 
-from .conftest import REPO, assert_exactly_once, chat_line, drop, read_jsonl, wait_for, write_jsonl
+from .conftest import REPO, assert_exactly_once, chat_line, drop, job_events, orphans, read_jsonl, wait_for, write_jsonl
 
 pytestmark = pytest.mark.vllm
 
@@ -62,9 +61,8 @@ def read_beat(spool: Spool) -> dict[str, Any]:
 
 
 def chunk_workers(spool: Spool, job: str) -> list[str]:
-    """The worker named at the end of each 'chunk N: ... (WORKER)' line of the job log."""
-    return [line.rsplit("(", 1)[1].rstrip(")") for line in spool.log(job).read_text().splitlines()
-            if line.split(" ", 1)[-1].startswith("chunk ")]
+    """The worker that answered each merged chunk of the job, in chunk order."""
+    return [e["worker"] for e in job_events(spool, job, "chunk_merged")]
 
 
 class Daemons:
@@ -253,7 +251,8 @@ def test_kill_9_mid_chunk_then_restart_is_exactly_once(spool: Spool, daemons: Da
     assert ckpt.lines_consumed >= size, (ckpt.lines_consumed, beat)
     # Chunks last seconds here, so the kill lands inside one; should a fast machine commit it
     # first anyway, exactly-once must still hold (and the restart continues instead of resuming).
-    mid_chunk = not WorkArea(spool.work_area(job)).committed(index)
+    orphaned = orphans(spool, job)
+    mid_chunk = index + 1 in orphaned
     if mid_chunk:
         assert ckpt.lines_consumed < first_line, (ckpt.lines_consumed, beat)
     assert read_jsonl(spool.results(job))  # earlier chunks are there, every line whole
@@ -269,12 +268,12 @@ def test_kill_9_mid_chunk_then_restart_is_exactly_once(spool: Spool, daemons: Da
     ckpt = Checkpoint.load(spool.checkpoint(job))
     assert ckpt is not None and ckpt.completion_tokens == total * tokens
     assert last_line == first_line + size - 1
-    log = spool.log(job).read_text()
+    # Each chunk the kill left is taken over once; a restart with none to take over continues.
+    resumed = {e["chunk"]: e["first_line"] for e in job_events(spool, job, "resumed")}
+    assert sorted(resumed) == sorted(orphaned) and ckpt.resumes == len(orphaned)
     if mid_chunk:
-        assert ckpt.resumes >= 1
-        assert f"resuming at line {first_line:,} (chunk {index + 1}" in log, log
-    else:
-        assert "continuing at line" in log, log
+        assert resumed[index + 1] == first_line
+    assert len(job_events(spool, job, "continued")) == (0 if orphaned else 1)
 
 
 # --- (d) two real-engine daemons sharing one job --------------------------------------------------

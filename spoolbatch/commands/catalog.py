@@ -17,8 +17,8 @@ from spoolbatch.errors import JobNotFound
 from spoolbatch.format.lines import error_line
 from spoolbatch.store.batches import BatchRecord, batch_id
 from spoolbatch.store.checkpoint import Checkpoint
+from spoolbatch.store.joblog import read_log, render
 from spoolbatch.store.jobstate import JobState
-from spoolbatch.store.logfile import rotated_parts
 from spoolbatch.store.spool import InboxEntry, Spool, sanitize_job_id
 
 
@@ -226,15 +226,17 @@ def errors(spool: Spool, name: str) -> Iterator[bytes]:
         yield error_line(record)
 
 
-def log_lines(spool: Spool, job: str, tail: int | None = None) -> list[str]:
-    """The per-job log, or its last ``tail`` lines."""
+def log_events(spool: Spool, job: str, tail: int | None = None) -> list[dict[str, Any]]:
+    """The events of the per-job log, or its last ``tail`` ones."""
     spool.require()
-    lines: list[str] = []
-    found = False
-    for path in [*reversed(rotated_parts(spool.log(job))), spool.log(job)]:  # oldest first
-        with contextlib.suppress(FileNotFoundError):
-            lines += path.read_text(errors="replace").splitlines()
-            found = True
-    if not found and not spool.job_exists(job):
-        raise JobNotFound(job)
-    return lines[-tail:] if tail else lines
+    events = read_log(spool.log(job))
+    if events is None:
+        if not spool.job_exists(job):
+            raise JobNotFound(job)
+        events = []
+    return events[-tail:] if tail else events
+
+
+def log_lines(spool: Spool, job: str, tail: int | None = None) -> list[str]:
+    """The per-job log as people read it, or its last ``tail`` lines."""
+    return [render(event) for event in log_events(spool, job, tail)]

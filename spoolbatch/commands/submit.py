@@ -22,6 +22,7 @@ from spoolbatch.store.batches import BatchRecord, BatchSpec
 from spoolbatch.store.checkpoint import Checkpoint
 from spoolbatch.store.fsutil import atomic_write, atomic_writer
 from spoolbatch.store.jobstate import JobState
+from spoolbatch.store.rejections import write_reason
 from spoolbatch.store.spool import Spool, sanitize_job_id
 
 MAX_KEPT = 1000  # bad lines a validation keeps to report (it counts them all)
@@ -216,8 +217,8 @@ def _reject(spool: Spool, path: Path, base: str, result: Validation, batch: Batc
         BatchRecord.new(job, batch, errors=errors, requests=result.requests + result.bad_count,
                         model=result.model).save(spool)
         _place_at(spool.rejected_file(job), _copy(path))
-        spool.write_rejection(job, path.name, "invalid_lines", reason,
-                              "fix the lines, or create the batch with allow_bad_lines")
+        write_reason(spool, job, path.name, "invalid_lines", reason,
+                     "fix the lines, or create the batch with allow_bad_lines")
     return Submitted([job], result.requests, validation=result, rejected=True)
 
 

@@ -40,15 +40,15 @@ def id_hash(custom_id: str) -> int:
 
 
 class LineParser:
-    """Validates the lines of one job in order, remembering ids, model and endpoint.
+    """Validates lines in order, remembering ids, model and endpoint.
 
-    ``seen`` holds hashes of every custom_id accepted so far (restored from the job's ids
-    file on resume); ``model`` and ``url`` are fixed by the first valid line.
+    ``seen`` holds the hashes of the custom_ids this parser accepted (the daemon parses a
+    chunk at a time; a repeat across chunks is caught when the chunk is merged);
+    ``model`` and ``url`` are the job's, or are fixed by the first valid line.
     """
 
-    def __init__(self, *, seen: set[int] | None = None, model: str | None = None,
-                 url: str | None = None, max_line_bytes: int = 8 << 20) -> None:
-        self.seen = seen if seen is not None else set()
+    def __init__(self, *, model: str | None = None, url: str | None = None, max_line_bytes: int = 8 << 20) -> None:
+        self.seen: set[int] = set()
         self.model = model
         self.url = url
         self.max_line_bytes = max_line_bytes

@@ -1,17 +1,49 @@
-"""Per-job log files (``logs/JOB.log``) that `spoolbatch logs` shows."""
+"""Per-job log files (``logs/JOB.log``) that `spoolbatch logs` shows: one JSON line per event.
+
+Each line is ``{"ts": UNIX_SECONDS, "event": NAME, "job": JOB, ...fields}`` with a
+``JobEvent`` name, so that tests, `status` and `logs --json` read facts instead of
+wording; ``render`` turns an event into the sentence people read. ``chunk`` fields count
+from 1, as the heartbeat and `status` do. The daemon's own log (``logs/daemon.log``) stays
+free text. A line that is not JSON (a log written before events) reads as a ``text`` event.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import time
+from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
-from spoolbatch.store.logfile import DEFAULT_KEEP, DEFAULT_MAX_BYTES, append_line
+import orjson
+
+from spoolbatch.store.logfile import DEFAULT_KEEP, DEFAULT_MAX_BYTES, append_line, rotated_parts
+
+
+class JobEvent(StrEnum):
+    """What happened to a job, one name per event."""
+
+    CLAIMED = "claimed"  # file, lines, bytes, model, worker: a worker set the job up
+    REJECTED = "rejected"  # file, code, reason, hint: the whole file was refused
+    CONTINUED = "continued"  # chunk, first_line, worker: a worker took its first fresh chunk of a job begun before
+    RESUMED = "resumed"  # chunk, first_line, last_line, worker: a chunk whose worker stopped was taken over
+    CHUNK_MERGED = "chunk_merged"  # chunk, first_line, last_line, answered, failed, seconds, worker
+    CHUNK_FAILED = "chunk_failed"  # chunk, error, worker: the chunk stays claimable and is retried
+    DISK_FULL = "disk_full"  # chunk, error, worker: nothing is lost; work waits for space
+    STOPPING = "stopping"  # line, worker: the daemon stops at a chunk boundary
+    CANCELLED = "cancelled"  # line: the job ended at a chunk boundary after `cancel`
+    EXPIRED = "expired"  # line: the job ended at a chunk boundary, its batch's completion window passed
+    COMPLETED = "completed"  # answered, failed, tokens, seconds: every line is in results or deadletter
+    TEXT = "text"  # text: a line written before the log held events
+
+
+def _stamp(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ts))
 
 
 class JobLog:
-    """Append timestamped lines to one job's log; the daemon's stderr gets them too.
+    """Append events (or, for the daemon's log, timestamped text) to one log; stderr gets them too.
 
     The file is capped at ``max_bytes`` with ``keep`` rotated parts (store/logfile.py); a
     ``path`` of None writes stderr only (the daemon log under systemd, where stderr is the
@@ -26,12 +58,86 @@ class JobLog:
         self.keep = keep
 
     def __call__(self, message: str) -> None:
-        """Write one line."""
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime())
-        line = f"{stamp} {message}\n"
+        """Write one line of text."""
+        self._write(f"{_stamp(time.time())} {message}\n".encode(), message)
+
+    def event(self, name: JobEvent, job: str, **fields: Any) -> None:
+        """Write one event of ``job``."""
+        event = {"ts": round(time.time(), 3), "event": name.value, "job": job, **fields}
+        self._write(orjson.dumps(event) + b"\n", describe(event) if self.echo else "")
+
+    def _write(self, line: bytes, message: str) -> None:
         if self.path is not None:
             with contextlib.suppress(OSError):  # a log line is never worth losing a chunk over (a full disk)
-                append_line(self.path, line.encode(), max_bytes=self.max_bytes, keep=self.keep)
+                append_line(self.path, line, max_bytes=self.max_bytes, keep=self.keep)
         if self.echo:
             name = self.path.stem if self.path is not None else "daemon"
             os.write(2, f"spoolbatch[{os.getpid()}] {name}: {message}\n".encode())
+
+
+def read_log(path: Path) -> list[dict[str, Any]] | None:
+    """Every event of a job log and its rotated parts, oldest first; None when there is none."""
+    events: list[dict[str, Any]] = []
+    found = False
+    for part in [*reversed(rotated_parts(path)), path]:  # oldest first
+        with contextlib.suppress(FileNotFoundError):
+            events += read_events(part)
+            found = True
+    return events if found else None
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    """Every event of a job log, oldest first (FileNotFoundError when there is no log)."""
+    events = []
+    for line in path.read_bytes().splitlines():
+        try:
+            event = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            event = None
+        if not isinstance(event, dict) or "event" not in event:
+            event = {"event": JobEvent.TEXT.value, "text": line.decode(errors="replace")}
+        events.append(event)
+    return events
+
+
+def describe(event: dict[str, Any]) -> str:
+    """The sentence for an event, without its time stamp."""
+    e = event
+    match e.get("event"):
+        case JobEvent.CLAIMED:
+            return (f"claimed {e['file']} as job {e['job']}: {e['lines']:,} lines, {e['bytes']:,} bytes"
+                    + (f", model {e['model']}" if e.get("model") else ", no valid request"))
+        case JobEvent.REJECTED:
+            return f"refused whole: {e['reason']}"
+        case JobEvent.CONTINUED:
+            return f"continuing at line {e['first_line']:,}"
+        case JobEvent.RESUMED:
+            return (f"resuming at line {e['first_line']:,} (chunk {e['chunk']}, "
+                    "whose worker stopped before committing it)")
+        case JobEvent.CHUNK_MERGED:
+            return (f"chunk {e['chunk']}: lines {e['first_line']:,}-{e['last_line']:,}, {e['answered']:,} answered, "
+                    f"{e['failed']:,} to deadletter, {e['seconds']:.2f}s ({e['worker']})")
+        case JobEvent.CHUNK_FAILED:
+            return f"job {e['job']} failed, will be retried: {e['error']}"
+        case JobEvent.DISK_FULL:
+            return f"disk full: {e['error']}; not taking work until space returns, nothing lost"
+        case JobEvent.STOPPING:
+            return f"stopping at a chunk boundary (line {e['line']:,}); the job resumes later"
+        case JobEvent.CANCELLED:
+            return f"cancelled at a chunk boundary (line {e['line']:,}); checkpoint kept"
+        case JobEvent.EXPIRED:
+            return f"expired (its completion window passed) at a chunk boundary (line {e['line']:,}); checkpoint kept"
+        case JobEvent.COMPLETED:
+            return (f"completed: {e['answered']:,} answered, {e['failed']:,} in deadletter, "
+                    f"{e['tokens']:,} tokens in {e['seconds']:.1f}s of engine time")
+        case JobEvent.TEXT:
+            return str(e.get("text", ""))
+    rest = " ".join(f"{k}={v}" for k, v in e.items() if k not in ("ts", "event", "job"))
+    return f"{e.get('event')} {rest}".rstrip()
+
+
+def render(event: dict[str, Any]) -> str:
+    """The line `spoolbatch logs` prints: time stamp and sentence (a text line as it was written)."""
+    if event.get("event") == JobEvent.TEXT or not isinstance(event.get("ts"), (int, float)):
+        return describe(event)
+    return f"{_stamp(event['ts'])} {describe(event)}"

@@ -23,12 +23,12 @@ from filelock import FileLock, Timeout
 
 from spoolbatch.errors import SpoolError
 from spoolbatch.store import formatversion
-from spoolbatch.store.fsutil import atomic_write, fsync_dir, unique_suffix
+from spoolbatch.store.fsutil import fsync_dir, unique_suffix
 
 IGNORED_SUFFIXES = (".tmp", ".part")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_ID_LEN = 100
-RefuseHook = Callable[[str, str], None]
+OddHook = Callable[["InboxEntry", str], None]
 
 
 def sanitize_job_id(name: str) -> str:
@@ -289,9 +289,9 @@ class Spool:
             yield
 
     @staticmethod
-    def try_lock(path: Path) -> FileLock | None:
-        """Take the lock at ``path`` now, or None when a live process holds it."""
-        lock = FileLock(path, timeout=0, mode=0o600, thread_local=False, preserve_lock_file=True)
+    def try_lock(path: Path, wait: float = 0.0) -> FileLock | None:
+        """Take the lock at ``path`` now (or within ``wait`` seconds), or None when a live process holds it."""
+        lock = FileLock(path, timeout=wait, mode=0o600, thread_local=False, preserve_lock_file=True)
         try:
             lock.acquire()
         except Timeout:
@@ -328,12 +328,13 @@ class Spool:
         return False
 
     def claim_inbox(self, settle_seconds: float, now: float | None = None,
-                    on_refused: RefuseHook | None = None) -> tuple[InboxClaim | None, int]:
+                    on_odd: OddHook | None = None) -> tuple[InboxClaim | None, int]:
         """Move the oldest settled inbox file to ``active/`` and return it with its job lock held.
 
         The caller sets the job up and releases the lock; from then on any worker may take
         chunks of it. Also returns how many inbox files are still settling, so that
-        ``run --once`` waits for a file copied in just before it started.
+        ``run --once`` waits for a file copied in just before it started. A symlink or
+        special file is handed to ``on_odd`` (under the claim lock) with what it is.
         """
         now = time.time() if now is None else now
         settling = 0
@@ -344,8 +345,8 @@ class Spool:
                 except FileNotFoundError:
                     continue
                 if not stat.S_ISREG(st.st_mode):
-                    what = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file"
-                    self._refuse_odd(entry, what, on_refused)
+                    if on_odd is not None:
+                        on_odd(entry, "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file")
                     continue
                 if now - st.st_mtime < settle_seconds:
                     settling += 1
@@ -364,24 +365,36 @@ class Spool:
                 return InboxClaim(job, self.input(job), lock, original_name=entry.name), settling
         return None, settling
 
-    def _refuse_odd(self, entry: InboxEntry, what: str, on_refused: RefuseHook | None) -> None:
-        """Move a symlink or device node out of the inbox without following it."""
-        job = self.unique_job_id(entry.name, own_inbox_name=entry.name)
-        target = self.rejected_file(job)
+    # --- moves at the end of a job --------------------------------------------------------
+    def reject_entry(self, entry: InboxEntry, job: str) -> bool:
+        """Move an inbox entry to ``rejected/`` as ``job`` without following it; False when it is gone."""
         try:
-            os.rename(entry.path, target)
+            os.rename(entry.path, self.rejected_file(job))
         except FileNotFoundError:
-            return
-        reason = f"{entry.name}: {what}; spoolbatch does not follow links or read special files"
-        self.write_rejection(job, entry.name, "not_a_regular_file", reason)
-        if on_refused:
-            on_refused(job, reason)
+            return False
+        return True
 
-    def write_rejection(self, job: str, name: str, code: str, reason: str, hint: str | None = None) -> None:
-        """Record why a whole file was refused, beside it in ``rejected/``."""
-        import orjson
+    def reject_input(self, job: str) -> None:
+        """Move a running job's input to ``rejected/``."""
+        os.rename(self.input(job), self.rejected_file(job))
+        fsync_dir(self.rejected)
 
-        atomic_write(self.rejected_reason(job), orjson.dumps(
-            {"job": job, "file": name, "code": code, "reason": reason, "hint": hint, "at": time.time()},
-            option=orjson.OPT_INDENT_2))
+    def archive_input(self, job: str) -> None:
+        """Move a finished job's input to ``done/`` (a no-op when it is there already)."""
+        if self.input(job).exists():
+            os.rename(self.input(job), self.archived_input(job))
+            fsync_dir(self.done)
+            fsync_dir(self.active)
 
+    def drop_job_lock(self, job: str) -> None:
+        """Remove the job lock file of a job whose input has left ``active/``.
+
+        Safe while the caller holds it: with the input gone, no one takes the job to work again.
+        """
+        with contextlib.suppress(FileNotFoundError):
+            self.job_lock(job).unlink()
+
+    def clear_cancel(self, job: str) -> None:
+        """Remove a served cancel request."""
+        with contextlib.suppress(FileNotFoundError):
+            self.cancel_marker(job).unlink()

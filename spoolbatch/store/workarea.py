@@ -2,7 +2,8 @@
 
 Several workers may share one job. Each takes a *chunk* (a byte range of the input, fixed
 in an append-only plan when first claimed), answers it, and commits it as a *part*: its
-result lines, deadletter records and custom_id hashes, written atomically, then a marker.
+result lines, deadletter records and custom_id hashes (``PartIds``), each written
+atomically, then a marker.
 Whoever holds the job lock next merges committed parts, in chunk order, into the job's
 results, deadletter and ids files and replaces the checkpoint.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 from array import array
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import orjson
@@ -29,6 +30,59 @@ class ChunkRange:
     end: int
     first_line: int
     lines: int
+
+    @property
+    def last_line(self) -> int:
+        """The number of the chunk's last line."""
+        return self.first_line + self.lines - 1
+
+    def read(self, path: Path) -> list[bytes]:
+        """The chunk's raw lines (with their line ends) from the input at ``path``."""
+        with open(path, "rb") as f:
+            f.seek(self.start)
+            return f.read(self.end - self.start).splitlines(keepends=True)
+
+
+@dataclass(frozen=True, slots=True)
+class PartIds:
+    """The custom_id hashes of a part, for duplicate detection across chunks.
+
+    ``hashes[i]`` and ``lines[i]`` belong to the part's ``i``-th result line (the input line
+    number names a duplicate in its deadletter record); ``failed`` has one hash per
+    deadletter record, 0 where the record has no custom_id.
+    """
+
+    hashes: array[int] = field(default_factory=lambda: array("Q"))
+    lines: array[int] = field(default_factory=lambda: array("Q"))
+    failed: array[int] = field(default_factory=lambda: array("Q"))
+
+    def add(self, key: int, line: int) -> None:
+        """Record one result line's id hash and input line number."""
+        self.hashes.append(key)
+        self.lines.append(line)
+
+    def to_bytes(self) -> bytes:
+        """A tag, the two counts, then the three arrays (uint64, native order like ``done/JOB.ids``)."""
+        if len(self.hashes) != len(self.lines):
+            raise ValueError("a part needs one line number per result hash")
+        counts = array("Q", (len(self.hashes), len(self.failed)))
+        return b"".join((_PART_IDS_TAG, counts.tobytes(), self.hashes.tobytes(), self.lines.tobytes(),
+                         self.failed.tobytes()))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, answered: int) -> PartIds:
+        """Read ``to_bytes``'s output (or the interleaved pairs of parts written before it)."""
+        words = array("Q")
+        words.frombytes(data)
+        if data[:8] == _PART_IDS_TAG:
+            done, failed = words[1], words[2]
+            return cls(words[3:3 + done], words[3 + done:3 + 2 * done], words[3 + 2 * done:3 + 2 * done + failed])
+        # A part committed by an older worker (an upgrade with a crashed chunk in between):
+        # (hash, line) pairs for each result, then for each deadletter record.
+        return cls(words[0:2 * answered:2], words[1:2 * answered:2], words[2 * answered::2])
+
+
+_PART_IDS_TAG = b"SBPIDS01"  # the first word of a part's ids file since the pairs format
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,12 +145,12 @@ class WorkArea:
             plan.commit()
 
     # --- parts -------------------------------------------------------------------------------
-    def commit_part(self, summary: PartSummary, results: bytes, deadletter: bytes, ids: array[int]) -> None:
+    def commit_part(self, summary: PartSummary, results: bytes, deadletter: bytes, ids: PartIds) -> None:
         """Write a chunk's output, then its marker: only a part with a marker exists."""
         k = summary.index
         atomic_write(self._part(k, "results"), results, sync_dir=False)
         atomic_write(self._part(k, "deadletter"), deadletter, sync_dir=False)
-        atomic_write(self._part(k, "ids"), ids.tobytes(), sync_dir=False)
+        atomic_write(self._part(k, "ids"), ids.to_bytes(), sync_dir=False)
         atomic_write(self._part(k, "done"), orjson.dumps(asdict(summary)))
 
     def committed(self, index: int) -> PartSummary | None:
@@ -106,11 +160,11 @@ class WorkArea:
         except FileNotFoundError:
             return None
 
-    def read_part(self, index: int) -> tuple[bytes, bytes, array[int]]:
-        """(result lines, deadletter lines, [hash, line] pairs for each result then each record)."""
-        ids = array("Q")
-        ids.frombytes(self._part(index, "ids").read_bytes())
-        return self._part(index, "results").read_bytes(), self._part(index, "deadletter").read_bytes(), ids
+    def read_part(self, summary: PartSummary) -> tuple[bytes, bytes, PartIds]:
+        """A committed part: its result lines, its deadletter lines and its ids."""
+        k = summary.index
+        ids = PartIds.from_bytes(self._part(k, "ids").read_bytes(), summary.done)
+        return self._part(k, "results").read_bytes(), self._part(k, "deadletter").read_bytes(), ids
 
     def drop_part(self, index: int) -> None:
         """Remove a merged (or abandoned) part's files; the marker goes last."""

@@ -1,6 +1,10 @@
 """The `spoolbatch run` daemon: claim a chunk (of a running job, else of a new file), answer,
 commit and merge it, repeat; stop cleanly on signals.
 
+Each step is its own module's: ``lifecycle`` sets a job up, rejects it or finishes it,
+``claims`` claims, prepares and commits a chunk, ``merge`` merges committed parts. The
+daemon calls them in order, the job-wide ones under the job lock (``take_chunk``, ``merge``).
+
 ``loop_once`` does one iteration and is what tests drive; ``run`` repeats it with an idle
 wait of ``poll_interval``. Signal handlers only set a flag, read between chunks; the chunk
 already handed to the engine (the look-ahead) is finished before the daemon leaves.
@@ -24,18 +28,20 @@ from spoolbatch.engines.base import Engine
 from spoolbatch.errors import DiskFull
 from spoolbatch.store.checkpoint import Checkpoint
 from spoolbatch.store.fsutil import is_disk_full
-from spoolbatch.store.joblog import JobLog
+from spoolbatch.store.joblog import JobEvent, JobLog
 from spoolbatch.store.jobstate import FINAL
-from spoolbatch.store.spool import Spool
+from spoolbatch.store.spool import InboxEntry, Spool
 from spoolbatch.store.workarea import PartSummary
 from spoolbatch.worker import gcpolicy, sdnotify
+from spoolbatch.worker.claims import ChunkClaim, Claims, PreparedChunk, order_jobs
 from spoolbatch.worker.diskguard import DiskGuard, Statvfs
 from spoolbatch.worker.executor import ChunkExecutor, describe
 from spoolbatch.worker.gpu import GpuMonitor
 from spoolbatch.worker.gpuguard import GpuGuard
 from spoolbatch.worker.heartbeat import Heartbeat
-from spoolbatch.worker.jobrunner import ChunkClaim, JobRunner, PreparedChunk, order_jobs
+from spoolbatch.worker.lifecycle import Lifecycle
 from spoolbatch.worker.maintenance import Maintenance
+from spoolbatch.worker.merge import Merger
 from spoolbatch.worker.metrics import write_metrics
 from spoolbatch.worker.totals import Totals
 
@@ -72,7 +78,9 @@ class Daemon:
         self.maintenance = Maintenance(self.spool, config, self.log)
         self.totals = Totals()
         self._metrics_lock = threading.Lock()  # the heartbeat thread and the loop both write the file
-        self.runner = JobRunner(self.spool, config, self.executor, worker=self.heartbeat.id, echo=echo)
+        self.lifecycle = Lifecycle(self.spool, config, worker=self.heartbeat.id, echo=echo)
+        self.claims = Claims(self.spool, config, self.executor, self.lifecycle.log, worker=self.heartbeat.id)
+        self.merger = Merger(self.spool, self.lifecycle.log)
         self._ahead: PreparedChunk | None = None  # the next chunk, already handed to the engine
         self.heartbeat.on_beat.append(self._on_beat)
         # Called after every merged chunk with the job's checkpoint and the chunk's figures
@@ -130,6 +138,58 @@ class Daemon:
         """True once a stop was asked for."""
         return self._stop.is_set()
 
+    # --- the steps under a job's lock -----------------------------------------------------
+    def take_chunk(self, job: str, size: int) -> ChunkClaim | None:
+        """Bring ``job`` up to date and claim a chunk of it, under its job lock.
+
+        Sets it up if a crash left its input in ``active/`` without a checkpoint, merges
+        the parts other workers committed, finishes it when it is over, else claims.
+        """
+        sp = self.spool
+        if not sp.input(job).exists():
+            return None
+        lock = sp.wait_lock(sp.job_lock(job))
+        try:
+            if not sp.input(job).exists():  # finished or rejected by another worker meanwhile
+                return None
+            ckpt = Checkpoint.load(sp.checkpoint(job)) or self.lifecycle.setup_locked(job, f"{job}.jsonl")
+            if ckpt is None:
+                return None
+            ckpt = self.merger.merge(job, ckpt)
+            if self._finish_if_over(job, ckpt):
+                self._jobs_changed()
+                return None
+            return self.claims.claim(job, ckpt, size)
+        finally:
+            lock.release()
+
+    def merge(self, job: str) -> Checkpoint | None:
+        """Merge ``job``'s committed parts that are next in order and finish it when it is over."""
+        sp = self.spool
+        lock = sp.wait_lock(sp.job_lock(job))
+        try:
+            ckpt = Checkpoint.load(sp.checkpoint(job))
+            if ckpt is None or not sp.input(job).exists():
+                return ckpt
+            ckpt = self.merger.merge(job, ckpt)
+            self._finish_if_over(job, ckpt)
+            return ckpt
+        finally:
+            lock.release()
+
+    def _finish_if_over(self, job: str, ckpt: Checkpoint) -> bool:
+        state = self.lifecycle.ending(job, ckpt)
+        if state is None:
+            return False
+        self.lifecycle.finish(job, ckpt, state)
+        self.merger.forget(job)
+        return True
+
+    def _refuse_odd(self, entry: InboxEntry, what: str) -> None:
+        if (message := self.lifecycle.refuse_odd(entry, what)) is not None:
+            self.log(message)
+            self._jobs_changed()
+
     # --- one iteration --------------------------------------------------------------------
     def _progress(self, ckpt: Checkpoint, summary: PartSummary | None) -> None:
         fields: dict[str, object] = {
@@ -166,29 +226,25 @@ class Daemon:
             if self._stop.is_set():
                 return None, 0
             tried.add(job)
-            chunk = self.runner.claim_chunk(job, size)
+            chunk = self.take_chunk(job, size)
             if chunk is not None:
                 return chunk, 0
         while model is None and not self._stop.is_set():
-            claim, settling = self.spool.claim_inbox(self.config.settle_seconds, on_refused=self._refused)
+            claim, settling = self.spool.claim_inbox(self.config.settle_seconds, on_odd=self._refuse_odd)
             if claim is None:
                 # Another worker may have moved a job from the inbox to active/ between the listing
                 # above and this scan: help with it now (a `--once` worker would otherwise leave).
                 for job in order_jobs(self.spool, self.executor.model):
-                    if job not in tried and (chunk := self.runner.claim_chunk(job, size)) is not None:
+                    if job not in tried and (chunk := self.take_chunk(job, size)) is not None:
                         return chunk, settling
                 return None, settling
-            ready = self.runner.setup(claim)
+            ready = self.lifecycle.setup(claim)
             self._jobs_changed()
             if ready is not None:
-                chunk = self.runner.claim_chunk(claim.job, size)
+                chunk = self.take_chunk(claim.job, size)
                 if chunk is not None:
                     return chunk, settling
         return None, 0
-
-    def _refused(self, job: str, why: str) -> None:
-        self.log(f"refused {job}: {why}")
-        self._jobs_changed()
 
     def _look_ahead(self, current: PreparedChunk) -> None:
         """Claim and submit the next chunk of the same model while the current one is answered.
@@ -201,7 +257,7 @@ class Daemon:
             return
         claim, _ = self._next_chunk(model=current.claim.model, block=False)
         if claim is not None:
-            self._ahead = self.runner.prepare(claim)
+            self._ahead = self.claims.prepare(claim)
 
     def loop_once(self) -> LoopResult:
         """Answer, commit and merge one chunk (having handed the next one to the engine already)."""
@@ -211,31 +267,35 @@ class Daemon:
             claim, settling = self._next_chunk()
             if claim is None:
                 return LoopResult(False, settling)
-            current = self.runner.prepare(claim)
+            current = self.claims.prepare(claim)
         job, chunk = current.claim.job, current.claim.chunk
         self.heartbeat.update(state="working", job=job, chunk=chunk.index + 1, reason=None,
-                              chunk_lines=[chunk.first_line, chunk.first_line + chunk.lines - 1])
+                              chunk_lines=[chunk.first_line, chunk.last_line])
         try:
             self._look_ahead(current)
-            summary = self.runner.commit(current)
-            ckpt = self.runner.merge(job)
+            summary = self.claims.commit(current)
+            ckpt = self.merge(job)
             if ckpt is not None:
                 self._progress(ckpt, summary)
                 if ckpt.status in FINAL:
                     self._jobs_changed()
-            if self._stop.is_set() and ckpt is not None and ckpt.status not in FINAL:
-                self.runner.log(job)(f"stopping at a chunk boundary (line {ckpt.lines_consumed:,}); "
-                                     "the job resumes later")
+            # Logged once per job, after its last chunk here (the look-ahead one may be next).
+            if self._stop.is_set() and ckpt is not None and ckpt.status not in FINAL and \
+                    (self._ahead is None or self._ahead.claim.job != job):
+                self.lifecycle.log(job).event(JobEvent.STOPPING, job, line=ckpt.lines_consumed,
+                                              worker=self.heartbeat.id)
         except Exception as exc:
             # Neither a full disk nor a bug may take the queue down: say why, back off, go on.
             # The chunk stays claimable; the checkpoint is consistent whatever was half-written.
+            log = self.lifecycle.log(job)
             if is_disk_full(exc):
                 what = exc.message if isinstance(exc, DiskFull) else describe(exc)
                 reason = f"disk full: {what}"
-                self.runner.log(job)(f"{reason}; not taking work until space returns, nothing lost")
+                log.event(JobEvent.DISK_FULL, job, chunk=chunk.index + 1, error=what, worker=self.heartbeat.id)
             else:
                 reason = f"job {job} failed, will be retried: {describe(exc)}"
-                self.runner.log(job)(reason)
+                log.event(JobEvent.CHUNK_FAILED, job, chunk=chunk.index + 1, error=describe(exc),
+                          worker=self.heartbeat.id)
             self.heartbeat.update(state="waiting", reason=reason)
             self._sleep(self.config.poll_interval)
             return LoopResult(True, settling, job)
