@@ -117,9 +117,20 @@ class LimitExceeded(InputError):
 
 
 class EngineError(SpoolbatchError):
-    """The inference engine could not be loaded or failed as a whole."""
+    """The inference engine could not be loaded or failed as a whole.
+
+    Engines raise it with what they understood of the cause, so that nobody else parses
+    their messages: ``out_of_memory`` (the GPU or host ran out of memory; a smaller batch
+    may pass) and ``broken`` (the engine cannot be used again; close it and build a new one).
+    """
 
     exit_code = 6
+
+    def __init__(self, message: str, *, hint: str | None = None, out_of_memory: bool = False,
+                 broken: bool = False) -> None:
+        super().__init__(message, hint=hint)
+        self.out_of_memory = out_of_memory
+        self.broken = broken
 
 
 class RequestError(SpoolbatchError):

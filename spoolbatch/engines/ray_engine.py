@@ -30,8 +30,10 @@ chunk k+1 before it collects chunk k, so every replica's batch already holds k+1
 while k's finish, and does not drain at the boundary.
 
 Failures. A replica lost mid-chunk (a worker node gone, the actor killed) is replaced and
-its slice tried once more; if that fails too, ``EngineError`` goes to the executor, which
-splits and retries the chunk as for any engine failure.
+its slice tried once more; if that fails too, an ``EngineError`` with ``broken`` set goes to
+the executor, which rebuilds the pool and splits and retries the chunk as for any engine
+failure. What a replica's own engine raised reaches the executor as that ``EngineError``,
+not wrapped in Ray's task error (``engines.failures``).
 
 ``ray`` is imported inside methods only: importing this module is cheap.
 """
@@ -43,12 +45,12 @@ import logging
 import os
 import signal
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from spoolbatch.config import EngineSettings
+from spoolbatch.engines.failures import engine_error
 from spoolbatch.errors import ConfigError, EngineError
 from spoolbatch.format.types import Outcome, Request
 
@@ -168,8 +170,6 @@ class RayEngine:
         self._replicas: list[Any] = []
         self._model: str | None = None
         self._endpoint: str | None = None
-        self.load_seconds = 0.0
-        self.replica_facts: list[dict[str, Any]] = []
 
     # -- the cluster -----------------------------------------------------------------------
 
@@ -231,12 +231,28 @@ class RayEngine:
                 with contextlib.suppress(Exception):
                     ray.kill(r)
             self._replicas = [r for r in self._replicas if r not in replicas]
+            cause = engine_error(exc)
             raise EngineError(f"Ray replicas could not load {self._model!r}: {type(exc).__name__}: {exc}",
                               hint="the model must be readable on every Ray node (shared storage or the same "
                                    "hub cache), spoolbatch[ray] installed there, and the cluster must have "
-                                   "room for --ray-concurrency replicas (`ray status`)") from None
-        self.replica_facts = facts
+                                   "room for --ray-concurrency replicas (`ray status`)",
+                              out_of_memory=cause.out_of_memory, broken=cause.broken) from None
         log.info("ray replicas ready: %s", facts)
+
+    def _fill(self, ray: Any, *, reload: bool = False) -> None:
+        """Start the replicas the pool lacks and load the model on them (on every replica with ``reload``)."""
+        fresh = [self._new_replica(ray) for _ in range(self.concurrency - len(self._replicas))]
+        self._replicas.extend(fresh)
+        self._load_all(ray, self._replicas if reload else fresh)
+
+    def _ready(self, requests: Sequence[Request]) -> Any:
+        """Ray, with the pool full (a replica lost in an earlier chunk replaced) and a model loaded."""
+        if self._model is None:
+            self.load(requests[0].spec.model)
+        ray = self._connect()
+        if len(self._replicas) < self.concurrency:
+            self._fill(ray)
+        return ray
 
     # -- the Engine protocol ---------------------------------------------------------------
 
@@ -248,36 +264,28 @@ class RayEngine:
     def load(self, model: str, *, endpoint: str | None = None) -> None:
         """Start the replicas if needed and make ``model`` their loaded model."""
         ray = self._connect()
-        started = time.monotonic()
         if model == self._model and endpoint == self._endpoint and len(self._replicas) == self.concurrency:
             return
         self._model, self._endpoint = model, endpoint
-        while len(self._replicas) < self.concurrency:
-            self._replicas.append(self._new_replica(ray))
-        self._load_all(ray, self._replicas)
-        self.load_seconds = time.monotonic() - started
+        self._fill(ray, reload=True)
 
     def run(self, requests: Sequence[Request]) -> list[Outcome]:
         """Answer every request, in order, spread over the replicas."""
         if not requests:
             return []
-        if self._model is None:
-            self.load(requests[0].spec.model)
-        ray = self._connect()
-        if len(self._replicas) < self.concurrency:  # one was lost in an earlier chunk
-            self._refill(ray)
-        ranges = slices(len(requests), len(self._replicas))
-        refs = [self._replicas[i].run.remote(list(requests[lo:hi])) for i, (lo, hi) in enumerate(ranges)]
+        ray = self._ready(requests)
+        parts = [(replica, lo, hi, replica.run.remote(list(requests[lo:hi])))
+                 for replica, (lo, hi) in zip(self._replicas, slices(len(requests), len(self._replicas)), strict=False)]
         outcomes: list[Outcome] = []
-        for i, ((lo, hi), ref) in enumerate(zip(ranges, refs, strict=True)):
+        for i, (replica, lo, hi, ref) in enumerate(parts):
             try:
                 part = ray.get(ref)
             except Exception as exc:
                 if not _lost(exc):
-                    raise
+                    raise engine_error(exc, "a Ray replica failed") from exc
                 log.warning("ray replica %d lost (%s); replacing it and retrying its %d requests",
                             i, type(exc).__name__, hi - lo)
-                part = self._retry_on_new(ray, i, requests[lo:hi], exc)
+                part = self._redo(ray, replica, requests[lo:hi], exc)
             outcomes.extend(part)
         return outcomes
 
@@ -293,13 +301,8 @@ class RayEngine:
         ticket = RayTicket(list(requests))
         if not requests:
             return ticket
-        if self._model is None:
-            self.load(requests[0].spec.model)
-        ray = self._connect()
-        if len(self._replicas) < self.concurrency:
-            self._refill(ray)
-        for i, (lo, hi) in enumerate(slices(len(requests), len(self._replicas))):
-            replica = self._replicas[i]
+        self._ready(requests)
+        for replica, (lo, hi) in zip(self._replicas, slices(len(requests), len(self._replicas)), strict=False):
             ticket.parts.append((replica, lo, hi, replica.submit.remote(ticket.requests[lo:hi])))
         return ticket
 
@@ -315,21 +318,35 @@ class RayEngine:
                 part = ray.get(replica.collect.remote(submitted))  # Ray hands the ticket number over
             except Exception as exc:
                 if not _lost(exc):
-                    raise
-                i = self._replicas.index(replica) if replica in self._replicas else None
+                    raise engine_error(exc, "a Ray replica failed") from exc
                 log.warning("ray replica lost (%s) holding %d requests of a chunk; redoing them",
                             type(exc).__name__, hi - lo)
-                part = self._redo(ray, i, requests[lo:hi], exc)
+                part = self._redo(ray, replica, requests[lo:hi], exc)
             outcomes.extend(part)
         return outcomes
 
-    def _redo(self, ray: Any, i: int | None, requests: Sequence[Request], first: BaseException) -> list[Outcome]:
-        """A slice whose replica died: on its replacement (made now, or already by an earlier slice)."""
-        if i is not None:
-            return self._retry_on_new(ray, i, requests, first)
-        if len(self._replicas) < self.concurrency:
-            self._refill(ray)
-        return list(ray.get(self._replicas[0].run.remote(list(requests))))
+    def _redo(self, ray: Any, lost: Any, requests: Sequence[Request], first: BaseException) -> list[Outcome]:
+        """A lost replica's slice, once more on a new replica in its place; lost again, a broken ``EngineError``.
+
+        When the lost replica had already left the pool (dropped by ``abort``), the slice
+        runs on a replica of the full pool instead.
+        """
+        with contextlib.suppress(Exception):
+            ray.kill(lost)
+        if lost in self._replicas:
+            self._replicas.remove(lost)
+        self._fill(ray)
+        replica = self._replicas[-1]
+        try:
+            return list(ray.get(replica.run.remote(list(requests))))
+        except Exception as exc:
+            if not _lost(exc):
+                raise engine_error(exc, "a Ray replica failed") from exc
+            with contextlib.suppress(Exception):
+                ray.kill(replica)
+            self._replicas.remove(replica)
+            raise EngineError(f"Ray replica lost twice: {type(first).__name__}, then {type(exc).__name__}: "
+                              f"{exc}", broken=True) from exc
 
     def abort(self) -> None:
         """Drop what the replicas hold for chunks not collected; a replica that is gone is replaced later."""
@@ -342,34 +359,11 @@ class RayEngine:
         for replica in list(self._replicas):
             try:
                 ray.get(replica.abort.remote(), timeout=60)
-            except Exception as exc:  # noqa: BLE001 - a dead replica is dropped; run/submit refill the pool
+            except Exception as exc:  # a dead replica is dropped; run/submit refill the pool
                 log.warning("dropping a ray replica that could not abort: %s", type(exc).__name__)
                 with contextlib.suppress(Exception):
                     ray.kill(replica)
                 self._replicas.remove(replica)
-
-    def _refill(self, ray: Any) -> None:
-        fresh = [self._new_replica(ray) for _ in range(self.concurrency - len(self._replicas))]
-        self._replicas.extend(fresh)
-        self._load_all(ray, fresh)
-
-    def _retry_on_new(self, ray: Any, i: int, requests: Sequence[Request], first: BaseException) -> list[Outcome]:
-        dead = self._replicas[i]
-        with contextlib.suppress(Exception):
-            ray.kill(dead)
-        fresh = self._new_replica(ray)
-        self._replicas[i] = fresh
-        self._load_all(ray, [fresh])
-        try:
-            return list(ray.get(fresh.run.remote(list(requests))))
-        except Exception as exc:
-            if not _lost(exc):
-                raise
-            with contextlib.suppress(Exception):
-                ray.kill(fresh)
-            self._replicas.remove(fresh)
-            raise EngineError(f"Ray replica lost twice: {type(first).__name__}, then {type(exc).__name__}: "
-                              f"{exc}") from exc
 
     def close(self) -> None:
         """Stop the replicas, and the local Ray when this engine started it (safe to call twice)."""

@@ -10,8 +10,9 @@ keeps the engine's batch full across chunk boundaries (see ``ChunkExecutor.submi
 Embeddings go through one batched ``embed`` call per chunk; if it raises for a
 request-shaped reason the chunk is split in halves until the culprits are isolated.
 
-Engine-wide failures (out of memory, a dead engine) raise ``EngineError``; ``exc.oom`` is
-True when the cause was an out-of-memory error, so the caller can split the chunk.
+Engine-wide failures raise ``EngineError`` with ``out_of_memory`` and ``broken`` set from
+what torch and vLLM raised (``engines.failures``), so the caller can split the chunk or
+rebuild the engine without reading messages.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spoolbatch.config import EngineSettings
+from spoolbatch.engines.failures import engine_error
 from spoolbatch.engines.vllm_tools import needs_chat_path
 from spoolbatch.errors import EngineError, RequestError
 from spoolbatch.format import bodies
@@ -57,23 +59,6 @@ def _request_shaped(exc: BaseException) -> bool:
     except ImportError:  # pragma: no cover
         return False
     return isinstance(exc, TemplateError)
-
-
-def _is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, MemoryError):
-        return True
-    with contextlib.suppress(ImportError):
-        import torch
-
-        if isinstance(exc, torch.OutOfMemoryError):
-            return True
-    return "out of memory" in str(exc).lower()
-
-
-def _engine_error(exc: BaseException) -> EngineError:
-    err = EngineError(f"vLLM failed: {type(exc).__name__}: {exc}")
-    err.oom = _is_oom(exc)  # type: ignore[attr-defined]
-    return err
 
 
 @dataclass(slots=True)
@@ -302,7 +287,7 @@ class VllmEngine:
             except Exception as exc:
                 if not _request_shaped(exc):
                     self.abort()
-                    raise _engine_error(exc) from exc
+                    raise engine_error(exc, "vLLM failed") from exc
                 ticket.outcomes[i] = Outcome.fail("invalid_request", f"rejected by vLLM: {type(exc).__name__}: {exc}")
                 continue
             ticket.waiting[rid] = i
@@ -327,7 +312,7 @@ class VllmEngine:
             raise
         except Exception as exc:
             self.abort()
-            raise _engine_error(exc) from exc
+            raise engine_error(exc, "vLLM failed") from exc
         for rid, i in ticket.waiting.items():
             output = self._finished.pop(rid)
             try:
@@ -424,7 +409,7 @@ class VllmEngine:
             raise
         except Exception as exc:
             if not _request_shaped(exc):
-                raise _engine_error(exc) from exc
+                raise engine_error(exc, "vLLM failed") from exc
             if self._llm.llm_engine.has_unfinished_requests():
                 self._restart()  # leftovers would otherwise be returned by the next call
             if len(items) == 1:

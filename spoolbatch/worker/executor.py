@@ -2,19 +2,23 @@
 
 When the engine raises for a batch (out of memory, a crash, a poison request), the batch
 is split in halves and each half retried, with backoff; a request that still fails on its
-own after ``max_attempts`` becomes a failed outcome (deadletter) and the rest go on. An
-engine that reports itself broken is rebuilt before the next try. Every request ends with
-exactly one outcome, and the number of engine calls is bounded.
+own after ``max_attempts`` becomes a failed outcome (deadletter) and the rest go on. What
+a failure was is read from the ``EngineError`` the engine raised (``out_of_memory``,
+``broken``), never from its message; anything else an engine lets through is classified
+once by ``engines.failures``. An engine that is broken is rebuilt before the next try.
+Every request ends with exactly one outcome, and the number of engine calls is bounded.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from spoolbatch.engines.base import Engine, PipelinedEngine
+from spoolbatch.engines.failures import engine_error
+from spoolbatch.errors import EngineError
 from spoolbatch.format.types import Outcome, Request
 from spoolbatch.format.validation import GENERATION
 from spoolbatch.worker import backoff, gcpolicy
@@ -24,12 +28,6 @@ def describe(exc: BaseException) -> str:
     """One line for an engine exception."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """True for CUDA/CPU out-of-memory errors, whatever library raised them."""
-    return isinstance(exc, MemoryError) or bool(getattr(exc, "oom", False)) or \
-        "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError"
 
 
 @dataclass(slots=True)
@@ -49,7 +47,6 @@ class ChunkRun:
     outcomes: list[Outcome]
     attempts: list[int]
     retries: int = 0
-    errors: list[str] = field(default_factory=list)
 
 
 class ChunkExecutor:
@@ -97,7 +94,7 @@ class ChunkExecutor:
                 outcomes = engine.collect(pending.ticket)
                 if len(outcomes) == len(pending.requests):
                     return ChunkRun(outcomes=outcomes, attempts=[1] * len(outcomes))
-                raise RuntimeError(f"engine returned {len(outcomes)} outcomes for {len(pending.requests)} requests")
+                raise EngineError(f"engine returned {len(outcomes)} outcomes for {len(pending.requests)} requests")
             except Exception as exc:
                 self.log(f"a pipelined chunk failed ({describe(exc)}); redoing it with split and retry")
                 self._drop_in_flight(exc)
@@ -110,10 +107,10 @@ class ChunkExecutor:
             try:
                 if isinstance(self.engine, PipelinedEngine):
                     self.engine.abort()
-            except Exception:  # noqa: BLE001 - a dead engine may not abort; it is rebuilt below
+            except Exception:  # a dead engine may not abort; it is rebuilt
                 self._rebuild(describe(exc))
                 return
-        if getattr(exc, "engine_broken", False) or not is_out_of_memory(exc) and self._looks_dead(exc):
+        if engine_error(exc).broken:
             self._rebuild(describe(exc))
 
     def _engine_for(self, model: str) -> Engine:
@@ -154,13 +151,13 @@ class ChunkExecutor:
                 engine = self._engine_for(model)
                 outs = engine.run([requests[i] for i in idx])
                 if len(outs) != len(idx):
-                    raise RuntimeError(f"engine returned {len(outs)} outcomes for {len(idx)} requests")
+                    raise EngineError(f"engine returned {len(outs)} outcomes for {len(idx)} requests")
             except Exception as exc:
                 message = describe(exc)
-                result.errors.append(message)
+                failure = engine_error(exc)
                 result.retries += 1
                 failures += 1
-                if getattr(exc, "engine_broken", False) or not is_out_of_memory(exc) and self._looks_dead(exc):
+                if failure.broken:
                     self._rebuild(message)
                 for i in idx:
                     result.attempts[i] += 1
@@ -169,7 +166,7 @@ class ChunkExecutor:
                     self.log(f"batch of {len(idx)} failed ({message}); splitting into {half} + {len(idx) - half}")
                     pending.extend([idx[half:], idx[:half]])
                 else:
-                    self._fail_alone(idx[0], requests, result, alone, exc, pending)
+                    self._fail_alone(idx[0], requests, result, alone, failure, message, pending)
                 self.sleep(backoff.delay(failures, base=self.backoff, cap=self.backoff_cap))
                 continue
             for i, out in zip(idx, outs, strict=True):
@@ -190,7 +187,6 @@ class ChunkExecutor:
                 return True
             except Exception as exc:
                 message = describe(exc)
-                result.errors.append(message)
                 self.log(f"loading model {model!r} failed (attempt {attempt} of {self.max_attempts}): {message}")
                 self._rebuild(message)
                 if attempt < self.max_attempts:
@@ -202,22 +198,16 @@ class ChunkExecutor:
         return False
 
     def _fail_alone(self, i: int, requests: Sequence[Request], result: ChunkRun, alone: list[int],
-                    exc: BaseException, pending: list[list[int]]) -> None:
+                    failure: EngineError, message: str, pending: list[list[int]]) -> None:
         """A request failed on its own: retry it, or give it up after ``max_attempts`` such failures."""
         alone[i] += 1
         if alone[i] < self.max_attempts:
             pending.append([i])
             return
-        message = describe(exc)
-        code = "out_of_memory" if is_out_of_memory(exc) else "engine_error"
+        code = "out_of_memory" if failure.out_of_memory else "engine_error"
         result.outcomes[i] = Outcome.fail(
             code, f"failed on its own {alone[i]} times ({result.attempts[i]} attempts in all): {message}")
         self.log(f"request {requests[i].custom_id!r} (line {requests[i].line}) gave up: {message}")
-
-    @staticmethod
-    def _looks_dead(exc: BaseException) -> bool:
-        text = str(exc).lower()
-        return any(s in text for s in ("engine core", "enginedead", "engine dead", "died", "broken pipe"))
 
     def close(self) -> None:
         """Release the engine."""
