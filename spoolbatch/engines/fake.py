@@ -155,11 +155,9 @@ class FakeEngine:
         self.latency = latency
         self.created = created
         self.media = media or MediaPolicy()
-        self.model: str | None = None
 
     def load(self, model: str) -> None:
         """Any model name is accepted."""
-        self.model = model
 
     def run(self, requests: Sequence[Request]) -> list[Outcome]:
         """Answer each request from its own content."""
@@ -226,4 +224,3 @@ class FakeEngine:
 
     def close(self) -> None:
         """Nothing to release."""
-        self.model = None

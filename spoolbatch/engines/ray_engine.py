@@ -256,11 +256,6 @@ class RayEngine:
 
     # -- the Engine protocol ---------------------------------------------------------------
 
-    @property
-    def model(self) -> str | None:
-        """The model name currently loaded, or None."""
-        return self._model if self._replicas else None
-
     def load(self, model: str, *, endpoint: str | None = None) -> None:
         """Start the replicas if needed and make ``model`` their loaded model."""
         ray = self._connect()

@@ -9,6 +9,7 @@ never reaches the engine. Submitting the next chunk before collecting the curren
 keeps the engine's batch full across chunk boundaries (see ``ChunkExecutor.submit``).
 Embeddings go through one batched ``embed`` call per chunk; if it raises for a
 request-shaped reason the chunk is split in halves until the culprits are isolated.
+vLLM's outputs become OpenAI bodies (and logprobs) in ``vllm_output``.
 
 Engine-wide failures raise ``EngineError`` with ``out_of_memory`` and ``broken`` set from
 what torch and vLLM raised (``engines.failures``), so the caller can split the chunk or
@@ -20,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,20 +28,17 @@ from typing import Any
 
 from spoolbatch.config import EngineSettings
 from spoolbatch.engines.failures import engine_error
+from spoolbatch.engines.vllm_output import embedding_body, generation_body
 from spoolbatch.engines.vllm_tools import needs_chat_path
 from spoolbatch.errors import EngineError, RequestError
-from spoolbatch.format import bodies
 from spoolbatch.format.scoring import SCORING
 from spoolbatch.format.types import Outcome, Request
-from spoolbatch.format.validation import CHAT, CHAT_LIKE, EMBEDDINGS, GENERATION, POOLED, RESPONSES
+from spoolbatch.format.validation import CHAT, CHAT_LIKE, EMBEDDINGS, GENERATION, POOLED
 
 log = logging.getLogger(__name__)
 
 GENERATE = "generate"
 POOLING = "pooling"
-
-# A logprob of -inf cannot be written as JSON; OpenAI's own floor is far above this.
-_LOGPROB_FLOOR = -9999.0
 
 
 def _request_shaped(exc: BaseException) -> bool:
@@ -95,11 +92,6 @@ class VllmEngine:
         self._chat: Any = None  # vllm_tools.ChatTools for the loaded model, made on first use
 
     # -- lifecycle -------------------------------------------------------------------
-
-    @property
-    def model(self) -> str | None:
-        """The model name currently loaded, or None."""
-        return self._model if self._llm is not None else None
 
     @property
     def runner(self) -> str | None:
@@ -316,8 +308,11 @@ class VllmEngine:
         for rid, i in ticket.waiting.items():
             output = self._finished.pop(rid)
             try:
-                ticket.outcomes[i] = Outcome.ok(self._generation_body(ticket.requests[i], output, ticket.created,
-                                                                      ticket.prepared.get(i)))
+                prepared = ticket.prepared.get(i)
+                tools = self.chat_tools() if prepared is not None else None
+                ticket.outcomes[i] = Outcome.ok(generation_body(ticket.requests[i], output, ticket.created,
+                                                                self._tokenizer.decode, prepared=prepared,
+                                                                tools=tools))
             except Exception as exc:  # a body we cannot build (odd logprobs) fails that request alone
                 ticket.outcomes[i] = Outcome.fail("internal_error", f"{type(exc).__name__}: {exc}")
         ticket.waiting.clear()
@@ -417,81 +412,6 @@ class VllmEngine:
             half = len(items) // 2
             return self._isolating(items[:half], call) + self._isolating(items[half:], call)
 
-    def _generation_body(self, request: Request, output: Any, created: int, prepared: Any = None) -> dict[str, Any]:
-        spec = request.spec
-        chat = spec.endpoint in CHAT_LIKE
-        choices = []
-        for index, completion in enumerate(output.outputs):
-            logprobs = None
-            if spec.logprobs:
-                logprobs = (self._chat_logprobs(completion, spec.top_logprobs) if chat
-                            else self._legacy_logprobs(completion, spec.top_logprobs))
-            if prepared is not None:
-                choices.append(self.chat_tools().choice(request, prepared, completion, index, logprobs))
-                continue
-            reason = "length" if completion.finish_reason == "length" else "stop"
-            choices.append(bodies.Choice(text=completion.text, finish_reason=reason,
-                                         completion_tokens=len(completion.token_ids), logprobs=logprobs))
-        prompt_tokens = len(output.prompt_token_ids or ())
-        if spec.endpoint == RESPONSES:
-            from spoolbatch.format.responses import response
-
-            return response(id=bodies.stable_id("resp_", spec.model, request.custom_id, str(request.line)),
-                            model=spec.model, created=created, choice=choices[0], prompt_tokens=prompt_tokens,
-                            body=request.body)
-        id = bodies.stable_id("chatcmpl-" if chat else "cmpl-", spec.model, request.custom_id, str(request.line))
-        if chat:
-            return bodies.chat_completion(id=id, model=spec.model, created=created, choices=choices,
-                                          prompt_tokens=prompt_tokens,
-                                          reasoning=prepared is not None and self.chat_tools().reasoning)
-        return bodies.text_completion(id=id, model=spec.model, created=created, choices=choices,
-                                      prompt_tokens=prompt_tokens)
-
-    def _token_text(self, token_id: int, logprob: Any) -> str:
-        text = getattr(logprob, "decoded_token", None)
-        if text is None:
-            text = self._tokenizer.decode([token_id])
-        return str(text)
-
-    @staticmethod
-    def _value(logprob: Any) -> float:
-        value = float(logprob.logprob)
-        return _LOGPROB_FLOOR if math.isnan(value) or value < _LOGPROB_FLOOR else value
-
-    def _ranked(self, position: dict[int, Any], k: int) -> list[tuple[int, Any]]:
-        ordered = sorted(position.items(), key=lambda kv: (kv[1].rank if kv[1].rank is not None else 1 << 30,
-                                                          -kv[1].logprob))
-        return ordered[:k]
-
-    def _chat_logprobs(self, completion: Any, k: int) -> dict[str, Any]:
-        """OpenAI's chat format: ``{content: [{token, logprob, bytes, top_logprobs}]}``."""
-        content = []
-        for token_id, position in zip(completion.token_ids, completion.logprobs or (), strict=False):
-            chosen = position.get(token_id)
-            text = self._token_text(token_id, chosen) if chosen is not None else self._tokenizer.decode([token_id])
-            top = [{"token": (t := self._token_text(tid, lp)), "logprob": self._value(lp), "bytes": list(t.encode())}
-                   for tid, lp in self._ranked(position, k)]
-            content.append({"token": text, "logprob": self._value(chosen) if chosen is not None else _LOGPROB_FLOOR,
-                            "bytes": list(text.encode()), "top_logprobs": top})
-        return {"content": content, "refusal": None}
-
-    def _legacy_logprobs(self, completion: Any, k: int) -> dict[str, Any]:
-        """The completions format: ``{tokens, token_logprobs, top_logprobs, text_offset}``."""
-        tokens: list[str] = []
-        values: list[float] = []
-        tops: list[dict[str, float]] = []
-        offsets: list[int] = []
-        offset = 0
-        for token_id, position in zip(completion.token_ids, completion.logprobs or (), strict=False):
-            chosen = position.get(token_id)
-            text = self._token_text(token_id, chosen) if chosen is not None else self._tokenizer.decode([token_id])
-            tokens.append(text)
-            values.append(self._value(chosen) if chosen is not None else _LOGPROB_FLOOR)
-            tops.append({self._token_text(tid, lp): self._value(lp) for tid, lp in self._ranked(position, k)})
-            offsets.append(offset)
-            offset += len(text)
-        return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}
-
     # embeddings ---------------------------------------------------------------------
 
     def _run_embeddings(self, group: Sequence[Request]) -> list[Outcome]:
@@ -525,9 +445,5 @@ class VllmEngine:
             if isinstance(result, Outcome):
                 outcomes[i] = result
                 continue
-            spec = group[i].spec
-            vectors = [list(r.outputs.embedding) for r in result]
-            tokens = sum(len(r.prompt_token_ids or ()) for r in result)
-            outcomes[i] = Outcome.ok(bodies.embedding_list(model=spec.model, vectors=vectors, prompt_tokens=tokens,
-                                                           encoding_format=spec.encoding_format))
+            outcomes[i] = Outcome.ok(embedding_body(group[i], result))
         return [o if o is not None else Outcome.fail("internal_error", "no answer") for o in outcomes]
