@@ -1,10 +1,11 @@
-"""The one backoff rule that the executor and the supervisor share."""
+"""The one backoff rule that the executor, the supervisor and the webhook outbox share."""
 
 from __future__ import annotations
 
 import pytest
 
-from spoolbatch.worker.backoff import delay
+from spoolbatch.backoff import delay
+from spoolbatch.store.outbox import MAX_DELAY_SECONDS, retry_delay
 
 
 def test_doubles_from_the_base_up_to_the_cap() -> None:
@@ -30,3 +31,5 @@ def test_the_formulas_it_replaced() -> None:
     for n in range(1, 40):  # the executor's split-and-retry and load retries, and the supervisor's restarts
         assert delay(n, base=1.0, cap=60.0) == min(60.0, 1.0 * 2 ** min(n - 1, 10))
         assert delay(n, base=1.0, cap=60.0) == min(60.0, 1.0 * 2 ** min(n - 1, 6))
+    for attempts in range(0, 40):  # the webhook outbox's retries
+        assert retry_delay(attempts, 5.0) == min(MAX_DELAY_SECONDS, 5.0 * 2 ** max(0, attempts - 1))

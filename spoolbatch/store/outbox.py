@@ -17,6 +17,7 @@ from enum import StrEnum
 
 import orjson
 
+from spoolbatch import backoff
 from spoolbatch.store.batches import batch_id
 from spoolbatch.store.fsutil import atomic_write
 from spoolbatch.store.jobstate import JobState
@@ -124,4 +125,4 @@ def due(spool: Spool, now: float | None = None) -> Iterator[str]:
 
 def retry_delay(attempts: int, base: float) -> float:
     """Seconds before attempt ``attempts + 1``: doubling from ``base``, at most an hour."""
-    return min(MAX_DELAY_SECONDS, base * 2 ** max(0, attempts - 1))
+    return backoff.delay(max(1, attempts), base=base, cap=MAX_DELAY_SECONDS)

@@ -16,12 +16,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from spoolbatch import backoff
 from spoolbatch.engines.base import Engine, PipelinedEngine
 from spoolbatch.engines.failures import engine_error
 from spoolbatch.errors import EngineError
 from spoolbatch.format.types import Outcome, Request
 from spoolbatch.format.validation import GENERATION
-from spoolbatch.worker import backoff, gcpolicy
+from spoolbatch.worker import gcpolicy
 
 
 def describe(exc: BaseException) -> str:

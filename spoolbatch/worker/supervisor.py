@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from types import FrameType
 
+from spoolbatch import backoff
 from spoolbatch.errors import ConfigError
-from spoolbatch.worker import backoff
 
 RESTART_BACKOFF = (1.0, 60.0)
 

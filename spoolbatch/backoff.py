@@ -1,4 +1,8 @@
-"""The one backoff rule: how long to wait before the next try, doubling up to a cap."""
+"""The one backoff rule: how long to wait before the next try, doubling up to a cap.
+
+On the floor (it imports nothing) so that every layer retries the same way: the executor,
+the supervisor, the webhook outbox.
+"""
 
 from __future__ import annotations
 
