@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from spoolbatch.store.checkpoint import Checkpoint
 from spoolbatch.store.joblog import read_events
 from spoolbatch.store.spool import Spool
 from spoolbatch.store.workarea import WorkArea
+from spoolbatch.worker import gcpolicy
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -91,6 +93,22 @@ def job_events(spool: Spool, job: str, *names: str) -> list[dict[str, Any]]:
     events = read_events(spool.log(job))
     assert all(e["event"] != "text" for e in events), "the job log holds a line that is not an event"
     return [e for e in events if not names or e["event"] in names]
+
+
+@pytest.fixture(autouse=True)
+def process_state_restored() -> Iterator[None]:
+    """Every test leaves the signal handlers and the collector policy as it found them.
+
+    A daemon run in the test process (``run`` through CliRunner, ``Daemon.run`` in a thread)
+    installs SIGTERM/SIGINT handlers and quiets the collector; ``Daemon.run`` undoes both as it
+    ends, and this fails the test that forgets.
+    """
+    signals = (signal.SIGTERM, signal.SIGINT)
+    # Not gc's frozen count: loading vLLM freezes the heap itself (our thaw hands back only ours).
+    before = ([signal.getsignal(s) for s in signals], gc.get_threshold(), gcpolicy._active)
+    yield
+    after = ([signal.getsignal(s) for s in signals], gc.get_threshold(), gcpolicy._active)
+    assert after == before, "signal handlers (SIGTERM, SIGINT), gc thresholds or the collector policy changed"
 
 
 @pytest.fixture

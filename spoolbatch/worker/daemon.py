@@ -66,6 +66,7 @@ class Daemon:
         self.echo = echo
         self._stop = threading.Event()
         self._interrupts = 0
+        self._handlers: dict[int, Any] = {}  # signal -> the handler install_signal_handlers replaced
         self.heartbeat = Heartbeat(self.spool, config.heartbeat_interval, engine=config.engine,
                                    chunk_size=config.chunk_size, poll_interval=config.poll_interval)
         self.log = JobLog(self._daemon_log_path(), echo=echo, max_bytes=config.log_max_bytes, keep=config.log_keep)
@@ -129,9 +130,15 @@ class Daemon:
         self.request_stop()
 
     def install_signal_handlers(self) -> None:
-        """SIGTERM and SIGINT end the daemon at a chunk boundary."""
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
+        """SIGTERM and SIGINT end the daemon at a chunk boundary (until ``run`` returns)."""
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._handlers.setdefault(signum, signal.signal(signum, self._on_signal))
+
+    def restore_signal_handlers(self) -> None:
+        """Put back the handlers ``install_signal_handlers`` replaced (``run`` does this as it ends)."""
+        while self._handlers:
+            signum, handler = self._handlers.popitem()
+            signal.signal(signum, handler)
 
     @property
     def stopping(self) -> bool:
@@ -311,7 +318,7 @@ class Daemon:
     # --- the loop -------------------------------------------------------------------------
     def run(self, once: bool = False) -> int:
         """Work until stopped (or, with ``once``, until the queue is drained); exit status."""
-        gcpolicy.quiet()
+        restore_gc = gcpolicy.quiet()
         self.guard.read()
         self.heartbeat.start()
         sdnotify.ready()
@@ -335,6 +342,8 @@ class Daemon:
             self.guard.monitor.close()
             self.heartbeat.stop("stopped")
             self.log("daemon stopped")
+            restore_gc()
+            self.restore_signal_handlers()
         return 0
 
 
