@@ -8,7 +8,6 @@ import sys
 import tarfile
 import threading
 from pathlib import Path
-from types import SimpleNamespace
 
 import orjson
 import pytest
@@ -25,21 +24,10 @@ from spoolbatch.store.spool import Spool
 from spoolbatch.worker.daemon import Daemon
 
 from .conftest import REPO, assert_exactly_once, chat_line, drop, wait_for
+from .fakes import FakeDisk
 
 FIXTURE = Path(__file__).parent / "fixtures" / "spool-v1.tar.gz"
 MB = 1024 * 1024
-
-
-class FakeDisk:
-    """A statvfs whose free space the test sets."""
-
-    def __init__(self, free: int) -> None:
-        self.free = free
-        self.calls = 0
-
-    def __call__(self, path: str) -> SimpleNamespace:
-        self.calls += 1
-        return SimpleNamespace(f_bavail=self.free // 4096, f_frsize=4096, f_blocks=(1 << 40) // 4096)
 
 
 def test_the_daemon_waits_while_the_disk_is_low_and_resumes(spool: Spool, config: Config) -> None:

@@ -4,71 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from dataclasses import dataclass, field
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
 
 from spoolbatch.worker.gpu import GpuDevice, GpuMonitor, GpuSnapshot, adaptive_chunk_size, gate, visible_indices
 
-GIB = 1024**3
-
-
-class NVMLError(Exception):
-    """Stands in for pynvml.NVMLError."""
-
-
-@dataclass
-class FakeCard:
-    name: str = "NVIDIA Fake 16GB"
-    used: int = 2 * GIB
-    total: int = 16 * GIB
-    temperature: int | None = 55
-    utilization: int | None = 40
-
-
-@dataclass
-class FakeNvml:
-    """Implements the NvmlBackend calls; ``init_error`` makes nvmlInit fail."""
-
-    cards: list[FakeCard] = field(default_factory=lambda: [FakeCard()])
-    init_error: Exception | None = None
-    inits: int = 0
-    shutdowns: int = 0
-
-    def nvmlInit(self) -> None:
-        if self.init_error is not None:
-            raise self.init_error
-        self.inits += 1
-
-    def nvmlShutdown(self) -> None:
-        self.shutdowns += 1
-
-    def nvmlDeviceGetCount(self) -> int:
-        return len(self.cards)
-
-    def nvmlDeviceGetHandleByIndex(self, index: int) -> Any:
-        if not 0 <= index < len(self.cards):
-            raise NVMLError("Invalid Argument")
-        return self.cards[index]
-
-    def nvmlDeviceGetName(self, handle: FakeCard) -> bytes:
-        return handle.name.encode()
-
-    def nvmlDeviceGetMemoryInfo(self, handle: FakeCard) -> Any:
-        return SimpleNamespace(used=handle.used, total=handle.total, free=handle.total - handle.used)
-
-    def nvmlDeviceGetTemperature(self, handle: FakeCard, sensor: int) -> int:
-        assert sensor == 0
-        if handle.temperature is None:
-            raise NVMLError("Not Supported")
-        return handle.temperature
-
-    def nvmlDeviceGetUtilizationRates(self, handle: FakeCard) -> Any:
-        if handle.utilization is None:
-            raise NVMLError("Not Supported")
-        return SimpleNamespace(gpu=handle.utilization, memory=10)
+from .fakes import GIB, FakeCard, FakeNvml, NVMLError
 
 
 def read(*cards: FakeCard, env: dict[str, str] | None = None) -> GpuSnapshot:

@@ -50,3 +50,16 @@ def test_no_module_imports_a_layer_above_it() -> None:
             if LAYER[there] > LAYER[here] or (here, there) in APART:
                 wrong.append(f"{path.relative_to(PACKAGE.parent)} imports {target}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared helpers live in conftest, fakes in tests/fakes.py: a test module is never a library."""
+    tests = Path(__file__).resolve().parent
+    wrong = []
+    for path in sorted(tests.glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                name = node.module.removeprefix("tests.").lstrip(".")
+                if name.startswith("test_"):
+                    wrong.append(f"{path.name} imports {node.module}")
+    assert not wrong, "\n".join(wrong)

@@ -11,9 +11,7 @@ import pytest
 from spoolbatch.commands import catalog, control
 from spoolbatch.commands.submit import submit
 from spoolbatch.config import Config
-from spoolbatch.engines.fake import FakeEngine
 from spoolbatch.errors import InputError, LimitExceeded
-from spoolbatch.format.types import Outcome, Request
 from spoolbatch.store.checkpoint import Checkpoint
 from spoolbatch.store.jobstate import JobState
 from spoolbatch.store.spool import Spool, sanitize_job_id
@@ -21,6 +19,7 @@ from spoolbatch.worker.daemon import Daemon
 from spoolbatch.worker.executor import ChunkExecutor
 
 from .conftest import assert_exactly_once, chat_line, drop, job_events, read_jsonl, write_jsonl
+from .fakes import FlakyEngine, RecordingEngine, UnloadableEngine
 
 
 def drain(config: Config) -> Daemon:
@@ -244,24 +243,6 @@ def test_queue_limit_on_jobs(config: Config, tmp_path: Path) -> None:
         submit(src, limited)
 
 
-class FlakyEngine(FakeEngine):
-    """Raises out-of-memory on batches above ``max_batch`` and always fails on ``poison`` ids."""
-
-    def __init__(self, max_batch: int, poison: set[str]) -> None:
-        super().__init__()
-        self.max_batch = max_batch
-        self.poison = poison
-        self.calls = 0
-
-    def run(self, requests: list[Request]) -> list[Outcome]:  # type: ignore[override]
-        self.calls += 1
-        if len(requests) > self.max_batch:
-            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        if any(r.custom_id in self.poison for r in requests):
-            raise RuntimeError("engine core died unexpectedly")
-        return super().run(requests)
-
-
 def test_executor_splits_on_oom_and_deadletters_a_poison_request(spool: Spool, config: Config) -> None:
     engine = FlakyEngine(max_batch=4, poison={"req-7"})
     drop(spool, "job.jsonl", [chat_line(i) for i in range(20)])
@@ -276,22 +257,6 @@ def test_executor_splits_on_oom_and_deadletters_a_poison_request(spool: Spool, c
     assert engine.calls < 40
 
 
-class RecordingEngine(FakeEngine):
-    """Records the order in which chunks are submitted and collected."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[tuple[str, str]] = []
-
-    def submit(self, requests):  # type: ignore[no-untyped-def,override]
-        self.calls.append(("submit", requests[0].custom_id))
-        return super().submit(requests)
-
-    def collect(self, ticket):  # type: ignore[no-untyped-def,override]
-        self.calls.append(("collect", ticket[0].custom_id))
-        return super().collect(ticket)
-
-
 def test_the_next_chunk_reaches_the_engine_before_the_current_one_is_collected(spool: Spool, config: Config) -> None:
     engine = RecordingEngine()
     drop(spool, "job.jsonl", [chat_line(i) for i in range(30)])
@@ -301,16 +266,6 @@ def test_the_next_chunk_reaches_the_engine_before_the_current_one_is_collected(s
     assert engine.calls == [("submit", "req-0"), ("submit", "req-10"), ("collect", "req-0"),
                             ("submit", "req-20"), ("collect", "req-10"), ("collect", "req-20")]
     assert_exactly_once(spool, "job", {f"req-{i}" for i in range(30)})
-
-
-class UnloadableEngine(FakeEngine):
-    """A model that never loads (a typo in the name, a missing folder)."""
-
-    loads = 0
-
-    def load(self, model: str) -> None:
-        UnloadableEngine.loads += 1
-        raise RuntimeError(f"no such model: {model}")
 
 
 def test_a_model_that_never_loads_fails_its_chunk_once_not_per_request(spool: Spool, config: Config) -> None:

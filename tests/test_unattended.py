@@ -15,8 +15,6 @@ import orjson
 import pytest
 
 from spoolbatch.config import Config
-from spoolbatch.engines.fake import FakeEngine
-from spoolbatch.format.types import Outcome, Request
 from spoolbatch.store.checkpoint import Checkpoint
 from spoolbatch.store.fsutil import AppendFile
 from spoolbatch.store.jobstate import JobState
@@ -25,7 +23,7 @@ from spoolbatch.worker.daemon import Daemon
 from spoolbatch.worker.gpu import GpuMonitor
 
 from .conftest import assert_exactly_once, chat_line, drop, job_events, wait_for
-from .test_gpu import GIB, FakeCard, FakeNvml
+from .fakes import GIB, DyingEngine, FakeCard, FakeNvml
 
 
 class Running:
@@ -88,24 +86,6 @@ def test_full_card_waits_then_chunks_shrink_with_memory_pressure(spool: Spool, c
     ckpt = Checkpoint.load(spool.checkpoint("job"))
     assert ckpt is not None and ckpt.chunks == 4
     assert run.beat()["chunk_size"] == 32
-
-
-class DyingEngine(FakeEngine):
-    """Dies (as vLLM's engine core does) on its second call; a rebuilt one works."""
-
-    instances = 0
-
-    def __init__(self) -> None:
-        super().__init__()
-        DyingEngine.instances += 1
-        self.generation = DyingEngine.instances
-        self.calls = 0
-
-    def run(self, requests: list[Request]) -> list[Outcome]:  # type: ignore[override]
-        self.calls += 1
-        if self.generation == 1 and self.calls == 2:
-            raise RuntimeError("EngineCore encountered an issue; engine core died")
-        return super().run(requests)
 
 
 def test_engine_that_dies_is_rebuilt_and_nothing_is_lost(spool: Spool, config: Config) -> None:
