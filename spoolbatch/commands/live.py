@@ -18,13 +18,16 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from spoolbatch.store.jobstate import JobState
+
 # Jobs the live view lists, running ones first; finished ones beyond this are counted, not shown.
 MAX_FINISHED_SHOWN = 8
 BAR_WIDTH = 24
-_ACTIVE = ("running", "interrupted", "claimed")
-_STATE_STYLE = {"running": "green", "interrupted": "yellow", "claimed": "cyan", "queued": "cyan",
-                "completed": "green", "failed": "red", "rejected": "red", "expired": "yellow",
-                "cancelled": "yellow", "missing": "red"}
+_ACTIVE = (JobState.RUNNING, JobState.INTERRUPTED, JobState.CLAIMED)
+_STATE_STYLE: dict[str, str] = {
+    JobState.RUNNING: "green", JobState.INTERRUPTED: "yellow", JobState.CLAIMED: "cyan", JobState.QUEUED: "cyan",
+    JobState.COMPLETED: "green", JobState.FAILED: "red", JobState.REJECTED: "red", JobState.EXPIRED: "yellow",
+    JobState.CANCELLED: "yellow", JobState.MISSING: "red"}
 _LIVENESS_STYLE = {"alive": "green", "stale": "yellow", "dead": "red", "stopped": "dim"}
 
 
@@ -140,8 +143,8 @@ def _workers(data: dict[str, Any], limits: Limits) -> list[RenderableType]:
 def _jobs(data: dict[str, Any], now: float) -> list[RenderableType]:
     jobs = data["jobs"]
     active = [j for j in jobs if j["status"] in _ACTIVE]
-    queued = [j for j in jobs if j["status"] == "queued"]
-    finished = sorted((j for j in jobs if j["status"] not in _ACTIVE and j["status"] != "queued"),
+    queued = [j for j in jobs if j["status"] == JobState.QUEUED]
+    finished = sorted((j for j in jobs if j["status"] not in _ACTIVE and j["status"] != JobState.QUEUED),
                       key=lambda j: j.get("updated_at") or 0, reverse=True)
     table = Table(box=None, show_header=True, header_style="bold", pad_edge=False, title="jobs",
                   title_justify="left", title_style="bold")
@@ -161,7 +164,7 @@ def _jobs(data: dict[str, Any], now: float) -> list[RenderableType]:
         total = j.get("total_lines") or 0
         done = f"{j.get('lines_consumed', 0):,}/{total:,}" if total else "-"
         table.add_row(j["job"], Text(status, style=_STATE_STYLE.get(j["status"], "")), bar,
-                      pct if j["status"] != "queued" else "", done, f"{j.get('requests_failed', 0):,}",
+                      pct if j["status"] != JobState.QUEUED else "", done, f"{j.get('requests_failed', 0):,}",
                       _rate(rps), _rate(tps), duration(elapsed),
                       duration(j.get("eta_seconds")) if running else "-")
     rows: list[RenderableType] = [table]
@@ -200,7 +203,7 @@ class RunProgress:
             console=console, transient=False)
         self._tasks: dict[str, TaskID] = {}
 
-    def update(self, job: str, done: int, total: int, *, status: str = "running",
+    def update(self, job: str, done: int, total: int, *, status: str = JobState.RUNNING,
                requests_per_second: float | None = None, tokens_per_second: float | None = None,
                eta_seconds: float | None = None) -> None:
         """Show ``job`` at ``done`` of ``total`` lines; a final ``status`` prints a line and drops its bar."""
@@ -211,7 +214,7 @@ class RunProgress:
         if task is None:
             task = self._tasks[job] = self.progress.add_task(job, total=max(total, 1), job=job, rate="", eta="-")
         self.progress.update(task, completed=done, total=max(total, 1), rate=rate, eta=duration(eta_seconds))
-        if status != "running":
+        if status != JobState.RUNNING:
             self.progress.remove_task(task)
             del self._tasks[job]
             self.progress.console.print(Text.assemble((job, "bold"), ": ",

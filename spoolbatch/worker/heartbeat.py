@@ -1,8 +1,8 @@
 """The daemon's heartbeat: a JSON file rewritten every few seconds by a background thread.
 
 Each daemon writes ``workers/HOST-PID.json``; the spool-level ``heartbeat`` file is the
-latest of them (last writer wins), as SPEC.md names it. A thread writes even while a chunk
-keeps the main loop busy, so a long chunk does not look like a dead worker.
+latest of them (last writer wins), as the README's spool table says. A thread writes even
+while a chunk keeps the main loop busy, so a long chunk does not look like a dead worker.
 """
 
 from __future__ import annotations
