@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 BASE   := $(VENV)/.base-installed
 ENGINE := $(VENV)/.engine-installed
 
-.PHONY: install engine test lint demo bench clean
+.PHONY: install engine test check lint demo bench clean
 
 install: $(BASE)
 
@@ -38,8 +38,13 @@ lint: $(BASE)
 	$(BIN)/ruff check spoolbatch tests $(wildcard bench)
 	$(BIN)/mypy spoolbatch
 
+# The whole suite, the real engine and bench/run_all.py --quick included (tests/test_bench_quick.py).
 test: $(ENGINE) lint
 	$(BIN)/pytest -q -p no:cacheprovider
+
+# The edit loop: lint, type check and every test not marked slow or vllm (about a minute on 2 cores).
+check: $(BASE) lint
+	$(BIN)/pytest -q -p no:cacheprovider -m "not slow and not vllm"
 
 demo: $(ENGINE)
 	$(BIN)/python -m spoolbatch.demo

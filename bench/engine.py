@@ -76,9 +76,51 @@ def model_path(name: str) -> Path:
     return Path(name)
 
 
-def write_job(path: Path, n: int, model: str) -> list[dict[str, Any]]:
+def context_length(path: Path, wanted: int) -> int:
+    """``wanted``, or less when the model has fewer positions (vLLM refuses a longer max_model_len)."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except FileNotFoundError:
+        return wanted
+    return min(wanted, int(config.get("max_position_embeddings") or wanted))
+
+
+def fit_context(reqs: list[dict[str, Any]], model: Path, context: int) -> int:
+    """Shorten the requests whose prompt and max_tokens exceed ``context`` tokens; how many were.
+
+    The tiny model's tokenizer knows few of the prompts' words (about a token per character),
+    so with 128 positions its requests lose the system prompt and, where still too long, the
+    end of the user text. Models with a real context keep every request as written.
+    """
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model))
+
+    def tokens(body: dict[str, Any]) -> int:
+        text = tok.apply_chat_template(body["messages"], add_generation_prompt=True, tokenize=False)
+        return len(tok(text, add_special_tokens=False)["input_ids"]) + body["max_tokens"]
+
+    cut = 0
+    for r in reqs:
+        body = r["body"]
+        if tokens(body) < context:
+            continue
+        cut += 1
+        messages = body["messages"]
+        while tokens(body) >= context:
+            if len(messages) > 1:
+                messages.pop(0)  # the system prompt first
+            else:
+                messages[0]["content"] = messages[0]["content"][: len(messages[0]["content"]) * 3 // 4]
+    return cut
+
+
+def write_job(path: Path, n: int, model: Path, context: int) -> list[dict[str, Any]]:
     rng = random.Random(1)
-    reqs = [request(i, model, rng) for i in range(n)]
+    reqs = [request(i, str(model), rng) for i in range(n)]
+    cut = fit_context(reqs, model, context)
+    if cut:
+        print(f"  {cut:,} of {n:,} requests shortened to fit the model's {context} positions", flush=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
         for r in reqs:
@@ -193,10 +235,9 @@ def main() -> None:
 
     path = model_path(args.model)
     SETTINGS["dtype"] = cpu_dtype("auto")  # what the daemon picks here, given to all three contenders
-    if args.model == "tiny":
-        SETTINGS["max_model_len"] = 256  # the tiny model's own context
+    SETTINGS["max_model_len"] = context_length(path, SETTINGS["max_model_len"])
     src = OUT / "inputs" / f"engine-{args.model}-{args.prompts}.jsonl"
-    reqs = write_job(src, args.prompts, str(path))
+    reqs = write_job(src, args.prompts, path, SETTINGS["max_model_len"])
     # run_batch is a separate process: once before and once after the in-process rounds, best kept
     batch_runs = [] if args.no_run_batch else [run_batch(src, path)]
     t = time.perf_counter()
