@@ -23,7 +23,7 @@ from spoolbatch.config import EngineSettings
 from spoolbatch.engines.base import Engine
 from spoolbatch.format.types import Outcome, Request
 from spoolbatch.format.validation import CHAT, COMPLETIONS, EMBEDDINGS, parse_spec
-from tests.tiny_model import MAX_POSITIONS
+from tests.tiny_model import MAX_POSITIONS, SPECIAL_IDS
 
 MODEL = "tiny"
 # Bounded fields, so even a random model must close the object within max_tokens.
@@ -128,13 +128,19 @@ def test_sampling_fields_n_seed_stop(engine: Any) -> None:
     assert ok(capped)["choices"][0]["finish_reason"] == "length"
     assert capped.completion_tokens == 3
 
-    greedy = ok(engine.run([chat("g", max_tokens=10, temperature=0)])[0])["choices"][0]["message"]["content"]
-    if len(greedy) > 3:
-        stop = greedy[2:4]
-        (stopped,) = engine.run([chat("t", max_tokens=10, temperature=0, stop=[stop])])
-        choice = ok(stopped)["choices"][0]
-        assert choice["finish_reason"] == "stop"
-        assert stop not in choice["message"]["content"]
+    # Special tokens banned: the random model's greedy text could otherwise end, or be made of tokens
+    # that decode to nothing, before it holds 4 characters; of 8 prompts one must give 4 or more.
+    common: dict[str, Any] = dict(max_tokens=10, temperature=0, logit_bias={str(i): -100 for i in SPECIAL_IDS})
+    prompts = [f"say something about topic {i}" for i in range(8)]
+    texts = [ok(o)["choices"][0]["message"]["content"]
+             for o in engine.run([chat(f"g{i}", p, **common) for i, p in enumerate(prompts)])]
+    i, greedy = next(((i, t) for i, t in enumerate(texts) if len(t) >= 4), (-1, ""))
+    assert i >= 0, f"no greedy text of 4 characters or more: {texts}"
+    stop = greedy[2:4]
+    (stopped,) = engine.run([chat("t", prompts[i], stop=[stop], **common)])
+    choice = ok(stopped)["choices"][0]
+    assert choice["finish_reason"] == "stop"
+    assert choice["message"]["content"] == greedy[:greedy.index(stop)]  # cut before the stop string
 
 
 @pytest.mark.vllm
