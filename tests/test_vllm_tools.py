@@ -210,3 +210,49 @@ def test_responses_lines_are_answered(shared_vllm_engine: Any) -> None:
     (call,) = [item for item in tool.output if item.type == "function_call"]
     assert call.name == "get_weather"
     schema_valid(json.loads(call.arguments), schema)
+
+
+# --- images ------------------------------------------------------------------------------------
+# No tiny vision model runs on the CPU build here: vLLM's LLaVA, Gemma 3, Qwen2-VL, InternVL,
+# Pixtral and Mistral 3 modules fail to import with "ModuleNotFoundError: No module named
+# 'torchvision'" (torchvision is removed because PyPI's build breaks vLLM CPU; see
+# notes/vllm-on-cpu.md). So the hand-over is tested against vLLM's own media loader, and a
+# text-only model must refuse an image line alone.
+
+def image_data_url(size: tuple[int, int] = (40, 30)) -> tuple[str, Any]:
+    import base64
+    import io
+
+    from PIL import Image
+
+    image = Image.new("RGB", size, (10, 200, 30))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode(), image
+
+
+def test_resolved_images_load_in_vllms_media_connector(tmp_path: Path) -> None:
+    from vllm.multimodal.media.connector import MediaConnector
+
+    from spoolbatch.engines.media import MediaPolicy, resolve_images
+
+    url, image = image_data_url()
+    (tmp_path / "leaf.png").write_bytes(__import__("base64").b64decode(url.split(",", 1)[1]))
+    for source in (url, f"file://{tmp_path}/leaf.png"):
+        request = chat("img", messages=[{"role": "user", "content": [
+            {"type": "text", "text": "what?"}, {"type": "image_url", "image_url": {"url": source}}]}])
+        (message,) = resolve_images(request.spec.messages, MediaPolicy(media_dir=str(tmp_path)))
+        loaded = MediaConnector().fetch_image(message["content"][1]["image_url"]["url"])
+        assert loaded.size == image.size and loaded.getpixel((3, 3)) == image.getpixel((3, 3))
+
+
+def test_an_image_for_a_text_only_model_fails_that_line_alone(shared_vllm_engine: Any) -> None:
+    url, _ = image_data_url()
+    image = chat("img", messages=[{"role": "user", "content": [
+        {"type": "text", "text": "what?"}, {"type": "image_url", "image_url": {"url": url}}]}], max_tokens=4)
+    broken = chat("broken", 2, messages=[{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}], max_tokens=4)
+    outcomes = shared_vllm_engine.run([image, broken, chat("text", 3, max_tokens=4)])
+    assert outcomes[0].failed and outcomes[0].error_code == "invalid_request", outcomes[0]
+    assert outcomes[1].failed and outcomes[1].error_code == "invalid_image"
+    ok(outcomes[2])

@@ -143,3 +143,58 @@ def build_tiny_cross_encoder(out: Path, *, seed: int = 0) -> Path:
                         pad_token_id=tokenizer.pad_token_id)
     BertForSequenceClassification(config).save_pretrained(str(out), safe_serialization=True)
     return out
+
+
+VISION_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' or part['type'] == 'image_url' %}{{ '<image>' }}"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def build_tiny_llava(out: Path, *, seed: int = 0) -> Path:
+    """A tiny random-weight LLaVA (a 1-layer CLIP vision tower on 28x28 images + the tiny Llama) in ``out``."""
+    import torch
+    from transformers import (
+        AutoTokenizer,
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    out.mkdir(parents=True, exist_ok=True)
+    text_dir = build_tiny_llama(out / "text", seed=seed)
+    tokenizer = AutoTokenizer.from_pretrained(str(text_dir))
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=14,
+                               vision_feature_select_strategy="default", chat_template=VISION_CHAT_TEMPLATE,
+                               num_additional_image_tokens=1)
+    tokenizer.chat_template = VISION_CHAT_TEMPLATE
+    processor.save_pretrained(str(out))
+    torch.manual_seed(seed)
+    vision = CLIPVisionConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=1, num_attention_heads=4,
+                              image_size=28, patch_size=14, projection_dim=128)
+    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=4, head_dim=32,
+                       max_position_embeddings=MAX_POSITIONS, bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                       tie_word_embeddings=False)
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_id,
+                         vision_feature_select_strategy="default", vision_feature_layer=-1)
+    LlavaForConditionalGeneration(config).to(torch.bfloat16).save_pretrained(str(out), safe_serialization=True)
+    import shutil
+
+    shutil.rmtree(out / "text")
+    return out
