@@ -65,6 +65,18 @@ def test_stale_temporaries_go_fresh_ones_and_users_files_stay(spool: Spool, conf
     assert not any(p.exists() for p in old) and all(p.exists() for p in kept)
 
 
+def test_the_clean_up_follows_no_link_out_of_the_spool(spool: Spool, config: Config, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    precious = [aged(outside / "data.tmp", 5), aged(outside / "000000.lock", 5, b"")]
+    os.symlink(outside, spool.active / "evil.chunks")
+    os.symlink(outside / "data.tmp", spool.done / "link.tmp")
+    os.utime(spool.done / "link.tmp", (time.time() - 5 * DAY,) * 2, follow_symlinks=False)
+    report = gc(config)
+    assert [(r.kind, r.name) for r in report.removed] == [(Kind.TEMPORARY, "done/link.tmp")]  # the link itself
+    assert all(p.exists() for p in precious) and (spool.active / "evil.chunks").is_symlink()
+
+
 def test_orphaned_chunk_areas_and_locks_go_live_ones_stay(spool: Spool, config: Config) -> None:
     # a finishing worker killed after archiving the input, before removing the chunk area
     ghost = spool.work_area("ghost")

@@ -481,8 +481,10 @@ class Cleanup:
 
     def _folders(self) -> list[Path]:
         folders = [self.spool.root, *self.spool.dirs(), *self.spool.api_dirs()]
-        with contextlib.suppress(FileNotFoundError):
-            folders += sorted(p for p in self.spool.active.iterdir() if p.name.endswith(".chunks") and p.is_dir())
+        with contextlib.suppress(FileNotFoundError), os.scandir(self.spool.active) as it:
+            # never a link someone put there: the clean-up does not follow links out of the spool
+            folders += sorted(Path(e.path) for e in it
+                              if e.name.endswith(".chunks") and e.is_dir(follow_symlinks=False))
         return folders
 
     def temporaries(self) -> None:
@@ -516,6 +518,9 @@ class Cleanup:
         for name in names:
             if name.endswith(".chunks"):
                 job, kind = name[: -len(".chunks")], Kind.CHUNK_AREA
+                with contextlib.suppress(FileNotFoundError):
+                    if not stat.S_ISDIR(os.lstat(sp.active / name).st_mode):
+                        continue  # not a work area the daemon made: left alone
             elif name.endswith(".lock"):
                 job, kind = name[: -len(".lock")], Kind.LOCK
                 # A claim makes the lock just before moving the input in: only an old one is an orphan.
