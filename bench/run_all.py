@@ -23,6 +23,7 @@ FULL = [
     ("scaleout", ["scaleout.py", "--requests", "8000"]),
     ("gpu_rate", ["gpu_rate.py"]),
     ("soak", ["soak.py", "--minutes", "10"]),
+    ("serve", ["serve.py"]),
 ]
 QUICK = [
     ("overhead", ["overhead.py", "--sizes", "10000,50000"]),
@@ -32,13 +33,14 @@ QUICK = [
     ("scaleout", ["scaleout.py", "--requests", "1000", "--workers", "1,2"]),
     ("gpu_rate", ["gpu_rate.py", "--requests", "10000", "--rss-requests", "10000", "--workers", "1,2"]),
     ("soak", ["soak.py", "--quick"]),
+    ("serve", ["serve.py", "--quick"]),
 ]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--only", help="comma-separated: overhead,resume,startup,engine,scaleout,gpu_rate,soak")
+    parser.add_argument("--only", help="comma-separated: overhead,resume,startup,engine,scaleout,gpu_rate,soak,serve")
     args = parser.parse_args()
     wanted = set(args.only.split(",")) if args.only else None
     print(f"machine: {os.cpu_count()} cores; load average at start: "

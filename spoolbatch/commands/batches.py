@@ -128,7 +128,7 @@ def _view(spool: Spool, info: JobInfo) -> BatchView:
 
 def get_batch(spool: Spool, job: str) -> BatchView:
     """The batch of ``job``, or ``JobNotFound``."""
-    return _view(spool, job_info(spool, job))
+    return _view(spool, job_info(spool, job, probe_owner=False))
 
 
 def list_batches(spool: Spool) -> list[BatchView]:

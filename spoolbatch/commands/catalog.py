@@ -100,8 +100,12 @@ def queued_entry(spool: Spool, job: str) -> InboxEntry | None:
     return None
 
 
-def job_info(spool: Spool, job: str) -> JobInfo:
-    """One job as `list` shows it, without reading the rest of the spool; or ``JobNotFound``."""
+def job_info(spool: Spool, job: str, *, probe_owner: bool = True) -> JobInfo:
+    """One job as `list` shows it, without reading the rest of the spool; or ``JobNotFound``.
+
+    ``probe_owner=False`` skips asking whether a live worker holds a running job (a lock probe
+    per chunk): running and interrupted are both OpenAI's ``in_progress``, so the API needs no answer.
+    """
     spool.require()
     info: JobInfo | None = None
     if spool.rejected_reason(job).exists():
@@ -109,9 +113,10 @@ def job_info(spool: Spool, job: str) -> JobInfo:
             data = orjson.loads(spool.rejected_reason(job).read_bytes())
             info = JobInfo(job, JobState.REJECTED, reason=data.get("reason"), updated_at=data.get("at"))
     if info is None and (ckpt := Checkpoint.load(spool.checkpoint(job))) is not None:
-        info = _from_checkpoint(ckpt, spool.job_is_owned(job) if ckpt.status == JobState.RUNNING else None)
+        probe = probe_owner and ckpt.status == JobState.RUNNING
+        info = _from_checkpoint(ckpt, spool.job_is_owned(job) if probe else None)
     if info is None and spool.input(job).exists():
-        info = JobInfo(job, JobState.CLAIMED, owned=spool.job_is_owned(job))
+        info = JobInfo(job, JobState.CLAIMED, owned=spool.job_is_owned(job) if probe_owner else None)
     if info is None and (entry := queued_entry(spool, job)) is not None:
         info = JobInfo(job, JobState.QUEUED, updated_at=entry.mtime)
     if info is None:

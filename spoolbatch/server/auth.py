@@ -37,7 +37,7 @@ class BearerAuth:
     def __init__(self, keys: tuple[str, ...]) -> None:
         self.keys = tuple(k.encode() for k in keys if k)
 
-    def __call__(self, request: Request) -> None:
+    async def __call__(self, request: Request) -> None:  # no I/O: runs on the event loop, no thread hop
         if not self.keys:
             if not is_loopback(request.client.host if request.client else None):
                 raise ApiError(401, "This server takes requests from loopback only (it has no API keys).",
