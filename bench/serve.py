@@ -45,6 +45,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_peak_mb(pid: int) -> float:
     """The process's peak resident set (VmHWM), MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -166,19 +172,22 @@ def main() -> int:
         wait_up(url)
         job = write_input(tmp / "job.jsonl", args.requests)
         with httpx.Client(base_url=url + "/v1", headers=H, timeout=600) as client:
-            alone_rates, polled_rates, latencies = [], [], []
+            alone_rates, polled_rates, latencies, server_cpu = [], [], [], []
             for _ in range(args.rounds):  # interleaved, best of each: other load on the machine comes and goes
                 alone_rates.append(run_job(client, job, spool)[1])
                 batch = create(client, job)
+                cpu0, polls0 = cpu_seconds(server.pid), len(latencies)
                 latencies += asyncio.run(pollers(url, batch, args.pollers, args.poll_interval, asyncio.Event()))
                 polled_rates.append(job_rate(spool, batch))
+                server_cpu.append((cpu_seconds(server.pid) - cpu0) / max(1, len(latencies) - polls0))
             alone, polled = max(alone_rates), max(polled_rates)
             figures.update(alone_rps=round(alone, 1), polled_rps=round(polled, 1),
                            alone_rps_rounds=[round(x, 1) for x in alone_rates],
                            polled_rps_rounds=[round(x, 1) for x in polled_rates],
                            ratio=round(polled / alone, 3), polls=len(latencies), poll_transport_errors=len(ERRORS),
                            p50_ms=round(pct(latencies, 0.50), 2), p99_ms=round(pct(latencies, 0.99), 2),
-                           mean_ms=round(statistics.fmean(latencies) * 1000, 2))
+                           mean_ms=round(statistics.fmean(latencies) * 1000, 2),
+                           server_cpu_ms_per_poll=round(min(server_cpu) * 1000, 2))
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(timeout=60)
             before = rss_peak_mb(server.pid)
@@ -214,8 +223,8 @@ def main() -> int:
           f"{args.requests:,}-request job, best of {args.rounds} "
           f"(load average {figures['load_average_at_start']:.1f})", [
               (f"{figures['p50_ms']}", f"{figures['p99_ms']}", str(figures["polls"]), f"{figures['alone_rps']:,}",
-               f"{figures['polled_rps']:,}", f"{figures['ratio']}x")],
-          ("p50 ms", "p99 ms", "polls", "daemon req/s alone", "with pollers", "ratio"))
+               f"{figures['polled_rps']:,}", f"{figures['ratio']}x", str(figures["server_cpu_ms_per_poll"]))],
+          ("p50 ms", "p99 ms", "polls", "daemon req/s alone", "with pollers", "ratio", "server CPU ms/poll"))
     table(f"{figures['file_mb']} MB file through the server", [
         (str(figures["upload_mb_s"]), str(figures["download_mb_s"]), str(figures["server_rss_peak_mb_before"]),
          str(figures["server_rss_peak_mb_after"]))],
