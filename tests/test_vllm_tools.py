@@ -213,11 +213,14 @@ def test_responses_lines_are_answered(shared_vllm_engine: Any) -> None:
 
 
 # --- images ------------------------------------------------------------------------------------
-# No tiny vision model runs on the CPU build here: vLLM's LLaVA, Gemma 3, Qwen2-VL, InternVL,
-# Pixtral and Mistral 3 modules fail to import with "ModuleNotFoundError: No module named
-# 'torchvision'" (torchvision is removed because PyPI's build breaks vLLM CPU; see
-# notes/vllm-on-cpu.md). So the hand-over is tested against vLLM's own media loader, and a
-# text-only model must refuse an image line alone.
+# No tiny vision model runs on the CPU build here. vLLM's LLaVA, Gemma 3, Qwen2-VL, InternVL,
+# Pixtral and Mistral 3 modules fail to import ("ModuleNotFoundError: No module named
+# 'torchvision'"); a tiny random PaliGemma (SigLIP + Gemma) loads its module but engine start
+# fails the same way: vllm/model_executor/models/vision.py get_vision_encoder_info imports
+# pixtral, which imports transformers' pixtral image processor, which needs torchvision. The
+# CPU install removes torchvision because PyPI's build breaks vLLM CPU (notes/vllm-on-cpu.md).
+# So the hand-over is tested against vLLM's own media loader, and a text-only model must
+# refuse an image line alone.
 
 def image_data_url(size: tuple[int, int] = (40, 30)) -> tuple[str, Any]:
     import base64
