@@ -49,12 +49,11 @@ def is_ignored(name: str) -> bool:
 
 @dataclass(slots=True)
 class InboxClaim:
-    """A job just moved from the inbox to ``active/``, its job lock held until ``release``."""
+    """A job just moved from the inbox to ``active/`` (``Spool.input``), its job lock held until ``release``."""
 
     job: str
-    input_path: Path
     lock: FileLock
-    original_name: str = ""
+    original_name: str = ""  # its name in the inbox
 
     def release(self) -> None:
         """Give up ownership (the lock file stays; locks are per open file, not per path)."""
@@ -362,7 +361,7 @@ class Spool:
                     continue
                 fsync_dir(self.active)
                 fsync_dir(self.inbox)
-                return InboxClaim(job, self.input(job), lock, original_name=entry.name), settling
+                return InboxClaim(job, lock, original_name=entry.name), settling
         return None, settling
 
     # --- moves at the end of a job --------------------------------------------------------

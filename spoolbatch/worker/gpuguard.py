@@ -27,13 +27,12 @@ class GpuGuard:
         self.stop = stop
         self.reserved_pct = reserved_pct
         self.log = log
-        self.last: GpuSnapshot | None = None
 
     def read(self) -> GpuSnapshot:
         """A fresh reading, also put in the heartbeat."""
-        self.last = self.monitor.read()
-        self.heartbeat.update(gpu=self.last.to_dict())
-        return self.last
+        snapshot = self.monitor.read()
+        self.heartbeat.update(gpu=snapshot.to_dict())
+        return snapshot
 
     def next_chunk_size(self, block: bool = True) -> int | None:
         """Wait until the card is safe (or a stop is asked), then size the next chunk.
