@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from array import array
+from dataclasses import asdict
 from pathlib import Path
 
+import orjson
 import pytest
 
 from spoolbatch.store import workarea
@@ -13,7 +15,7 @@ from spoolbatch.store.workarea import PartIds, PartSummary, WorkArea
 
 
 def summary(index: int = 0, done: int = 2, failed: int = 1) -> PartSummary:
-    return PartSummary(index, done + failed, 100, done, failed, 5, 7, 0.5, 0, "w-1")
+    return PartSummary(index, done + failed, done, failed, 5, 7, 0.5, 0, "w-1")
 
 
 def test_part_ids_round_trip(tmp_path: Path) -> None:
@@ -31,11 +33,16 @@ def test_part_ids_round_trip(tmp_path: Path) -> None:
     assert (list(back.hashes), list(back.lines), list(back.failed)) == ([11, 22], [1, 3], [0, 33])
 
 
-def test_part_ids_of_an_older_worker_read_as_pairs(tmp_path: Path) -> None:
-    # Parts committed before PartIds were (hash, line) pairs: results' first, then deadletter's.
+def test_a_part_of_an_older_worker_is_read(tmp_path: Path) -> None:
+    # Parts committed before PartIds were (hash, line) pairs: results' first, then deadletter's;
+    # their marker had the chunk's end offset too.
     pairs = array("Q", [11, 1, 22, 3, 0, 2, 33, 4])
     back = PartIds.from_bytes(pairs.tobytes(), answered=2)
     assert (list(back.hashes), list(back.lines), list(back.failed)) == ([11, 22], [1, 3], [0, 33])
+    area = WorkArea(tmp_path / "job.chunks")
+    area.ensure()
+    (area.root / "000000.done").write_bytes(orjson.dumps({**asdict(summary()), "end": 100}))
+    assert area.committed(0) == summary()
 
 
 def test_a_commit_that_fails_halfway_leaves_no_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -91,7 +91,6 @@ class PartSummary:
 
     index: int
     lines: int
-    end: int
     done: int
     failed: int
     prompt_tokens: int
@@ -156,9 +155,11 @@ class WorkArea:
     def committed(self, index: int) -> PartSummary | None:
         """The marker of part ``index``, or None while it is not committed."""
         try:
-            return PartSummary(**orjson.loads(self._part(index, "done").read_bytes()))
+            data = orjson.loads(self._part(index, "done").read_bytes())
         except FileNotFoundError:
             return None
+        data.pop("end", None)  # written by older workers; the plan has each chunk's end
+        return PartSummary(**data)
 
     def read_part(self, summary: PartSummary) -> tuple[bytes, bytes, PartIds]:
         """A committed part: its result lines, its deadletter lines and its ids."""

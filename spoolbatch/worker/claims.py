@@ -174,8 +174,8 @@ class Claims:
         now = time.monotonic()
         seconds = now - max(prepared.started, self._last_commit)
         self._last_commit = now
-        summary = PartSummary(chunk.index, chunk.lines, chunk.end, len(results), len(bad), prompt_tokens,
-                              completion_tokens, seconds, retries, self.worker)
+        summary = PartSummary(chunk.index, chunk.lines, len(results), len(bad), prompt_tokens, completion_tokens,
+                              seconds, retries, self.worker)
         WorkArea(self.spool.work_area(claim.job)).commit_part(
             summary, b"".join(results), b"".join(deadletter_line(claim.job, b) for b in bad), ids)
         return summary
