@@ -67,8 +67,7 @@ class SimGpuEngine:
         self.dims = dims
         self.stats_dir = stats_dir
         self.model: str | None = None
-        rng = np.random.default_rng(0)
-        pool = rng.standard_normal((4096, dims), dtype=np.float32)
+        pool = np.random.default_rng(0).standard_normal((4096 if workload == "embed" else 1, dims), dtype=np.float32)
         self._pool = pool / np.linalg.norm(pool, axis=1, keepdims=True)  # unit vectors, as embedders give
         self._at = 0
         self._queue: deque[SimTicket] = deque()
@@ -180,8 +179,8 @@ class SimGpuEngine:
 
     def _embedding(self, request: Request) -> Outcome:
         spec = request.spec
-        # As the vLLM engine does today: EmbeddingOutput.embedding is tensor.tolist(), copied by list().
-        vectors = [list(self._vector().tolist()) for _ in spec.inputs]
+        # As the vLLM engine does: the float32 rows of the engine's output, handed on as arrays.
+        vectors = [self._vector() for _ in spec.inputs]
         tokens = sum(len(t) // 4 + 1 for t in spec.inputs)
         return Outcome.ok(bodies.embedding_list(model=spec.model, vectors=vectors, prompt_tokens=tokens,
                                                 encoding_format=spec.encoding_format))

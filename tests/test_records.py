@@ -86,7 +86,8 @@ def test_deadletter_keeps_invalid_utf8_bytes_exactly() -> None:
     (COMPLETIONS, {"model": "m", "prompt": "a", "echo": True}, "unsupported_parameter"),
     (COMPLETIONS, {"model": "m", "prompt": "a", "max_tokens": "9"}, "invalid_type"),
     (EMBEDDINGS, {"model": "m", "input": ""}, "invalid_value"),
-    (EMBEDDINGS, {"model": "m", "input": "a", "dimensions": 8}, "unsupported_parameter"),
+    (EMBEDDINGS, {"model": "m", "input": "a", "dimensions": 0}, "invalid_value"),
+    (EMBEDDINGS, {"model": "m", "input": "a", "dimensions": "8"}, "invalid_type"),
 ])
 def test_sampling_fields_are_honoured_or_refused(url: str, body: dict, code: str) -> None:
     with pytest.raises(RequestError) as info:
@@ -107,4 +108,5 @@ def test_sampling_spec_maps_fields() -> None:
     cmpl = parse_spec(COMPLETIONS, {"model": "m", "prompt": ["only one"], "logprobs": 2})
     assert cmpl.prompt == "only one" and cmpl.max_tokens == 16 and cmpl.top_logprobs == 2
     emb = parse_spec(EMBEDDINGS, {"model": "e", "input": ["a", "b"], "encoding_format": "base64"})
-    assert emb.inputs == ("a", "b") and emb.encoding_format == "base64"
+    assert emb.inputs == ("a", "b") and emb.encoding_format == "base64" and emb.dimensions is None
+    assert parse_spec(EMBEDDINGS, {"model": "e", "input": "a", "dimensions": 8}).dimensions == 8

@@ -5,6 +5,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
+
 from spoolbatch.engines.vllm_output import LOGPROB_FLOOR, embedding_body, generation_body
 from spoolbatch.format.types import Request
 from spoolbatch.format.validation import CHAT, COMPLETIONS, EMBEDDINGS, parse_spec
@@ -68,8 +70,11 @@ def test_no_logprobs_unless_asked_and_the_id_is_stable() -> None:
 
 def test_embedding_body() -> None:
     req = request(EMBEDDINGS, {"model": "e", "input": ["a", "b"]})
-    results = [SimpleNamespace(outputs=SimpleNamespace(embedding=[0.5, 0.25]), prompt_token_ids=[1, 2]),
+    # A pooling output's float32 data (as the engine's pipelined path gets it), or an embed() list.
+    results = [SimpleNamespace(outputs=SimpleNamespace(data=np.array([0.5, 0.25], dtype=np.float32)),
+                               prompt_token_ids=[1, 2]),
                SimpleNamespace(outputs=SimpleNamespace(embedding=[1.0, 0.0]), prompt_token_ids=[3])]
     body = embedding_body(req, results)
-    assert [d["embedding"] for d in body["data"]] == [[0.5, 0.25], [1.0, 0.0]]
+    assert [d["embedding"].dtype for d in body["data"]] == [np.float32, np.float32]
+    assert [d["embedding"].tolist() for d in body["data"]] == [[0.5, 0.25], [1.0, 0.0]]
     assert body["usage"] == {"prompt_tokens": 3, "total_tokens": 3} and body["model"] == "e"

@@ -34,7 +34,7 @@ class PipelinedEngine(Engine, Protocol):
     """An engine that can take the next chunk before the current one is answered."""
 
     def submit(self, requests: Sequence[Request]) -> Any:
-        """Enqueue a chunk (chat and completions only) and return a ticket for ``collect``."""
+        """Enqueue a chunk (chat, completions or embeddings) and return a ticket for ``collect``."""
 
     def collect(self, ticket: Any) -> list[Outcome]:
         """Work until every request of ``ticket`` is answered; one outcome per request, in order."""

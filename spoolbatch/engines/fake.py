@@ -4,16 +4,17 @@ Its answers are derived from the request alone (a hash of the prompt picks the w
 the same request always gets the same body. Completion tokens are whitespace words; prompt
 tokens are about four characters each. A per-request ``latency`` (seconds) makes chunks take
 real time, for crash and status tests.
-The model name is taken from the request: any model "loads".
+The model name is taken from the request: any model "loads". Its embeddings are float32
+unit vectors of ``EMBEDDING_DIM`` values; it honours ``dimensions`` up to that size as a
+Matryoshka model does (the first values, normalised again) and refuses more, per line.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -32,6 +33,9 @@ _WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo l
 _RUNS = [[" ".join(_WORDS[(start + j) % len(_WORDS)] for j in range(k)) for k in range(16)]
          for start in range(len(_WORDS))]
 EMBEDDING_DIM = 16
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def _digest(*parts: str) -> bytes:
@@ -139,11 +143,14 @@ def _fake_json(schema: dict[str, Any], seed: bytes) -> Any:
     return word[:schema["maxLength"]] if "maxLength" in schema else word
 
 
-def _embed(text: str) -> list[float]:
-    raw = _digest(text)
-    vector = [(b - 127.5) / 127.5 for b in raw[:EMBEDDING_DIM]]
-    norm = math.sqrt(sum(x * x for x in vector)) or 1.0
-    return [x / norm for x in vector]
+def _embed(text: str, dimensions: int | None = None) -> np.ndarray:
+    """A float32 unit vector from the text's digest (its first ``dimensions`` values, normalised)."""
+    import numpy as np
+
+    raw = np.frombuffer(_digest(text), dtype=np.uint8)[:dimensions or EMBEDDING_DIM]
+    vector = (raw.astype(np.float32) - np.float32(127.5)) / np.float32(127.5)
+    norm = np.linalg.norm(vector)
+    return vector / norm if norm else vector
 
 
 class FakeEngine:
@@ -183,8 +190,11 @@ class FakeEngine:
     def _answer(self, request: Request, created: int) -> Outcome:
         spec = request.spec
         if spec.endpoint == EMBEDDINGS:
+            if spec.dimensions is not None and spec.dimensions > EMBEDDING_DIM:
+                return Outcome.fail("invalid_value", f"'dimensions' must be at most {EMBEDDING_DIM} for this model, "
+                                                     f"got {spec.dimensions}")
             tokens = sum(_prompt_tokens(t) for t in spec.inputs)
-            return Outcome(embedding_list(model=spec.model, vectors=[_embed(t) for t in spec.inputs],
+            return Outcome(embedding_list(model=spec.model, vectors=[_embed(t, spec.dimensions) for t in spec.inputs],
                                           prompt_tokens=tokens, encoding_format=spec.encoding_format),
                            prompt_tokens=tokens)
         if spec.endpoint in SCORING:
@@ -212,8 +222,7 @@ class FakeEngine:
         """Cosine similarity of the fake embeddings of each pair."""
         spec = request.spec
         left, right = pair_list(spec.inputs, spec.documents)
-        scores = [sum(a * b for a, b in zip(_embed(q), _embed(d), strict=True))
-                  for q, d in zip(left, right, strict=True)]
+        scores = [float(_embed(q).astype("f8") @ _embed(d).astype("f8")) for q, d in zip(left, right, strict=True)]
         tokens = sum(_prompt_tokens(q) + _prompt_tokens(d) for q, d in zip(left, right, strict=True))
         id = "score-" + _digest(request.custom_id)[:12].hex()
         if spec.endpoint == RERANK:

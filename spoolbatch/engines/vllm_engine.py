@@ -7,8 +7,10 @@ and enqueued in the engine with ``submit``; ``collect`` steps the engine until t
 chunk's requests are finished. A request that fails its checks gets a failed outcome and
 never reaches the engine. Submitting the next chunk before collecting the current one
 keeps the engine's batch full across chunk boundaries (see ``ChunkExecutor.submit``).
-Embeddings go through one batched ``embed`` call per chunk; if it raises for a
-request-shaped reason the chunk is split in halves until the culprits are isolated.
+Embeddings take the same path on a pooling runner: each input is tokenized once, checked
+against the context, and enqueued with ``PoolingParams`` (``dimensions`` for a Matryoshka
+model), so the next chunk of embeddings is in the engine too; vectors go from the engine's
+float32 output to the body as arrays, never as Python lists.
 vLLM's outputs become OpenAI bodies (and logprobs) in ``vllm_output``.
 
 Engine-wide failures raise ``EngineError`` with ``out_of_memory`` and ``broken`` set from
@@ -68,6 +70,7 @@ class Ticket:
     outcomes: list[Outcome | None]
     waiting: dict[str, int] = field(default_factory=dict)  # engine request id -> index
     prepared: dict[int, Any] = field(default_factory=dict)  # index -> vllm_tools.Prepared (chat path)
+    pooling: bool = False  # embeddings: one engine request per input, in input order
 
 
 class VllmEngine:
@@ -210,16 +213,14 @@ class VllmEngine:
         if any(r.spec.endpoint in SCORING for r in requests):
             return self._run_with_scores(requests)
         embed = [i for i, r in enumerate(requests) if r.spec.endpoint == EMBEDDINGS]
-        if not embed:
+        if not embed or len(embed) == len(requests):
             return self.collect(self.submit(requests))
+        # A mixed chunk (never one job's): generation first, then embeddings on a pooling runner.
         outcomes: list[Outcome | None] = [None] * len(requests)
         generate = [i for i, r in enumerate(requests) if r.spec.endpoint != EMBEDDINGS]
-        if generate:
-            for i, o in zip(generate, self.collect(self.submit([requests[i] for i in generate])), strict=True):
+        for group in (generate, embed):
+            for i, o in zip(group, self.collect(self.submit([requests[i] for i in group])), strict=True):
                 outcomes[i] = o
-        self.load(self._model or requests[embed[0]].spec.model, endpoint=EMBEDDINGS)
-        for i, o in zip(embed, self._run_embeddings([requests[i] for i in embed]), strict=True):
-            outcomes[i] = o
         return [o if o is not None else Outcome.fail("internal_error", "no answer") for o in outcomes]
 
     def _run_with_scores(self, requests: Sequence[Request]) -> list[Outcome]:
@@ -241,7 +242,7 @@ class VllmEngine:
     # pipelining ---------------------------------------------------------------------
 
     def submit(self, requests: Sequence[Request]) -> Ticket:
-        """Check and enqueue a chunk of chat/completion requests without waiting for them.
+        """Check and enqueue a chunk without waiting for it (generation, or embeddings).
 
         The engine works on everything enqueued, so a chunk submitted before the previous
         one is collected keeps the batch full across the chunk boundary. Requests that fail
@@ -250,11 +251,13 @@ class VllmEngine:
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
-        if requests and (self._llm is None or self._runner != GENERATE):
-            self.load(self._model or requests[0].spec.model, endpoint=CHAT)
         self._tickets += 1
         ticket = Ticket(number=self._tickets, created=int(time.time()), requests=list(requests),
                         outcomes=[None] * len(requests))
+        if requests and all(r.spec.endpoint == EMBEDDINGS for r in requests):
+            return self._submit_embeddings(ticket)
+        if requests and (self._llm is None or self._runner != GENERATE):
+            self.load(self._model or requests[0].spec.model, endpoint=CHAT)
         for i, request in enumerate(requests):
             if request.spec.endpoint not in GENERATION:
                 ticket.outcomes[i] = Outcome.fail("unsupported_endpoint",
@@ -305,6 +308,8 @@ class VllmEngine:
         except Exception as exc:
             self.abort()
             raise engine_error(exc, "vLLM failed") from exc
+        if ticket.pooling:
+            self._embedding_outcomes(ticket)
         for rid, i in ticket.waiting.items():
             output = self._finished.pop(rid)
             try:
@@ -414,36 +419,62 @@ class VllmEngine:
 
     # embeddings ---------------------------------------------------------------------
 
-    def _run_embeddings(self, group: Sequence[Request]) -> list[Outcome]:
-        outcomes: list[Outcome | None] = [None] * len(group)
-        ready: list[int] = []
-        for i, request in enumerate(group):
+    def _submit_embeddings(self, ticket: Ticket) -> Ticket:
+        """Enqueue every input of every request on a pooling runner (one engine request per input)."""
+        from vllm import PoolingParams
+        from vllm.inputs import TokensPrompt
+
+        requests = ticket.requests
+        if self._llm is None or self._runner != POOLING:
+            self.load(self._model or requests[0].spec.model, endpoint=EMBEDDINGS)
+        ticket.pooling = True
+        engine = self._llm.llm_engine
+        for i, request in enumerate(requests):
+            spec = request.spec
+            added: list[str] = []
             try:
-                for n, text in enumerate(request.spec.inputs):
-                    length = len(self._tokenizer.encode(text))
-                    if length > self.max_model_len:
+                if spec.dimensions is not None and not engine.model_config.is_matryoshka:
+                    raise RequestError("unsupported_parameter", f"model {spec.model!r} cannot shorten its "
+                                       "embeddings (not a Matryoshka model): leave 'dimensions' out")
+                for n, text in enumerate(spec.inputs):
+                    ids = self._tokenizer.encode(text)
+                    if len(ids) > self.max_model_len:
                         raise RequestError("context_length_exceeded",
-                                           f"input[{n}] is {length} tokens; this model's maximum context "
+                                           f"input[{n}] is {len(ids)} tokens; this model's maximum context "
                                            f"length is {self.max_model_len} tokens")
-                ready.append(i)
-            except RequestError as exc:
-                outcomes[i] = Outcome.fail(exc.code, str(exc))
-
-        def call(indexes: Sequence[int]) -> list[Any]:
-            texts = [t for i in indexes for t in group[i].spec.inputs]
-            flat = self._llm.embed(texts, use_tqdm=False)
-            if len(flat) != len(texts):
-                raise EngineError(f"vLLM embedded {len(flat)} of {len(texts)} inputs")
-            out, at = [], 0
-            for i in indexes:
-                count = len(group[i].spec.inputs)
-                out.append(flat[at:at + count])
-                at += count
-            return out
-
-        for i, result in zip(ready, self._isolating(ready, call), strict=True):
-            if isinstance(result, Outcome):
-                outcomes[i] = result
+                    rid = f"sb{ticket.number}-{i}-{n}"
+                    engine.add_request(rid, TokensPrompt(prompt_token_ids=ids),
+                                       PoolingParams(task="embed", dimensions=spec.dimensions))
+                    added.append(rid)
+            except Exception as exc:
+                if added:
+                    with contextlib.suppress(Exception):
+                        engine.abort_request(added)
+                if isinstance(exc, RequestError):
+                    ticket.outcomes[i] = Outcome.fail(exc.code, str(exc))
+                    continue
+                if not _request_shaped(exc):
+                    self.abort()
+                    raise engine_error(exc, "vLLM failed") from exc
+                ticket.outcomes[i] = Outcome.fail("invalid_request", f"rejected by vLLM: {type(exc).__name__}: {exc}")
                 continue
-            outcomes[i] = Outcome.ok(embedding_body(group[i], result))
-        return [o if o is not None else Outcome.fail("internal_error", "no answer") for o in outcomes]
+            for rid in added:
+                ticket.waiting[rid] = i
+                self._open[rid] = ticket.number
+        return ticket
+
+    def _embedding_outcomes(self, ticket: Ticket) -> None:
+        """The finished inputs of a pooling ticket, as one embedding list per request."""
+        by_request: dict[int, list[Any]] = {}
+        for rid, i in ticket.waiting.items():  # inserted in input order
+            by_request.setdefault(i, []).append(self._finished.pop(rid))
+        ticket.waiting.clear()
+        for i, outputs in by_request.items():
+            failed = next((o.error for o in outputs if getattr(o, "error", None) is not None), None)
+            if failed is not None:
+                ticket.outcomes[i] = Outcome.fail("invalid_request", f"rejected by vLLM: {failed}")
+                continue
+            try:
+                ticket.outcomes[i] = Outcome.ok(embedding_body(ticket.requests[i], outputs))
+            except Exception as exc:  # a body we cannot build fails that request alone
+                ticket.outcomes[i] = Outcome.fail("internal_error", f"{type(exc).__name__}: {exc}")

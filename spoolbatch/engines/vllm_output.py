@@ -61,12 +61,22 @@ def generation_body(request: Request, output: Any, created: int, decode: Decode,
 
 
 def embedding_body(request: Request, results: Sequence[Any]) -> dict[str, Any]:
-    """The embedding list body for one request's ``EmbeddingRequestOutput``s (one per input)."""
+    """The embedding list body for one request's pooling outputs (one per input): the float32
+    vectors as arrays, never as Python lists."""
     spec = request.spec
-    vectors = [list(r.outputs.embedding) for r in results]
+    vectors = [float32_vector(r.outputs) for r in results]
     tokens = sum(len(r.prompt_token_ids or ()) for r in results)
     return bodies.embedding_list(model=spec.model, vectors=vectors, prompt_tokens=tokens,
                                  encoding_format=spec.encoding_format)
+
+
+def float32_vector(output: Any) -> Any:
+    """A pooled vector as a float32 array: ``PoolingOutput.data`` (a tensor vLLM has moved to
+    the CPU already; no copy when it is float32), or an ``EmbeddingOutput``'s list."""
+    data = getattr(output, "data", None)
+    if data is None:
+        return output.embedding
+    return data.detach().float().cpu().numpy() if hasattr(data, "numpy") else data
 
 
 def _token_text(token_id: int, logprob: Any, decode: Decode) -> str:

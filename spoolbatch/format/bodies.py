@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def stable_id(prefix: str, *parts: str) -> str:
@@ -86,17 +88,23 @@ def text_completion(*, id: str, model: str, created: int, choices: Sequence[Choi
             "usage": _usage(prompt_tokens, completion_tokens), "system_fingerprint": None}
 
 
-def embedding_list(*, model: str, vectors: Sequence[Sequence[float]], prompt_tokens: int,
-                   encoding_format: str = "float") -> dict[str, Any]:
-    """An embedding ``list`` object; ``base64`` packs little-endian float32 as OpenAI does."""
-    def encode(vector: Sequence[float]) -> Any:
-        if encoding_format == "base64":
-            return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
-        return [float(x) for x in vector]
+def embedding_vector(vector: np.ndarray | Sequence[float], encoding_format: str = "float") -> Any:
+    """One vector as OpenAI sends it: float32 values (an array ``result_line`` writes without a
+    Python list, each value the shortest text that reads back as the same float32), or for
+    ``base64`` the little-endian float32 bytes in base64."""
+    import numpy as np
 
-    return {
-        "object": "list",
-        "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)],
-        "model": model,
-        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
-    }
+    v = np.ascontiguousarray(vector, dtype="<f4")  # no copy for a float32 row of the engine's output
+    if encoding_format == "base64":
+        return base64.b64encode(v.data).decode()
+    return v
+
+
+def embedding_list(*, model: str, vectors: Sequence[np.ndarray | Sequence[float]], prompt_tokens: int,
+                   encoding_format: str = "float") -> dict[str, Any]:
+    """An embedding ``list`` object; each vector as ``embedding_vector`` gives it."""
+    data = []
+    for i, v in enumerate(vectors):
+        data.append({"object": "embedding", "index": i, "embedding": embedding_vector(v, encoding_format)})
+    return {"object": "list", "data": data, "model": model,
+            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}

@@ -80,6 +80,7 @@ class SamplingSpec:
     def forced_tool(self) -> bool:
         """True when the answer must be a tool call (``required`` or a named function)."""
         return self.tool_choice is not None and self.tool_choice not in (fn_tools.NONE, fn_tools.AUTO)
+    dimensions: int | None = None  # embeddings: a Matryoshka model's shorter vector; engines refuse it otherwise
 
 
 def _number(body: dict[str, Any], key: str, default: float, lo: float, hi: float) -> float:
@@ -285,12 +286,13 @@ def parse_spec(url: str, body: dict[str, Any]) -> SamplingSpec:
     _reject_unknown(url, body)
     model = _model(body)
     if url == EMBEDDINGS:
-        if body.get("dimensions") is not None:
-            raise RequestError("unsupported_parameter", "'dimensions' is not supported: the model's own size is used")
         encoding = body.get("encoding_format") or "float"
         if encoding not in ("float", "base64"):
             raise RequestError("invalid_value", "'encoding_format' must be 'float' or 'base64'")
-        return SamplingSpec(endpoint=url, model=model, inputs=_embedding_inputs(body), encoding_format=encoding)
+        # Whether the model can shorten its vectors is the engine's to say, per line.
+        dimensions = _integer(body, "dimensions", 1, 1 << 20)
+        return SamplingSpec(endpoint=url, model=model, inputs=_embedding_inputs(body), encoding_format=encoding,
+                            dimensions=dimensions)
 
     common = _generation_fields(url, body)
     common.update(endpoint=url, model=model)

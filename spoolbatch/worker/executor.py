@@ -21,8 +21,10 @@ from spoolbatch.engines.base import Engine, PipelinedEngine
 from spoolbatch.engines.failures import engine_error
 from spoolbatch.errors import EngineError
 from spoolbatch.format.types import Outcome, Request
-from spoolbatch.format.validation import GENERATION
+from spoolbatch.format.validation import EMBEDDINGS, GENERATION
 from spoolbatch.worker import gcpolicy
+
+_PIPELINED = (*GENERATION, EMBEDDINGS)  # what engines enqueue with submit (score/rerank run on their own)
 
 
 def describe(exc: BaseException) -> str:
@@ -71,11 +73,12 @@ class ChunkExecutor:
     def submit(self, model: str, requests: Sequence[Request]) -> Pending:
         """Hand a chunk to a pipelining engine now; ``collect`` gets its outcomes.
 
-        With an engine that cannot pipeline (or a chunk with embeddings), nothing happens
+        Chat, completion and embedding chunks alike, so the engine holds the next chunk while
+        the daemon writes this one. With an engine that cannot pipeline, nothing happens
         until ``collect``, which then runs the chunk as ``run`` does.
         """
         pending = Pending(model, list(requests), generation=self._generation)
-        if not requests or any(r.spec.endpoint not in GENERATION for r in requests):
+        if not requests or any(r.spec.endpoint not in _PIPELINED for r in requests):
             return pending
         try:
             engine = self._engine_for(model)
