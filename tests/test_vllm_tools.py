@@ -259,3 +259,14 @@ def test_an_image_for_a_text_only_model_fails_that_line_alone(shared_vllm_engine
     assert outcomes[0].failed and outcomes[0].error_code == "invalid_request", outcomes[0]
     assert outcomes[1].failed and outcomes[1].error_code == "invalid_image"
     ok(outcomes[2])
+
+
+def test_a_parser_that_does_not_fit_the_model_fails_per_line(tokenizer: Any) -> None:
+    from spoolbatch.engines.vllm_tools import ChatTools
+    from spoolbatch.errors import RequestError
+
+    for names in ({"tool_call_parser": "no-such-parser", "reasoning_parser": None},
+                  {"tool_call_parser": None, "reasoning_parser": "no-such-parser"}):
+        with pytest.raises(RequestError) as info:
+            ChatTools(tokenizer, None, None, **names)
+        assert info.value.code == "parser_unavailable" and "no-such-parser" in str(info.value)

@@ -73,6 +73,9 @@ class ChatTools:
     def _parser_class(self) -> Any:
         """vLLM's composed parser class; a generic JSON tool parser stands in when none is named.
 
+        Raises ``RequestError`` (``parser_unavailable``) when a named parser is unknown or does
+        not fit the model's tokenizer.
+
         The generic one (vLLM's base ``ToolParser``) is what the server uses for ``required``
         and a named function: structured output from the schemas, the answer read as JSON.
         """
@@ -89,11 +92,11 @@ class ChatTools:
                 is_harmony=getattr(getattr(config, "hf_config", None), "model_type", None) == "gpt_oss",
                 tokenizer=self.tokenizer)
         except (TypeError, KeyError, ValueError) as exc:
-            from spoolbatch.errors import ConfigError
-
-            raise ConfigError(f"cannot use the configured parsers: {exc}",
-                              hint="check the tool_call_parser and reasoning_parser settings "
-                                   "(names as vLLM's --tool-call-parser / --reasoning-parser)") from None
+            # Per line, not per engine: the settings hold for every model, and a job for a model
+            # they do not fit should say so on each line rather than fail to load.
+            raise RequestError("parser_unavailable", f"the configured tool_call_parser/reasoning_parser cannot "
+                               f"be used with this model: {exc} (names as vLLM's --tool-call-parser and "
+                               "--reasoning-parser)") from None
         if composed is None:
             composed = DelegatingParser
         if composed.tool_parser_cls is not None:
