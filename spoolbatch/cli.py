@@ -239,14 +239,19 @@ def _run_bars(daemon: Any) -> Any:
 
 def _status_table(data: dict[str, Any]) -> Table:
     table = Table(title=f"spool {data['spool']}", title_justify="left")
-    for col in ("job", "status", "progress", "done", "deadletter", "retries", "tokens", "eta"):
-        table.add_column(col, justify="right" if col not in ("job", "status") else "left")
+    # Batch ids and metadata once any job has a batch record (the HTTP API's, or submit --metadata).
+    batches = any(j.get("metadata") is not None for j in data["jobs"])
+    for col in ("job", "status", "progress", "done", "deadletter", "retries", "tokens", "eta",
+                *(("batch", "metadata") if batches else ())):
+        table.add_column(col, justify="right" if col not in ("job", "status", "batch", "metadata") else "left")
     for j in data["jobs"]:
         workers = f", {j['workers']} workers" if (j.get("workers") or 0) > 1 else ""
+        extra = (j.get("batch") or "", " ".join(f"{k}={v}" for k, v in (j.get("metadata") or {}).items())) \
+            if batches else ()
         table.add_row(j["job"], j["status"] + workers + (f" ({j['reason']})" if j.get("reason") else ""),
                       f"{100 * j['progress']:.1f}%", f"{j['requests_done']:,}", f"{j['requests_failed']:,}",
                       f"{j.get('retries', 0):,}", f"{j['tokens']:,}",
-                      _duration(j["eta_seconds"]) if j["status"] == JobState.RUNNING else "-")
+                      _duration(j["eta_seconds"]) if j["status"] == JobState.RUNNING else "-", *extra)
     return table
 
 

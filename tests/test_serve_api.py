@@ -189,5 +189,9 @@ def test_cli_submit_metadata_is_a_batch(spool: Spool, client: TestClient, tmp_pa
     assert b["metadata"] == {"team": "a", "run": "2"} and b["completion_window"] == "2h"
     listed = CliRunner().invoke(cli, ["list", "--spool", str(spool.root), "--json"])
     assert orjson.loads(listed.output)[0]["metadata"] == {"team": "a", "run": "2"}
+    table = CliRunner().invoke(cli, ["list", "--spool", str(spool.root)], env={"COLUMNS": "200"})
+    assert "batch_j" in table.output and "team=a run=2" in table.output
+    status = CliRunner().invoke(cli, ["status", "--spool", str(spool.root), "--json"])
+    assert orjson.loads(status.output)["jobs"][0]["batch"] == "batch_j"
     bad = CliRunner().invoke(cli, ["submit", str(path), "--spool", str(spool.root), "--metadata", "novalue"])
     assert bad.exit_code == 2

@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from spoolbatch.store.spool import Spool
-from tests.conftest import chat_line, wait_for
+from tests.conftest import chat_line, drop, wait_for
 from tests.serving import free_port, start_server
 
 pytestmark = pytest.mark.slow
@@ -118,8 +118,10 @@ def test_receiver_down_then_up_gets_it_once_with_the_same_id(
         job = batch.removeprefix("batch_")
 
         def failed_attempts() -> int:
-            return sum("failed" in line for line in spool.log(job).read_text().splitlines()
-                       if "webhook" in line) if spool.log(job).exists() else 0
+            if not spool.log(job).exists():
+                return 0
+            events = [orjson.loads(line) for line in spool.log(job).read_bytes().splitlines()]
+            return sum(e["event"] == "webhook" and e["state"] == "pending" for e in events)
 
         wait_for(lambda: failed_attempts() >= 2)
         (entry,) = [orjson.loads(p.read_bytes()) for p in spool.outbox.glob("*.json")]
@@ -134,3 +136,14 @@ def test_receiver_down_then_up_gets_it_once_with_the_same_id(
         assert len(receiver.got) == 1
     finally:
         server.stop()
+
+
+def test_the_daemon_sends_without_a_server(spool: Spool, hook_port: int, env: dict[str, str],
+                                          receivers: Callable[[int], Receiver], start_daemon: Any) -> None:
+    receiver = receivers(hook_port)
+    drop(spool, "dropped.jsonl", [chat_line(1)])
+    start_daemon(env=env)
+    wait_for(lambda: receiver.got)
+    headers, body = receiver.got[0]
+    event = openai.OpenAI(api_key="unused").webhooks.unwrap(body, headers, secret=SECRET)
+    assert event.type == "batch.completed" and event.data.id == "batch_dropped"

@@ -30,6 +30,7 @@ from spoolbatch.commands.submit import submit, validate
 from spoolbatch.config import Config
 from spoolbatch.errors import InputError, JobNotFound, SpoolbatchError
 from spoolbatch.format.validation import ENDPOINTS
+from spoolbatch.notify import webhooks
 from spoolbatch.server.auth import BearerAuth
 from spoolbatch.server.errors import ApiError, from_library, install
 from spoolbatch.server.page import PAGE
@@ -256,12 +257,7 @@ def _lifespan(config: Config) -> Callable[[FastAPI], AbstractAsyncContextManager
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop = threading.Event()
-        thread = None
-        if config.webhooks:
-            from spoolbatch.server.webhooks import WebhookSender
-
-            thread = threading.Thread(target=WebhookSender(config).run, args=(stop,), name="webhooks", daemon=True)
-            thread.start()
+        thread = webhooks.start(config, stop, interval=0.5)
         try:
             yield
         finally:

@@ -35,6 +35,7 @@ class JobEvent(StrEnum):
     CANCELLED = "cancelled"  # line: the job ended at a chunk boundary after `cancel`
     EXPIRED = "expired"  # line: the job ended at a chunk boundary, its batch's completion window passed
     COMPLETED = "completed"  # answered, failed, tokens, seconds: every line is in results or deadletter
+    WEBHOOK = "webhook"  # event_id, url, attempt, state (pending|delivered|gave_up), outcome, next_in
     TEXT = "text"  # text: a line written before the log held events
 
 
@@ -130,6 +131,13 @@ def describe(event: dict[str, Any]) -> str:
         case JobEvent.COMPLETED:
             return (f"completed: {e['answered']:,} answered, {e['failed']:,} in deadletter, "
                     f"{e['tokens']:,} tokens in {e['seconds']:.1f}s of engine time")
+        case JobEvent.WEBHOOK:
+            head = f"webhook {e['event_id']} to {e['url']}"
+            if e["state"] == "delivered":
+                return f"{head}: delivered on attempt {e['attempt']} ({e['outcome']})"
+            if e["state"] == "gave_up":
+                return f"{head}: given up after attempt {e['attempt']} ({e['outcome']})"
+            return f"{head}: attempt {e['attempt']} failed ({e['outcome']}); next in {e.get('next_in') or 0:.0f}s"
         case JobEvent.TEXT:
             return str(e.get("text", ""))
     rest = " ".join(f"{k}={v}" for k, v in e.items() if k not in ("ts", "event", "job"))

@@ -26,6 +26,7 @@ from spoolbatch.config import Config
 from spoolbatch.engines import make_engine
 from spoolbatch.engines.base import Engine
 from spoolbatch.errors import DiskFull
+from spoolbatch.notify import webhooks
 from spoolbatch.store.checkpoint import Checkpoint
 from spoolbatch.store.fsutil import is_disk_full
 from spoolbatch.store.joblog import JobEvent, JobLog
@@ -315,12 +316,23 @@ class Daemon:
     def _sleep(self, seconds: float) -> None:
         self._stop.wait(seconds)
 
+    def _start_webhooks(self, stop: threading.Event) -> threading.Thread | None:
+        """Send the spool's webhooks from a thread beside the loop, when configured and httpx is here."""
+        try:
+            return webhooks.start(self.config, stop, interval=2.0)
+        except ImportError:
+            self.log("webhooks are configured but httpx is missing (pip install 'spoolbatch[serve]'): "
+                     "this worker leaves them to `spoolbatch serve`")
+            return None
+
     # --- the loop -------------------------------------------------------------------------
     def run(self, once: bool = False) -> int:
         """Work until stopped (or, with ``once``, until the queue is drained); exit status."""
         restore_gc = gcpolicy.quiet()
         self.guard.read()
         self.heartbeat.start()
+        webhooks_stop = threading.Event()
+        webhooks_thread = self._start_webhooks(webhooks_stop)
         sdnotify.ready()
         self.log(f"daemon started (engine {self.config.engine}, spool {self.spool.root}, "
                  f"chunk size {self.config.chunk_size})")
@@ -338,6 +350,9 @@ class Daemon:
                 self._sleep(wait)
         finally:
             sdnotify.stopping()
+            webhooks_stop.set()
+            if webhooks_thread is not None:
+                webhooks_thread.join(timeout=15)
             self.executor.close()
             self.guard.monitor.close()
             self.heartbeat.stop("stopped")

@@ -1,9 +1,11 @@
 """Webhook delivery: batch end events signed as OpenAI signs them (Standard Webhooks), from the outbox.
 
-A background thread of the server finds batches that ended, writes their events to the
-outbox (store/outbox.py) and sends what is due with httpx. Each attempt signs anew
-(``webhook-timestamp`` is the attempt's; receivers reject old ones) under the same
-``webhook-id``; its outcome goes to the job's log. Retries back off for up to 72 hours.
+A background thread of whichever spoolbatch process runs (``serve``, and ``run`` when httpx is
+installed) finds batches that ended, writes their events to the outbox (store/outbox.py) and
+sends what is due with httpx. Each attempt signs anew (``webhook-timestamp`` is the
+attempt's; receivers reject old ones) under the same ``webhook-id``; its outcome is a
+``webhook`` event in the job's log. Retries back off for up to 72 hours. Several processes
+share the outbox safely: an entry is sent only by the one holding its lock.
 """
 
 from __future__ import annotations
@@ -13,20 +15,25 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import os
 import threading
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-import httpx
 import orjson
 
 from spoolbatch.config import Config, Webhook
 from spoolbatch.store.checkpoint import Checkpoint
-from spoolbatch.store.joblog import JobLog
+from spoolbatch.store.joblog import JobEvent, JobLog
 from spoolbatch.store.jobstate import FINAL, JobState
 from spoolbatch.store.outbox import GIVE_UP_SECONDS, Delivery, DeliveryState, due, enqueue, has_entries, retry_delay
 from spoolbatch.store.spool import Spool
 
-log = logging.getLogger("spoolbatch.serve")
+if TYPE_CHECKING:
+    import httpx
+
+log = logging.getLogger("spoolbatch.webhooks")
 SEND_TIMEOUT = 10.0
 
 
@@ -36,19 +43,38 @@ def sign(secret: bytes, msg_id: str, timestamp: int, body: str) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
-def ended_jobs(spool: Spool, since: float) -> list[tuple[str, JobState, float]]:
-    """(job, final state, when) of every batch that ended after ``since``."""
+def _changed(folder: os.PathLike[str], suffix: str, mtimes: dict[str, float]) -> list[str]:
+    """Paths in ``folder`` ending in ``suffix`` that are new or changed since the last look."""
     out = []
-    with contextlib.suppress(FileNotFoundError):
-        for path in spool.done.glob("*.checkpoint.json"):
-            ckpt = Checkpoint.load(path)
+    with contextlib.suppress(FileNotFoundError), os.scandir(folder) as it:
+        for entry in it:
+            if entry.name.endswith(suffix) and not entry.name.startswith("."):
+                with contextlib.suppress(FileNotFoundError):
+                    mtime = entry.stat(follow_symlinks=False).st_mtime
+                    if mtimes.get(entry.path) != mtime:
+                        mtimes[entry.path] = mtime
+                        out.append(entry.path)
+    return out
+
+
+def ended_jobs(spool: Spool, since: float,
+               mtimes: dict[str, float] | None = None) -> list[tuple[str, JobState, float]]:
+    """(job, final state, when) of every batch that ended after ``since``.
+
+    With ``mtimes`` (kept between calls) only checkpoints and reasons written since are read.
+    """
+    mtimes = {} if mtimes is None else mtimes
+    out = []
+    for path in _changed(spool.done, ".checkpoint.json", mtimes):
+        with contextlib.suppress(OSError, orjson.JSONDecodeError, TypeError, ValueError):
+            ckpt = Checkpoint.load(Path(path))
             if ckpt is not None and ckpt.status in FINAL and (ckpt.finished_at or 0) >= since:
                 out.append((ckpt.job, ckpt.status, float(ckpt.finished_at or 0)))
-        for path in spool.rejected.glob("*.reason.json"):
-            with contextlib.suppress(OSError, orjson.JSONDecodeError, KeyError, TypeError):
-                data = orjson.loads(path.read_bytes())
-                if float(data.get("at") or 0) >= since:
-                    out.append((str(data["job"]), JobState.REJECTED, float(data["at"])))
+    for path in _changed(spool.rejected, ".reason.json", mtimes):
+        with contextlib.suppress(OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            data = orjson.loads(Path(path).read_bytes())
+            if float(data.get("at") or 0) >= since:
+                out.append((str(data["job"]), JobState.REJECTED, float(data["at"])))
     return out
 
 
@@ -56,11 +82,14 @@ class WebhookSender:
     """Turns ended batches into outbox entries and sends the due ones."""
 
     def __init__(self, config: Config, client: httpx.Client | None = None) -> None:
+        import httpx
+
         self.config = config
         self.spool = Spool(config.spool)
         self.hooks = {h.url: h for h in config.webhooks}
         self.client = client or httpx.Client(timeout=SEND_TIMEOUT, follow_redirects=False)
-        self._queued: set[str] = set()
+        self._http_error = httpx.HTTPError
+        self._mtimes: dict[str, float] = {}
 
     def scan(self, now: float | None = None) -> int:
         """Write the events of batches that ended (within the retry window) and have none yet."""
@@ -68,12 +97,9 @@ class WebhookSender:
         urls = list(self.hooks)
         endpoints = [(h.url, h.events) for h in self.hooks.values()]
         added = 0
-        for job, state, ended in ended_jobs(self.spool, now - GIVE_UP_SECONDS):
-            if job in self._queued:
-                continue
+        for job, state, ended in ended_jobs(self.spool, now - GIVE_UP_SECONDS, self._mtimes):
             if not has_entries(self.spool, job, urls):
                 added += enqueue(self.spool, job, state, ended, endpoints)
-            self._queued.add(job)
         return added
 
     def send_due(self, now: float | None = None) -> int:
@@ -93,12 +119,14 @@ class WebhookSender:
 
     def _attempt(self, d: Delivery) -> int:
         hook: Webhook | None = self.hooks.get(d.url)
-        joblog = JobLog(self.spool.log(d.job), echo=False)
+        joblog = JobLog(self.spool.log(d.job), echo=False, max_bytes=self.config.log_max_bytes,
+                        keep=self.config.log_keep)
         now = time.time()
         if hook is None:
-            d.state, d.last_outcome = DeliveryState.GAVE_UP, "endpoint no longer in config.toml"
+            d.state, d.last_outcome = DeliveryState.GAVE_UP, "the endpoint is no longer configured"
             d.save(self.spool)
-            joblog(f"webhook {d.event_id} to {d.url}: given up, the endpoint is no longer configured")
+            joblog.event(JobEvent.WEBHOOK, d.job, event_id=d.event_id, url=d.url, attempt=d.attempts,
+                         state=d.state.value, outcome=d.last_outcome)
             return 0
         ts = int(now)
         headers = {"webhook-id": d.event_id, "webhook-timestamp": str(ts),
@@ -107,24 +135,24 @@ class WebhookSender:
         try:
             response = self.client.post(d.url, content=d.body.encode(), headers=headers)
             ok, outcome = response.is_success, f"HTTP {response.status_code}"
-        except httpx.HTTPError as exc:
+        except self._http_error as exc:
             ok, outcome = False, f"{type(exc).__name__}: {exc}"[:200]
         d.attempts += 1
         d.last_outcome = outcome
+        next_in = None
         if ok:
             d.state = DeliveryState.DELIVERED
-            joblog(f"webhook {d.event_id} to {d.url}: delivered on attempt {d.attempts} ({outcome})")
         elif now - d.created_at >= GIVE_UP_SECONDS:
             d.state = DeliveryState.GAVE_UP
-            joblog(f"webhook {d.event_id} to {d.url}: attempt {d.attempts} failed ({outcome}); given up after 72 h")
         else:
-            d.next_at = now + retry_delay(d.attempts, self.config.webhook_backoff)
-            joblog(f"webhook {d.event_id} to {d.url}: attempt {d.attempts} failed ({outcome}); "
-                   f"next in {d.next_at - now:.0f}s")
+            next_in = retry_delay(d.attempts, self.config.webhook_backoff)
+            d.next_at = now + next_in
         d.save(self.spool)
+        joblog.event(JobEvent.WEBHOOK, d.job, event_id=d.event_id, url=d.url, attempt=d.attempts,
+                     state=d.state.value, outcome=outcome, next_in=next_in)
         return int(ok)
 
-    def run(self, stop: threading.Event, interval: float = 0.5) -> None:
+    def run(self, stop: threading.Event, interval: float = 1.0) -> None:
         """Scan and send until ``stop`` is set; an error is logged and the loop goes on."""
         while not stop.is_set():
             try:
@@ -134,3 +162,16 @@ class WebhookSender:
                 log.warning("webhooks: %r", exc)
             stop.wait(interval)
         self.client.close()
+
+
+def start(config: Config, stop: threading.Event, interval: float = 1.0) -> threading.Thread | None:
+    """Send ``config``'s webhooks from a background thread until ``stop``; None when there are none.
+
+    Raises ``ImportError`` when httpx is missing (it comes with ``spoolbatch[serve]``).
+    """
+    if not config.webhooks:
+        return None
+    sender = WebhookSender(config)
+    thread = threading.Thread(target=sender.run, args=(stop, interval), name="webhooks", daemon=True)
+    thread.start()
+    return thread
