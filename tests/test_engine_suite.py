@@ -25,7 +25,7 @@ import pytest
 from spoolbatch.config import Config
 from spoolbatch.engines.base import Engine
 from spoolbatch.engines.fake import FakeEngine
-from spoolbatch.format.validation import CHAT, COMPLETIONS, EMBEDDINGS
+from spoolbatch.format.validation import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES
 from spoolbatch.store.checkpoint import Checkpoint
 from spoolbatch.store.jobstate import JobState
 from spoolbatch.store.spool import Spool
@@ -267,6 +267,54 @@ def test_prompt_longer_than_the_context(harness: Harness) -> None:
     clamped = out.results["greedy"]
     assert clamped["choices"][0]["finish_reason"] == "length"
     assert clamped["usage"]["total_tokens"] == harness.context
+
+
+TOOL = {"type": "function", "function": {"name": "lookup", "parameters": SCHEMA}}
+
+
+def test_tool_calls_are_valid_and_replayed_conversations_answered(harness: Harness) -> None:
+    from openai.types.chat import ChatCompletion
+
+    named = {"type": "function", "function": {"name": "lookup"}}
+    replay = [{"role": "user", "content": "who is it?"},
+              {"role": "assistant", "content": None, "tool_calls": [
+                  {"id": "call_1", "type": "function", "function": {"name": "lookup",
+                                                                    "arguments": '{"name": "ada", "age": 36}'}}]},
+              {"role": "tool", "tool_call_id": "call_1", "content": "found"}]
+    records = [harness.chat("named", "look someone up", tools=[TOOL], tool_choice=named, max_tokens=60),
+               harness.chat("required", "look up", tools=[TOOL], tool_choice="required", parallel_tool_calls=False,
+                            max_tokens=60),
+               harness.line("replay", CHAT, messages=replay, tools=[TOOL], tool_choice="none", max_tokens=6),
+               harness.chat("auto", "maybe look up", tools=[TOOL], max_tokens=6)]
+    out = harness.run_job("tools", records)
+    for cid in ("named", "required"):
+        choice = ChatCompletion.model_validate(out.results[cid]).choices[0]
+        assert choice.message.tool_calls and len(choice.message.tool_calls) == 1, choice
+        assert choice.finish_reason == ("stop" if cid == "named" else "tool_calls")
+        arguments = json.loads(choice.message.tool_calls[0].function.arguments)
+        assert set(arguments) == {"name", "age"} and isinstance(arguments["age"], int)
+    assert ChatCompletion.model_validate(out.results["replay"]).choices[0].message.tool_calls is None
+    if harness.engine == "fake":  # the fake has no tool-call parser to miss
+        assert "auto" in out.results
+    else:  # no tool_call_parser is configured: "auto" cannot be parsed, that line alone fails
+        assert out.dead["auto"]["error"]["code"] == "tool_parser_missing"
+
+
+def test_responses_lines_parse_as_openai_and_usage_is_counted(harness: Harness) -> None:
+    from openai.types.responses import Response
+
+    fmt = {"type": "json_schema", "name": "person", "schema": SCHEMA}
+    records = [harness.line("r-text", RESPONSES, input="hello there", instructions="be brief", max_output_tokens=8),
+               harness.line("r-json", RESPONSES, input=[{"role": "user", "content": "a person"}],
+                            text={"format": fmt}, max_output_tokens=100, temperature=0)]
+    out = harness.run_job("responses", records)
+    assert set(out.results) == {"r-text", "r-json"}
+    parsed = {cid: Response.model_validate(body) for cid, body in out.results.items()}
+    assert parsed["r-text"].output[0].type == "message"
+    value = json.loads(parsed["r-json"].output_text)
+    assert set(value) == {"name", "age"}
+    assert out.ckpt.prompt_tokens == sum(r.usage.input_tokens for r in parsed.values() if r.usage) > 0
+    assert out.ckpt.completion_tokens == sum(r.usage.output_tokens for r in parsed.values() if r.usage) > 0
 
 
 def test_embeddings_parse_as_openai_and_usage_is_counted(harness: Harness) -> None:
