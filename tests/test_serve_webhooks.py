@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -27,7 +29,7 @@ SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
 class Receiver:
     """A loopback HTTP server that records every POST (headers and body) and answers 200."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, stall_first: float = 0.0) -> None:
         self.port = port
         self.got: list[tuple[dict[str, str], bytes]] = []
         got = self.got
@@ -36,8 +38,11 @@ class Receiver:
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 got.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                self.send_response(200)
-                self.end_headers()
+                if len(got) == 1 and stall_first:
+                    time.sleep(stall_first)  # the sender is killed while it waits for this answer
+                with contextlib.suppress(OSError):
+                    self.send_response(200)
+                    self.end_headers()
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -65,11 +70,11 @@ def env() -> dict[str, str]:
 
 
 @pytest.fixture
-def receivers() -> Iterator[Callable[[int], Receiver]]:
+def receivers() -> Iterator[Callable[..., Receiver]]:
     made: list[Receiver] = []
 
-    def make(port: int) -> Receiver:
-        made.append(Receiver(port))
+    def make(port: int, stall_first: float = 0.0) -> Receiver:
+        made.append(Receiver(port, stall_first))
         return made[-1]
 
     yield make
@@ -147,3 +152,27 @@ def test_the_daemon_sends_without_a_server(spool: Spool, hook_port: int, env: di
     headers, body = receiver.got[0]
     event = openai.OpenAI(api_key="unused").webhooks.unwrap(body, headers, secret=SECRET)
     assert event.type == "batch.completed" and event.data.id == "batch_dropped"
+
+
+def test_kill_9_during_a_delivery_sends_it_again_with_the_same_id(
+        spool: Spool, hook_port: int, env: dict[str, str], receivers: Callable[..., Receiver], start_daemon: Any,
+        tmp_path: Any) -> None:
+    receiver = receivers(hook_port, stall_first=5.0)
+    (tmp_path / "no-webhooks.toml").write_text("")
+    start_daemon(env={"SPOOLBATCH_CONFIG": str(tmp_path / "no-webhooks.toml")})  # only the server sends here
+    server = start_server(str(spool.root), env=env)
+    try:
+        client = openai.OpenAI(base_url=server.base_url, api_key=KEY, max_retries=0)
+        batch = make_batch(client)
+        wait_for(lambda: receiver.got)
+        server.stop(signal.SIGKILL)  # mid-delivery: the receiver has the request, the server never heard back
+        (entry,) = [orjson.loads(p.read_bytes()) for p in spool.outbox.glob("*.json")]
+        assert entry["state"] == "pending" and entry["attempts"] == 0
+        server = start_server(str(spool.root), env=env)
+        wait_for(lambda: len(receiver.got) >= 2, timeout=30)
+        ids = {h["webhook-id"] for h, _ in receiver.got}
+        assert ids == {entry["event_id"]}  # at least once, and a receiver can drop the repeat by its id
+        assert client.webhooks.unwrap(receiver.got[1][1], receiver.got[1][0], secret=SECRET).data.id == batch
+        wait_for(lambda: orjson.loads(next(spool.outbox.glob("*.json")).read_bytes())["state"] == "delivered")
+    finally:
+        server.stop()
