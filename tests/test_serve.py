@@ -144,7 +144,8 @@ def test_a_queued_batch_cancelled_before_any_worker(client: openai.OpenAI) -> No
 
 def test_expiry_with_a_short_window(client: openai.OpenAI, start_daemon: Any) -> None:
     file_id = upload(client, [chat_line(i) for i in range(400)])
-    start_daemon("--chunk-size", "5", "--fake-latency", "0.01")
+    # 400 requests at 0.05 s each take 20 s at least: the 10 s window always ends first.
+    start_daemon("--chunk-size", "5", "--fake-latency", "0.05")
     batch = client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="10s")
     assert batch.expires_at and batch.expires_at - batch.created_at == 10
     done = poll(client, batch.id, {"expired", "completed"}, timeout=60)
