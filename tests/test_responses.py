@@ -110,3 +110,24 @@ def test_the_example_jobs_are_valid_and_answered(name: str) -> None:
     for outcome in FakeEngine(created=1).run(requests):  # type: ignore[arg-type]
         assert outcome.body is not None
         (Response if name == "responses.jsonl" else ChatCompletion).model_validate(outcome.body)
+
+
+def test_a_response_carries_reasoning_and_calls_as_output_items() -> None:
+    from openai.types.responses import Response
+
+    from spoolbatch.format.bodies import Choice, tool_call
+    from spoolbatch.format.responses import response
+
+    choice = Choice(text="Checking.", finish_reason="tool_calls", completion_tokens=20, reasoning="They want weather.",
+                    reasoning_tokens=5, tool_calls=[tool_call("call_1", "get_weather", '{"city": "Oslo"}')])
+    body = {"model": "m", "input": "weather?", "tools": [GET], "reasoning": {"effort": "low"}}
+    parsed = Response.model_validate(response(id="resp_1", model="m", created=1, choice=choice, prompt_tokens=7,
+                                              body=body))
+    assert [item.type for item in parsed.output] == ["reasoning", "message", "function_call"]
+    reasoning = parsed.output[0]
+    assert reasoning.type == "reasoning" and reasoning.content and reasoning.content[0].text == "They want weather."
+    call = parsed.output[2]
+    assert call.type == "function_call" and call.call_id == "call_1" and call.name == "get_weather"
+    assert parsed.usage is not None and parsed.usage.output_tokens_details.reasoning_tokens == 5
+    assert parsed.reasoning is not None and parsed.reasoning.effort == "low"
+    assert parsed.tools[0].type == "function" and parsed.tools[0].name == "get_weather"
