@@ -172,14 +172,15 @@ def main() -> int:
         wait_up(url)
         job = write_input(tmp / "job.jsonl", args.requests)
         with httpx.Client(base_url=url + "/v1", headers=H, timeout=600) as client:
-            alone_rates, polled_rates, latencies, server_cpu = [], [], [], []
+            alone_rates, polled_rates, latencies, server_cpu, client_cpu = [], [], [], [], []
             for _ in range(args.rounds):  # interleaved, best of each: other load on the machine comes and goes
                 alone_rates.append(run_job(client, job, spool)[1])
                 batch = create(client, job)
-                cpu0, polls0 = cpu_seconds(server.pid), len(latencies)
+                cpu0, polls0, mine0 = cpu_seconds(server.pid), len(latencies), time.process_time()
                 latencies += asyncio.run(pollers(url, batch, args.pollers, args.poll_interval, asyncio.Event()))
                 polled_rates.append(job_rate(spool, batch))
                 server_cpu.append((cpu_seconds(server.pid) - cpu0) / max(1, len(latencies) - polls0))
+                client_cpu.append((time.process_time() - mine0) / max(1, len(latencies) - polls0))
             alone, polled = max(alone_rates), max(polled_rates)
             figures.update(alone_rps=round(alone, 1), polled_rps=round(polled, 1),
                            alone_rps_rounds=[round(x, 1) for x in alone_rates],
@@ -187,7 +188,8 @@ def main() -> int:
                            ratio=round(polled / alone, 3), polls=len(latencies), poll_transport_errors=len(ERRORS),
                            p50_ms=round(pct(latencies, 0.50), 2), p99_ms=round(pct(latencies, 0.99), 2),
                            mean_ms=round(statistics.fmean(latencies) * 1000, 2),
-                           server_cpu_ms_per_poll=round(min(server_cpu) * 1000, 2))
+                           server_cpu_ms_per_poll=round(min(server_cpu) * 1000, 2),
+                           client_cpu_ms_per_poll=round(min(client_cpu) * 1000, 2))
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(timeout=60)
             before = rss_peak_mb(server.pid)
@@ -223,8 +225,10 @@ def main() -> int:
           f"{args.requests:,}-request job, best of {args.rounds} "
           f"(load average {figures['load_average_at_start']:.1f})", [
               (f"{figures['p50_ms']}", f"{figures['p99_ms']}", str(figures["polls"]), f"{figures['alone_rps']:,}",
-               f"{figures['polled_rps']:,}", f"{figures['ratio']}x", str(figures["server_cpu_ms_per_poll"]))],
-          ("p50 ms", "p99 ms", "polls", "daemon req/s alone", "with pollers", "ratio", "server CPU ms/poll"))
+               f"{figures['polled_rps']:,}", f"{figures['ratio']}x", str(figures["server_cpu_ms_per_poll"]),
+               str(figures["client_cpu_ms_per_poll"]))],
+          ("p50 ms", "p99 ms", "polls", "daemon req/s alone", "with pollers", "ratio", "server CPU ms/poll",
+           "pollers' CPU ms/poll"))
     table(f"{figures['file_mb']} MB file through the server", [
         (str(figures["upload_mb_s"]), str(figures["download_mb_s"]), str(figures["server_rss_peak_mb_before"]),
          str(figures["server_rss_peak_mb_after"]))],
