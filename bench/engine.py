@@ -137,7 +137,7 @@ def usage_tokens(path: Path) -> tuple[int, int]:
             body = (rec.get("response") or {}).get("body") or {}
             if rec.get("error") is None and body.get("usage"):
                 lines += 1
-                tokens += body["usage"]["completion_tokens"]
+                tokens += body["usage"].get("completion_tokens", 0)  # embeddings have none
     return lines, tokens
 
 

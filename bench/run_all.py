@@ -22,6 +22,7 @@ FULL = [
     ("engine", ["engine.py", "--model", "tiny", "--prompts", "1000", "--small-chunk", "250", "--rounds", "2"]),
     ("scaleout", ["scaleout.py", "--requests", "8000"]),
     ("gpu_rate", ["gpu_rate.py"]),
+    ("embed_engine", ["embed_engine.py"]),
     ("soak", ["soak.py", "--minutes", "10"]),
     ("serve", ["serve.py"]),
 ]
@@ -32,6 +33,7 @@ QUICK = [
     ("engine", ["engine.py", "--model", "tiny", "--prompts", "200", "--small-chunk", "50", "--rounds", "1"]),
     ("scaleout", ["scaleout.py", "--requests", "1000", "--workers", "1,2"]),
     ("gpu_rate", ["gpu_rate.py", "--requests", "10000", "--rss-requests", "10000", "--workers", "1,2"]),
+    ("embed_engine", ["embed_engine.py", "--texts", "400", "--small-chunk", "100", "--rounds", "1"]),
     ("soak", ["soak.py", "--quick"]),
     ("serve", ["serve.py", "--quick"]),
 ]
@@ -40,7 +42,8 @@ QUICK = [
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--only", help="comma-separated: overhead,resume,startup,engine,scaleout,gpu_rate,soak,serve")
+    parser.add_argument("--only", help="comma-separated: overhead,resume,startup,engine,scaleout,gpu_rate,"
+                                       "embed_engine,soak,serve")
     args = parser.parse_args()
     wanted = set(args.only.split(",")) if args.only else None
     print(f"machine: {os.cpu_count()} cores; load average at start: "

@@ -167,6 +167,22 @@ def test_logprobs_shapes(engine: Any) -> None:
 
 
 @pytest.mark.vllm
+def test_sampling_params_built_once_per_distinct_set(engine: Any) -> None:
+    """Lines asking for the same parameters share one SamplingParams (vLLM copies it per request);
+    any difference, or structured output, gets its own."""
+    a, b = chat("a", max_tokens=5, temperature=0), chat("b", "other words", max_tokens=5, temperature=0)
+    shared = engine.sampling_params(a, 10)
+    assert engine.sampling_params(b, 12) is shared
+    assert engine.sampling_params(chat("c", max_tokens=6, temperature=0), 10) is not shared
+    assert engine.sampling_params(chat("d", max_tokens=5, temperature=0, seed=3), 10) is not shared
+    schema = chat("e", max_tokens=5, response_format={"type": "json_object"})
+    assert engine.sampling_params(schema, 10) is not engine.sampling_params(schema, 10)
+    # the shared params stay as built: answers match those of fresh ones
+    outs = engine.run([a, b])
+    assert [ok(o)["choices"][0]["finish_reason"] for o in outs] and shared.max_tokens == 5
+
+
+@pytest.mark.vllm
 def test_json_schema_gives_valid_json_even_from_gibberish(engine: Any) -> None:
     fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": SCHEMA}}
     (outcome, loose) = engine.run([
