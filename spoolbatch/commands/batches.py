@@ -87,8 +87,7 @@ class BatchView:
             "output_file_id": output_file_id(self.job) if ckpt and (done or state.final) else None,
             "error_file_id": error_file_id(self.job) if failed else None,
             "created_at": int(self.created_at),
-            "in_progress_at": stamp(ckpt.started_at if ckpt and ckpt.started_at and state != JobState.CANCELLED
-                                    or ckpt and ckpt.lines_consumed else None),
+            "in_progress_at": stamp(ckpt.started_at if ckpt else None),  # None: cancelled while queued
             "expires_at": stamp(rec.expires_at if rec else None),
             "finalizing_at": stamp(finished if state == JobState.COMPLETED else None),
             "completed_at": stamp(finished if state == JobState.COMPLETED else None),

@@ -2,8 +2,9 @@
 
 Each route checks its input, calls the library the CLI calls (commands/, store/), and
 renders OpenAI's shapes. Ids are matched against their own pattern before anything else;
-no path from a request reaches the file system. Blocking work runs in the thread pool
-(plain ``def`` routes); only uploads, which stream, are ``async``.
+no path from a request reaches the file system. Work that reads much or waits runs in the
+thread pool (plain ``def`` routes); uploads, which stream, and the poll route ``GET
+/v1/batches/{id}`` (a few small reads) are ``async``.
 """
 
 from __future__ import annotations
@@ -108,11 +109,11 @@ class Api:
 
     def file_object(self, file_id: str) -> dict[str, Any]:
         """The file object of an upload or of a batch's input, output or error file."""
-        kind, name = self._parse_file(file_id)
+        kind, name = self.parse_file(file_id)
         if kind == "upload":
             record = filestore.FileRecord.load(self.spool, name)
             if record is None:
-                raise self._no_file(file_id)
+                raise self.no_file(file_id)
             return record.to_openai()
         view = self._batch_of_file(file_id, name)
         ckpt = view.checkpoint
@@ -125,35 +126,38 @@ class Api:
 
     def file_content(self, file_id: str) -> Iterator[bytes]:
         """The lines of a file, streamed."""
-        kind, name = self._parse_file(file_id)
+        kind, name = self.parse_file(file_id)
         if kind == "upload":
             if filestore.FileRecord.load(self.spool, name) is None:
-                raise self._no_file(file_id)
+                raise self.no_file(file_id)
             return _file_blocks(self.spool.file_content(name))
         self._batch_of_file(file_id, name)
         if kind == "output":
             return _blocks(catalog.results(self.spool, name))
         if kind == "errors":
             return _blocks(error_lines(self.spool, name))
-        for path in (self.spool.archived_input(name), self.spool.input(name), self.spool.inbox / f"{name}.jsonl"):
-            if path.is_file() and not path.is_symlink():
+        queued = catalog.queued_entry(self.spool, name)
+        for path in (self.spool.archived_input(name), self.spool.input(name), queued.path if queued else None):
+            if path is not None and path.is_file() and not path.is_symlink():
                 return _file_blocks(path)
-        raise self._no_file(file_id)
+        raise self.no_file(file_id)
 
-    def _parse_file(self, file_id: str) -> tuple[str, str]:
+    def parse_file(self, file_id: str) -> tuple[str, str]:
+        """(kind, name) of a file id, or a 404."""
         parsed = filestore.parse_file_id(file_id)
         if parsed is None:
-            raise self._no_file(file_id)
+            raise self.no_file(file_id)
         return parsed
 
     def _batch_of_file(self, file_id: str, job: str) -> BatchView:
         try:
             return get_batch(self.spool, job)
         except JobNotFound:
-            raise self._no_file(file_id) from None
+            raise self.no_file(file_id) from None
 
     @staticmethod
-    def _no_file(file_id: str) -> ApiError:
+    def no_file(file_id: str) -> ApiError:
+        """The 404 of a file id."""
         return ApiError(404, f"No such File object: {file_id[:120]!r}.", param="file_id", code="not_found")
 
     # --- batches ---------------------------------------------------------------------------
@@ -166,9 +170,10 @@ class Api:
         kind, name = filestore.parse_file_id(file_id) or ("", "")
         if kind != "upload" or filestore.FileRecord.load(self.spool, name) is None:
             raise ApiError(404, f"No such File object: {file_id!r}.", param="input_file_id", code="not_found")
-        return self._create(self.spool.file_content(name), body, file_id)
+        return self.create_from(self.spool.file_content(name), body, file_id)
 
-    def _create(self, path: Path, body: dict[str, Any], file_id: str) -> dict[str, Any]:
+    def create_from(self, path: Path, body: dict[str, Any], file_id: str) -> dict[str, Any]:
+        """Create a batch of the file at ``path`` (an upload) from a create body."""
         endpoint = body.get("endpoint")
         if endpoint not in ENDPOINTS:
             raise ApiError(400, f"endpoint must be one of {', '.join(ENDPOINTS)}.", param="endpoint",
@@ -231,7 +236,7 @@ class Api:
         counts = {state.value: 0 for state in Liveness}
         for w in workers:
             counts[w["liveness"]] = counts.get(w["liveness"], 0) + 1
-        queued = len([e for e in self.spool.inbox_entries()])
+        queued = len(self.spool.inbox_entries())
         gpus = [{"worker": w["worker"], **(w.get("gpu") or {})} for w in workers
                 if w["liveness"] == Liveness.ALIVE.value and w.get("gpu")]
         return {"status": "ok" if counts[Liveness.ALIVE.value] else "no_worker", "workers": counts,
@@ -343,11 +348,11 @@ def create_app(config: Config) -> FastAPI:
 
     @app.delete("/v1/files/{file_id}", dependencies=[auth])
     def delete_file(file_id: str) -> Response:
-        kind, name = api._parse_file(file_id)
+        kind, name = api.parse_file(file_id)
         if kind != "upload":
             raise ApiError(400, "A batch's own files go when the batch does.", param="file_id")
         if not filestore.delete(api.spool, name):
-            raise Api._no_file(file_id)
+            raise Api.no_file(file_id)
         return _json({"id": file_id, "object": "file", "deleted": True})
 
     @app.post("/v1/batches", dependencies=[auth])
@@ -366,7 +371,7 @@ def create_app(config: Config) -> FastAPI:
                 if f.get("model") and found.model and f["model"] != found.model:
                     raise ApiError(400, f"model {f['model']!r} does not match the lines' {found.model!r}.",
                                    param="model", code="model_mismatch")
-            return _json(await run_in_threadpool(api._create, path, body, record.id))
+            return _json(await run_in_threadpool(api.create_from, path, body, record.id))
         return _json(await run_in_threadpool(api.create, await _json_body(request)))
 
     @app.get("/v1/batches", dependencies=[auth])
