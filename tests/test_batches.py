@@ -107,3 +107,18 @@ def test_outbox_entries_are_written_once_per_endpoint(spool: Spool) -> None:
     entry = outbox.Delivery.load(spool, name)
     assert entry is not None and orjson.loads(entry.body)["data"] == {"id": "batch_j"}
     assert outbox.retry_delay(1, 5) == 5 and outbox.retry_delay(3, 5) == 20 and outbox.retry_delay(30, 5) == 3600
+
+
+def test_a_batch_whose_window_passed_while_queued_expires_unrun(spool: Spool, config: Config, tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "late.jsonl", [chat_line(i) for i in range(5)])
+    job = submit(path, config, batch=BatchSpec(completion_window="10s")).jobs[0]
+    record = BatchRecord.load(spool, job)
+    assert record is not None
+    record.expires_at = time.time() - 1
+    record.save(spool)
+    daemon = Daemon(config, echo=False)
+    while daemon.loop_once().worked:
+        pass
+    view = get_batch(spool, job).to_openai()
+    assert view["status"] == "expired" and view["request_counts"] == {"total": 5, "completed": 0, "failed": 5}
+    assert len(list(error_lines(spool, job))) == 5
