@@ -5,7 +5,9 @@ The simulated engine computes each submitted chunk in a background thread at a s
 counts its busy time; everything else (claiming, parsing, building bodies, writing,
 checkpoints, merging) is the product. Figures, per workload, on a 200,000-request job:
 - the GPU's busy fraction from its first chunk to its last (target >= 0.97: the daemon
-  never makes it wait);
+  never makes it wait between chunks; "idle gaps" counts the chunks it waited for). A daemon
+  slower than the GPU shows here as gaps on a long job; on a job of two or three chunks the
+  look-ahead hands them over back to back and the shortfall shows only in the next figure;
 - end-to-end requests/s, from ``Daemon(...)`` to the job's completion, against the GPU's own
   rate (target >= 0.97x);
 - the daemon's CPU seconds and peak RSS;

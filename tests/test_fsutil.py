@@ -12,7 +12,7 @@ import pytest
 from spoolbatch.commands import submit as submit_module
 from spoolbatch.config import Config
 from spoolbatch.errors import DiskFull
-from spoolbatch.store.fsutil import atomic_write, atomic_writer
+from spoolbatch.store.fsutil import AppendFile, atomic_write, atomic_writer
 from spoolbatch.store.spool import Spool
 from tests.conftest import chat_line, write_jsonl
 
@@ -72,3 +72,24 @@ def test_submit_that_fails_halfway_leaves_the_inbox_empty(spool: Spool, config: 
     with pytest.raises(OSError):
         submit_module.submit(src, config)
     assert list(spool.inbox.iterdir()) == []
+
+
+@pytest.mark.parametrize("copy_range", ["kernel", "refused"])
+def test_append_file_copies_a_whole_file_in_order_at_the_committed_end(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, copy_range: str) -> None:
+    """A merge appends a part's results by copying the file (copy_file_range, or read and write
+    where the filesystem refuses it); bytes past the committed offset are cut first."""
+    if copy_range == "refused":
+        def refuse(*args: object) -> int:
+            raise OSError(errno.EXDEV, "cross-device")
+        monkeypatch.setattr(os, "copy_file_range", refuse)
+    part = tmp_path / "part"
+    part.write_bytes(b"".join(b"line %d " % i + b"x" * 3000 + b"\n" for i in range(500)))
+    target = tmp_path / "results"
+    target.write_bytes(b"committed\ntorn tail")
+    with AppendFile(target, len(b"committed\n")) as out:
+        out.write(b"before\n")
+        out.write_file(part)
+        out.write(b"after\n")
+        assert out.commit() == len(b"committed\nbefore\n") + part.stat().st_size + len(b"after\n")
+    assert target.read_bytes() == b"committed\nbefore\n" + part.read_bytes() + b"after\n"

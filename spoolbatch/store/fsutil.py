@@ -89,6 +89,10 @@ def atomic_write(path: Path, data: bytes, *, mode: int = FILE_MODE, durable: boo
         out.write(data)
 
 
+# copy_file_range refused: another filesystem, an old kernel, a filesystem without it.
+_NO_COPY_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP}
+
+
 class AppendFile:
     """An append-only file that a checkpoint refers to by byte offset.
 
@@ -112,21 +116,24 @@ class AppendFile:
             os.ftruncate(self._fd, committed)
             os.fsync(self._fd)
         self.size = committed
-        self._pending: list[bytes] = []
+        self._pending: list[bytes | Path] = []
 
     def write(self, data: bytes) -> None:
         """Queue ``data`` for the next commit."""
         self._pending.append(data)
 
+    def write_file(self, path: Path) -> None:
+        """Queue the whole of file ``path`` for the next commit, copied by the kernel
+        (``copy_file_range``) rather than read into memory and written back."""
+        self._pending.append(path)
+
     def commit(self) -> int:
         """Write what is queued at the committed end, fsync, and return the durable size."""
         if self._pending:
-            data = b"".join(self._pending)
+            end = self.size
             try:
-                written = 0
-                view = memoryview(data)
-                while written < len(data):
-                    written += os.pwrite(self._fd, view[written:], self.size + written)
+                for item in self._pending:
+                    end = self._copy(item, end) if isinstance(item, Path) else self._pwrite(item, end)
                 os.fsync(self._fd)
             except OSError as exc:
                 # Leave nothing past the committed size: the next try starts clean.
@@ -135,9 +142,39 @@ class AppendFile:
                 self._pending.clear()
                 _raise_disk_full(exc, self.path)
                 raise
-            self.size += len(data)
+            self.size = end
             self._pending.clear()
         return self.size
+
+    def _pwrite(self, data: bytes, at: int) -> int:
+        written = 0
+        view = memoryview(data)
+        while written < len(data):
+            written += os.pwrite(self._fd, view[written:], at + written)
+        return at + written
+
+    def _copy(self, path: Path, at: int) -> int:
+        src = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            size = os.fstat(src).st_size
+            done = 0
+            while done < size:
+                try:
+                    n = os.copy_file_range(src, self._fd, size - done, done, at + done)
+                except OSError as exc:
+                    if exc.errno not in _NO_COPY_RANGE:
+                        raise
+                    n = 0
+                if n == 0:  # not supported here (or the file shrank): read and write the rest
+                    rest = os.pread(src, size - done, done)
+                    if len(rest) != size - done:
+                        raise OSError(errno.EIO, f"{path} changed while it was being appended")
+                    self._pwrite(rest, at + done)
+                    n = len(rest)
+                done += n
+            return at + size
+        finally:
+            os.close(src)
 
     def close(self) -> None:
         """Close the file; uncommitted data is dropped."""

@@ -167,6 +167,16 @@ class WorkArea:
         ids = PartIds.from_bytes(self._part(k, "ids").read_bytes(), summary.done)
         return self._part(k, "results").read_bytes(), self._part(k, "deadletter").read_bytes(), ids
 
+    def part_results(self, index: int) -> Path:
+        """The result lines file of part ``index`` (for a merge that copies it whole)."""
+        return self._part(index, "results")
+
+    def read_part_meta(self, summary: PartSummary) -> tuple[bytes, PartIds]:
+        """A committed part's deadletter lines and ids, without its result lines."""
+        k = summary.index
+        return self._part(k, "deadletter").read_bytes(), PartIds.from_bytes(self._part(k, "ids").read_bytes(),
+                                                                            summary.done)
+
     def drop_part(self, index: int) -> None:
         """Remove a merged (or abandoned) part's files; the marker goes last."""
         for kind in ("results", "deadletter", "ids", "lock", "done"):

@@ -75,13 +75,15 @@ class Merger:
     def _merge_part(self, job: str, ckpt: Checkpoint, area: WorkArea, chunk: ChunkRange, summary: PartSummary,
                     seen: IdSet, results: AppendFile, dead: AppendFile, ids: AppendFile, log: JobLog) -> None:
         """Append one part; a custom_id an earlier chunk already used becomes a deadletter record."""
-        res, dl, part = area.read_part(summary)
+        dl, part = area.read_part_meta(summary)
         used = seen.found(part.hashes)
         dups: list[int] = []
-        if not used.any():  # the common case: no custom_id of this part was used before
-            new_ids, keep = part.hashes, [res]
+        keep: list[bytes] | None = None
+        if not used.any():  # the common case: the part's results go in whole, copied by the kernel
+            new_ids = part.hashes
         else:
             keep, new_ids = [], array("Q")
+            res = area.part_results(summary.index).read_bytes()
             for i, line in enumerate(res.splitlines(keepends=True)):
                 if used[i]:
                     dups.append(part.lines[i])
@@ -97,7 +99,10 @@ class Merger:
                            if not old and h not in answered_here)
         seen.add_many(new_ids)
         extra = self._duplicates(job, chunk, dups) if dups else b""
-        results.write(b"".join(keep))
+        if keep is None:
+            results.write_file(area.part_results(summary.index))
+        else:
+            results.write(b"".join(keep))
         dead.write(dl + extra)
         ids.write(new_ids.tobytes())
         try:
