@@ -195,3 +195,13 @@ def test_cli_submit_metadata_is_a_batch(spool: Spool, client: TestClient, tmp_pa
     assert orjson.loads(status.output)["jobs"][0]["batch"] == "batch_j"
     bad = CliRunner().invoke(cli, ["submit", str(path), "--spool", str(spool.root), "--metadata", "novalue"])
     assert bad.exit_code == 2
+
+
+def test_a_batch_is_placed_as_a_link_to_its_upload(spool: Spool, client: TestClient) -> None:
+    r = create(client)
+    assert r.status_code == 200, r.text
+    (queued,) = list(spool.inbox.iterdir())
+    upload_id = r.json()["input_file_id"]
+    assert os.stat(queued).st_ino == os.stat(spool.file_content(upload_id)).st_ino  # placed at once, stored once
+    assert client.delete(f"/v1/files/{upload_id}", headers=AUTH).status_code == 200
+    assert queued.read_bytes() == jsonl([chat_line(1), chat_line(2)])  # the job keeps its input

@@ -12,7 +12,7 @@ from spoolbatch.format.preflight import count_lines
 from spoolbatch.store.checkpoint import Checkpoint
 from spoolbatch.store.fsutil import atomic_write, fsync_dir
 from spoolbatch.store.jobstate import JobState
-from spoolbatch.store.spool import Spool, sanitize_job_id
+from spoolbatch.store.spool import InboxEntry, Spool, sanitize_job_id
 
 
 def cancel(spool: Spool, job: str) -> str:
@@ -24,7 +24,7 @@ def cancel(spool: Spool, job: str) -> str:
                 if not entry.path.is_file() or entry.path.is_symlink():
                     os.unlink(entry.path)
                     return "removed from the queue"
-                _cancel_queued(spool, entry.name)
+                _cancel_queued(spool, entry)
                 return "removed from the queue (kept as a cancelled job)"
         if job in spool.running_jobs():
             atomic_write(spool.cancel_marker(job), str(time.time()).encode())
@@ -37,13 +37,13 @@ def cancel(spool: Spool, job: str) -> str:
     raise JobNotFound(job)
 
 
-def _cancel_queued(spool: Spool, name: str) -> None:
+def _cancel_queued(spool: Spool, entry: InboxEntry) -> None:
     """Take a queued file out of the inbox as a job cancelled before it started (claim lock held).
 
     It keeps its id and shows as cancelled (its batch too), its input archived like a finished job's.
     """
+    name, path = entry.name, entry.path
     job = spool.unique_job_id(name, own_inbox_name=name)
-    path = spool.inbox / name
     lines = count_lines(path)[1]
     os.rename(path, spool.archived_input(job))
     fsync_dir(spool.done)

@@ -7,6 +7,7 @@ records the parts as one group whose results one command returns.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,7 +21,7 @@ from spoolbatch.format.lines import BadLine, LineParser
 from spoolbatch.format.preflight import check_file, count_lines
 from spoolbatch.store.batches import BatchRecord, BatchSpec
 from spoolbatch.store.checkpoint import Checkpoint
-from spoolbatch.store.fsutil import atomic_write, atomic_writer
+from spoolbatch.store.fsutil import atomic_write, atomic_writer, fsync_dir, unique_suffix
 from spoolbatch.store.jobstate import JobState
 from spoolbatch.store.rejections import write_reason
 from spoolbatch.store.spool import Spool, sanitize_job_id
@@ -108,13 +109,27 @@ def _parts(f: BinaryIO, max_lines: int, max_bytes: int) -> Iterator[list[bytes]]
 
 def _place(spool: Spool, job: str, write: Iterator[bytes] | list[bytes]) -> None:
     """Write the job into a dotfile in the inbox, fsync, rename into place."""
-    _place_at(spool.inbox / f"{job}.jsonl", write)
+    _place_at(spool.queued_input(job), write)
 
 
 def _place_at(target: Path, write: Iterator[bytes] | list[bytes]) -> None:
     with atomic_writer(target) as out:
         for chunk in write:
             out.write(chunk)
+
+
+def _place_file(target: Path, path: Path, link: bool) -> None:
+    """Put the file at ``path`` at ``target`` in one rename: a hard link when asked and possible, else a copy."""
+    if link:
+        tmp = target.with_name(f".{target.name}.{unique_suffix()}.tmp")
+        try:
+            os.link(path, tmp, follow_symlinks=False)
+            os.rename(tmp, target)
+            fsync_dir(target.parent)
+            return
+        except OSError:  # another file system, or links not allowed: copy
+            tmp.unlink(missing_ok=True)
+    _place_at(target, _copy(path))
 
 
 def _copy(path: Path) -> Iterator[bytes]:
@@ -142,12 +157,15 @@ def estimate(spool: Spool, validation: Validation) -> tuple[float | None, str]:
 
 
 def submit(path: Path, config: Config, *, name: str | None = None, split: bool = False,
-           allow_bad_lines: bool = False, batch: BatchSpec | None = None, reject_bad_lines: bool = False) -> Submitted:
+           allow_bad_lines: bool = False, batch: BatchSpec | None = None, reject_bad_lines: bool = False,
+           link: bool = False) -> Submitted:
     """Validate ``path`` and place it in the inbox (or its parts, with ``split``).
 
     ``batch`` records the job's batch fields (window, metadata, endpoint) before it is placed.
     A file with bad lines raises ``InputError``, or with ``reject_bad_lines`` (the HTTP API) is
-    recorded as a refused job, a failed batch whose errors name each bad line.
+    recorded as a refused job, a failed batch whose errors name each bad line. ``link`` places
+    a hard link to ``path`` instead of a copy where it can (an upload in the spool, which nothing
+    writes again: a 200 MB file is placed at once, under the claim lock, and not stored twice).
     """
     spool = Spool(config.spool)
     spool.require()
@@ -161,7 +179,7 @@ def submit(path: Path, config: Config, *, name: str | None = None, split: bool =
     base = name or path.name
     if result.bad_count and not allow_bad_lines:
         if reject_bad_lines:
-            return _reject(spool, path, base, result, batch or BatchSpec())
+            return _reject(spool, path, base, result, batch or BatchSpec(), link)
         raise BadLines(shown, [(b.line, b.code, b.message) for b in result.bad], result.bad_count,
                        hint="fix the lines, or pass --allow-bad-lines to send them to deadletter")
     if not result.requests:
@@ -174,7 +192,7 @@ def submit(path: Path, config: Config, *, name: str | None = None, split: bool =
             _check_queue(spool, config, 1, facts.lines, shown)
             job = spool.unique_job_id(base)
             _record(spool, job, batch, allow_bad_lines, result)
-            _place(spool, job, _copy(path))
+            _place_file(spool.queued_input(job), path, link)
             seconds, basis = estimate(spool, result)
             return Submitted([job], result.requests, validation=result, estimate_seconds=seconds,
                              estimate_basis=basis)
@@ -206,7 +224,7 @@ def _record(spool: Spool, job: str, batch: BatchSpec | None, allow_bad_lines: bo
                         model=result.model if result else None).save(spool)
 
 
-def _reject(spool: Spool, path: Path, base: str, result: Validation, batch: BatchSpec) -> Submitted:
+def _reject(spool: Spool, path: Path, base: str, result: Validation, batch: BatchSpec, link: bool) -> Submitted:
     """Record a file with bad lines as refused whole: a failed batch whose errors name the lines."""
     errors = [{"code": b.code, "line": b.line, "message": b.message, "param": None} for b in result.bad]
     reason = f"{result.bad_count:,} line(s) failed validation (first: line {result.bad[0].line}: " \
@@ -216,7 +234,7 @@ def _reject(spool: Spool, path: Path, base: str, result: Validation, batch: Batc
         spool.ensure_api_dirs()
         BatchRecord.new(job, batch, errors=errors, requests=result.requests + result.bad_count,
                         model=result.model).save(spool)
-        _place_at(spool.rejected_file(job), _copy(path))
+        _place_file(spool.rejected_file(job), path, link)
         write_reason(spool, job, path.name, "invalid_lines", reason,
                      "fix the lines, or create the batch with allow_bad_lines")
     return Submitted([job], result.requests, validation=result, rejected=True)

@@ -196,7 +196,7 @@ class Api:
             spec = BatchSpec(endpoint=endpoint, completion_window=window, metadata=body.get("metadata") or {},
                              input_file_id=file_id, output_expires_after=expires_after)
             done = submit(path, self.config, name=secrets.token_hex(12), allow_bad_lines=allow, batch=spec,
-                          reject_bad_lines=True)
+                          reject_bad_lines=True, link=True)
         except SpoolbatchError as exc:
             raise from_library(exc, PARAM_OF_CODE.get(getattr(exc, "code", ""), "input_file_id")) from None
         view = get_batch(self.spool, done.jobs[0])

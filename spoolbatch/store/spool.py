@@ -146,6 +146,10 @@ class Spool:
             raise SpoolError(f"{self.root} is not a spool", hint=f"run `spoolbatch init --spool {self.root}`")
         formatversion.ensure_current(self)
 
+    def queued_input(self, job: str) -> Path:
+        """Where `submit` and the HTTP API place a new job in the inbox."""
+        return self.inbox / f"{job}.jsonl"
+
     def input(self, job: str) -> Path:
         """The claimed input of a running job."""
         return self.active / f"{job}.jsonl"
@@ -248,7 +252,7 @@ class Spool:
 
         ``own_inbox_name`` is the inbox file being claimed: it does not collide with itself.
         """
-        queued = self.inbox / f"{job}.jsonl"
+        queued = self.queued_input(job)
         return (queued.name != own_inbox_name and (queued.exists() or queued.is_symlink())) or any(
             p.exists() or p.is_symlink() for p in (self.input(job), self.checkpoint(job),
             self.rejected_file(job), self.rejected_reason(job), self.results(job), self.group(job),
