@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import re
 from pathlib import Path
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
@@ -22,13 +21,12 @@ DEFAULT_KEEP = 3
 
 def rotated_parts(path: Path) -> list[Path]:
     """``path``'s rotated parts that exist (``NAME.1``, ``NAME.2``...), newest first."""
-    pattern = re.compile(re.escape(path.name) + r"\.(\d+)")
+    prefix = path.name + "."
     found = []
     with contextlib.suppress(FileNotFoundError):
         for name in os.listdir(path.parent):
-            m = pattern.fullmatch(name)
-            if m:
-                found.append((int(m.group(1)), path.parent / name))
+            if name.startswith(prefix) and (n := name[len(prefix):]).isascii() and n.isdigit():
+                found.append((int(n), path.parent / name))
     return [p for _, p in sorted(found)]
 
 
