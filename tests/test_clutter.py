@@ -179,3 +179,30 @@ def test_no_daemon_log_file_under_systemd_unless_asked(spool: Spool, config: Con
     assert Daemon(config, echo=False).log.path == spool.daemon_log()
     assert Daemon(config.replace(daemon_log_file=False), echo=False).log.path is None
     JobLog(None, echo=False)("nowhere")  # writes nothing, raises nothing
+
+
+def test_the_workers_job_count_rereads_only_changed_checkpoints(spool: Spool, config: Config,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from spoolbatch.store import census
+    from spoolbatch.store.checkpoint import Checkpoint
+    from spoolbatch.store.jobstate import JobState
+
+    for name in ("a", "b", "c"):
+        drop(spool, f"{name}.jsonl", [chat_line(i) for i in range(3)])
+    daemon = Daemon(config, echo=False)
+    while daemon.loop_once().worked:
+        pass
+    cache: census.CensusCache = {}
+    assert census.count_jobs(spool, cache)[JobState.COMPLETED] == 3
+    loads: list[Path] = []
+    real = Checkpoint.load
+    monkeypatch.setattr(Checkpoint, "load", classmethod(lambda cls, p: (loads.append(p), real(p))[1]))
+    assert census.count_jobs(spool, cache)[JobState.COMPLETED] == 3 and loads == []
+    ckpt = real(spool.checkpoint("b"))
+    assert ckpt is not None
+    ckpt.status = JobState.CANCELLED
+    ckpt.save(spool.checkpoint("b"))
+    spool.checkpoint("c").unlink()
+    counts = census.count_jobs(spool, cache)
+    assert (counts[JobState.COMPLETED], counts[JobState.CANCELLED]) == (1, 1) and loads == [spool.checkpoint("b")]
+    assert sorted(cache) == ["a.checkpoint.json", "b.checkpoint.json"]

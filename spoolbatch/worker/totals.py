@@ -29,6 +29,7 @@ class Totals:
     # after this worker changes a job's state (jobs_changed).
     _jobs: dict[str, int] = field(default_factory=dict)
     _jobs_at: float = float("-inf")
+    _census: dict[str, Any] = field(default_factory=dict)  # store.census's cache: unchanged checkpoints not reread
 
     def add(self, report: PartSummary) -> None:
         """Count one committed chunk."""
@@ -50,8 +51,8 @@ class Totals:
         from spoolbatch.worker.gpu import GpuDevice
 
         now = time.monotonic()
-        if now - self._jobs_at >= JOB_COUNT_SECONDS:  # it reads every checkpoint: not on every beat
-            self._jobs, self._jobs_at = {state.value: n for state, n in count_jobs(spool).items()}, now
+        if now - self._jobs_at >= JOB_COUNT_SECONDS:  # a directory scan: not on every beat
+            self._jobs, self._jobs_at = {state.value: n for state, n in count_jobs(spool, self._census).items()}, now
         gpu = beat.get("gpu") or {}
         devices = [GpuDevice(**d) for d in gpu.get("devices", [])]
         disk = beat.get("disk") or {}
