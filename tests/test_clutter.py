@@ -206,3 +206,16 @@ def test_the_workers_job_count_rereads_only_changed_checkpoints(spool: Spool, co
     counts = census.count_jobs(spool, cache)
     assert (counts[JobState.COMPLETED], counts[JobState.CANCELLED]) == (1, 1) and loads == [spool.checkpoint("b")]
     assert sorted(cache) == ["a.checkpoint.json", "b.checkpoint.json"]
+
+
+def test_a_long_running_worker_forgets_the_jobs_it_finished(spool: Spool, config: Config,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from spoolbatch.worker import claims
+
+    monkeypatch.setattr(claims, "STARTED_PRUNE_AT", 2)
+    daemon = Daemon(config, echo=False)
+    for k in range(6):
+        drop(spool, f"j{k}.jsonl", [chat_line(i) for i in range(3)])
+        while daemon.loop_once().worked:
+            pass
+    assert len(daemon.claims._started) <= 3

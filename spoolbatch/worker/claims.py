@@ -28,6 +28,9 @@ from spoolbatch.store.spool import Spool
 from spoolbatch.store.workarea import ChunkRange, PartIds, PartSummary, WorkArea
 from spoolbatch.worker.executor import ChunkExecutor, Pending
 
+# Jobs remembered as started before the finished ones are forgotten.
+STARTED_PRUNE_AT = 256
+
 
 @dataclass(slots=True)
 class ChunkClaim:
@@ -109,7 +112,7 @@ class Claims:
                 ckpt.save(sp.checkpoint(job))
                 self._log(job).event(JobEvent.RESUMED, job, chunk=chunk.index + 1, first_line=chunk.first_line,
                                      last_line=chunk.last_line, worker=self.worker)
-                self._started.add(job)
+                self._mark_started(job)
                 return ChunkClaim(job, chunk, held, ckpt.model, ckpt.url)
         start = plan[-1].end if plan else 0
         if start >= ckpt.input_bytes:
@@ -128,8 +131,15 @@ class Claims:
         if job not in self._started and ckpt.lines_consumed:
             self._log(job).event(JobEvent.CONTINUED, job, chunk=chunk.index + 1, first_line=first,
                                  worker=self.worker)
-        self._started.add(job)
+        self._mark_started(job)
         return ChunkClaim(job, chunk, held, ckpt.model, ckpt.url, lines=lines)
+
+    def _mark_started(self, job: str) -> None:
+        """Remember that this worker works on ``job``; forget the finished ones now and then (a daemon
+        runs for months: the set would otherwise grow by every job it ever touched)."""
+        self._started.add(job)
+        if len(self._started) > STARTED_PRUNE_AT:
+            self._started = {j for j in self._started if self.spool.input(j).exists()}
 
     # --- answering a chunk ---------------------------------------------------------------------
     def prepare(self, claim: ChunkClaim) -> PreparedChunk:
