@@ -37,6 +37,20 @@ REPLAY = [*USER,
           {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]
 
 
+@pytest.fixture(scope="module")
+def shared_vllm_engine(shared_vllm_engine: Any, tiny_model_dir: Path) -> Any:
+    """The session's engine, started afresh for this module.
+
+    When another engine in this process (test_vllm_engine's own) shuts down, vLLM tears down
+    the per-process parallel state the shared one still uses ("pipeline model parallel group
+    is not initialized"); a fresh start builds it again.
+    """
+    engine = shared_vllm_engine.engine
+    engine.close()
+    engine.load(str(tiny_model_dir))
+    return shared_vllm_engine
+
+
 def chat(custom_id: str, line: int = 1, **body: Any) -> Request:
     body = {"model": "tiny", "messages": USER, "max_tokens": 70, **body}
     return Request(custom_id, line, CHAT, body, parse_spec(CHAT, body))
