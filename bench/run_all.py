@@ -25,6 +25,7 @@ FULL = [
     ("embed_engine", ["embed_engine.py"]),
     ("soak", ["soak.py", "--minutes", "10"]),
     ("serve", ["serve.py"]),
+    ("modern_requests", ["modern_requests.py", "--requests", "1000"]),
 ]
 QUICK = [
     ("overhead", ["overhead.py", "--sizes", "10000,50000"]),
@@ -36,6 +37,7 @@ QUICK = [
     ("embed_engine", ["embed_engine.py", "--texts", "400", "--small-chunk", "100", "--rounds", "1"]),
     ("soak", ["soak.py", "--quick"]),
     ("serve", ["serve.py", "--quick"]),
+    ("modern_requests", ["modern_requests.py", "--requests", "50"]),
 ]
 
 
