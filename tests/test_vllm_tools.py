@@ -151,6 +151,10 @@ def test_auto_tool_calls_are_parsed_by_vllms_hermes_parser(tokenizer: Any) -> No
     body = bodies.chat_completion(id="chatcmpl-x", model="tiny", created=1, choices=[choice], prompt_tokens=3)
     assert ChatCompletion.model_validate(body).choices[0].message.tool_calls[1].function.name == "ping"
 
+    single = canned(tokenizer, chat("one", tools=[WEATHER, PING], parallel_tool_calls=False), text,
+                    tool_call_parser="hermes")
+    assert [c["function"]["name"] for c in single.tool_calls] == ["get_weather"]  # the first call only
+
     plain = canned(tokenizer, request, "No tool needed.", tool_call_parser="hermes")
     assert plain.tool_calls is None and plain.text == "No tool needed." and plain.finish_reason == "stop"
 

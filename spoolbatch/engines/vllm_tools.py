@@ -182,6 +182,8 @@ class ChatTools:
         reasoning_tokens = parser.count_reasoning_tokens(token_ids) if parser.reasoning_parser is not None else 0
         finish = "length" if completion.finish_reason == "length" else "stop"
         tool_calls = None
+        if calls and not spec.parallel_tool_calls:
+            calls = calls[:1]  # as vLLM's server (maybe_filter_parallel_tool_calls) does
         if calls:
             tool_calls = [bodies.tool_call(bodies.stable_id("call_", request.custom_id, str(request.line),
                                                             str(index), str(k)),
