@@ -161,3 +161,26 @@ def test_snapshot_to_dict_is_json_ready() -> None:
 def test_import_is_light() -> None:
     code = "import sys, spoolbatch.worker.gpu; assert 'pynvml' not in sys.modules and 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_nvml_that_failed_to_start_is_tried_again_after_a_while_not_on_every_read() -> None:
+    """Each failed pynvml init leaves a ctypes class cycle behind, and the daemon reads before every chunk."""
+    nvml = FakeNvml(init_error=NVMLError("NVML Shared Library Not Found"))
+    tries = 0
+    real = nvml.nvmlInit
+
+    def counting() -> None:
+        nonlocal tries
+        tries += 1
+        real()
+
+    nvml.nvmlInit = counting  # type: ignore[method-assign]
+    now = [0.0]
+    monitor = GpuMonitor(nvml, env={}, retry_seconds=60, clock=lambda: now[0])
+    first = monitor.read()
+    for _ in range(100):
+        assert monitor.read() == first
+    assert tries == 1
+    now[0] = 61
+    nvml.init_error = None  # the driver came back
+    assert monitor.read().available and tries == 2
