@@ -503,6 +503,8 @@ def gc(
         out.print(f"{verb} {r.kind.value} {r.name}{detail}: {r.files} file(s), {_bytes(r.bytes)}", markup=False)
     for job in report.skipped:
         out.print(f"skipped job {job}: busy now, the next gc has it", markup=False)
+    for job in report.repaired:
+        out.print(f"repaired job {job}: its cancel was cut short, now a cancelled job", markup=False)
     freed = "would free" if dry_run else "freed"
     out.print(f"{verb} {len(report.removed)} item(s), {freed} {_bytes(report.bytes_freed)}")
 

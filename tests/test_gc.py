@@ -146,6 +146,23 @@ def test_gc_skips_a_final_job_whose_lock_is_held_and_one_still_being_finished(sp
     assert [r.name for r in gc(config).removed] == ["job"]
 
 
+def test_a_queued_cancel_killed_halfway_is_made_whole(spool: Spool, config: Config) -> None:
+    # `cancel` of a queued job moves its file to done/ and then writes its checkpoint: a kill -9
+    # between the two left an input that no listing showed and no clean-up removed.
+    drop(spool, "q.jsonl", [chat_line(i) for i in range(5)])
+    (spool.inbox / "q.jsonl").rename(spool.archived_input("q"))
+    assert "q" not in {j.job for j in catalog.list_jobs(spool)}
+    assert gc(config, dry_run=True).repaired == ["q"] and not spool.checkpoint("q").exists()
+    assert gc(config).repaired == ["q"]
+    ckpt = Checkpoint.load(spool.checkpoint("q"))
+    assert ckpt is not None and ckpt.status == JobState.CANCELLED and ckpt.total_lines == 5
+    (info,) = [j for j in catalog.list_jobs(spool) if j.job == "q"]
+    assert info.status == JobState.CANCELLED and info.reason == "cancelled while queued"
+    assert gc(config).repaired == []
+    age_job(spool, "q", 40)
+    assert [r.name for r in gc(config).removed] == ["q"] and not spool.archived_input("q").exists()
+
+
 def test_batch_expiry_hook_shortens_retention(spool: Spool, config: Config) -> None:
     for name in ("short", "long"):
         drop(spool, f"{name}.jsonl", [chat_line(i) for i in range(3)])

@@ -13,8 +13,8 @@ from pathlib import Path
 import orjson
 
 from spoolbatch.errors import InputError, LimitExceeded
+from spoolbatch.store.fsutil import count_lines  # re-exported: submit and control count with it
 
-_BLOCK = 1 << 20
 _SNIFF_LINES = 20
 
 
@@ -24,21 +24,6 @@ class FileFacts:
 
     size: int
     lines: int
-
-
-def count_lines(path: Path) -> tuple[int, int]:
-    """(size, lines) counting a last line without a newline; a fast block scan, no parsing."""
-    lines = 0
-    last = b"\n"
-    size = 0
-    with open(path, "rb") as f:
-        while block := f.read(_BLOCK):
-            lines += block.count(b"\n")
-            size += len(block)
-            last = block[-1:]
-    if last != b"\n":
-        lines += 1
-    return size, lines
 
 
 def check_file(path: Path, *, max_bytes: int, max_requests: int, name: str | None = None) -> FileFacts:

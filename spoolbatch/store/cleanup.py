@@ -40,8 +40,8 @@ from spoolbatch.store import files as uploads
 from spoolbatch.store import outbox
 from spoolbatch.store.batches import BatchRecord
 from spoolbatch.store.checkpoint import Checkpoint
-from spoolbatch.store.fsutil import fsync_dir
-from spoolbatch.store.jobstate import FINAL
+from spoolbatch.store.fsutil import count_lines, fsync_dir
+from spoolbatch.store.jobstate import FINAL, JobState
 from spoolbatch.store.liveness import Liveness, liveness
 from spoolbatch.store.logfile import rotated_parts
 from spoolbatch.store.spool import Spool
@@ -110,6 +110,7 @@ class Report:
     cutoff: float
     removed: list[Removed] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # jobs busy (locked) right now: the next run has them
+    repaired: list[str] = field(default_factory=list)  # queued jobs whose cancel was killed halfway, now whole
 
     @property
     def bytes_freed(self) -> int:
@@ -124,6 +125,7 @@ class Report:
         """Plain JSON for `gc --json`."""
         return {"dry_run": self.dry_run, "cutoff": self.cutoff, "bytes_freed": self.bytes_freed,
                 "removed": [r.to_dict() for r in self.removed], "skipped": self.skipped,
+                "repaired": self.repaired,
                 "counts": {k.value: self.count(k) for k in Kind if self.count(k)}}
 
 
@@ -242,6 +244,7 @@ class Cleanup:
     def run(self) -> Report:
         """Finish interrupted removals, remove expired jobs, then clutter."""
         self.finish_interrupted()
+        self.finish_cancels()
         self.expired_jobs()
         self.rejected()
         self.groups()
@@ -274,6 +277,24 @@ class Cleanup:
                     self._gone.add(job)
                     kind = Kind.JOB if folder == self.spool.done else Kind.REJECTED
                     self._add(kind, job, n, size, "finished an interrupted removal")
+
+    def finish_cancels(self) -> None:
+        """Give a checkpoint to an archived input that has none: a queued job's cancel killed between
+        moving its file out of the inbox and writing its record (commands.control). It shows as the
+        cancelled job it was meant to be, and retention then treats it as any other."""
+        suffix = self.spool.archived_input("").name
+        with self.spool.claim_lock():  # a cancel in progress holds it: what is left now was left by a crash
+            for path in sorted(self.spool.done.glob(f"*{suffix}")):
+                job = path.name[: -len(suffix)]
+                if (self.spool.checkpoint(job).exists() or (self.spool.done / f"{job}{TOMBSTONE}").exists()
+                        or self.spool.input(job).exists()):
+                    continue
+                if not self.dry_run:
+                    mtime = path.stat().st_mtime
+                    Checkpoint(job=job, status=JobState.CANCELLED, input_name=f"{job}.jsonl",
+                               total_lines=count_lines(path)[1], created_at=mtime, finished_at=mtime,
+                               message="cancelled while queued").save(self.spool.checkpoint(job))
+                self.report.repaired.append(job)
 
     def _expires_at(self, job: str, ckpt: Checkpoint, mtime: float) -> float:
         """When the job's files go: its batch's ``output_expires_after`` (counted from when its output was

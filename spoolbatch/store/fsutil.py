@@ -186,3 +186,21 @@ class AppendFile:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_LINE_BLOCK = 1 << 20
+
+
+def count_lines(path: Path) -> tuple[int, int]:
+    """(size, lines) counting a last line without a newline; a fast block scan, no parsing."""
+    lines = 0
+    last = b"\n"
+    size = 0
+    with open(path, "rb") as f:
+        while block := f.read(_LINE_BLOCK):
+            lines += block.count(b"\n")
+            size += len(block)
+            last = block[-1:]
+    if last != b"\n":
+        lines += 1
+    return size, lines
