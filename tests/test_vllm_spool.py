@@ -227,20 +227,24 @@ def test_kill_9_mid_chunk_then_restart_is_exactly_once(spool: Spool, daemons: Da
     records = [chat_line(i, model=model, max_tokens=tokens, temperature=0, logit_bias=no_eos(tiny_model_dir))
                for i in range(total)]
     drop(spool, f"{job}.jsonl", records)
-    proc = daemons.start("--chunk-size", str(size), env=SLOW)
+    # On an idle machine a warm daemon answers a chunk of the tiny model in about 0.2 s: with a hold of
+    # 0.2 s below, the job ended before any later chunk qualified and the test waited out its 400 s.
+    # One sequence at a time and a hold of 0.05 s; should the job end first anyway, say so at once.
+    proc = daemons.start("--chunk-size", str(size), env={**SLOW, "SPOOLBATCH_MAX_NUM_SEQS": "1"})
     seen: dict[int, float] = {}
 
     def inside_a_later_chunk() -> dict[str, Any] | None:
-        """The heartbeat, once it has shown the same uncommitted chunk (past the first) for 0.2 s."""
+        """The heartbeat, once it has shown the same uncommitted chunk (past the first) for 0.05 s."""
         assert proc.poll() is None, f"daemon exited early ({proc.returncode})\n{daemons.stderr(proc)}"
         ckpt = Checkpoint.load(spool.checkpoint(job))
         beat = read_beat(spool)
         lines = beat.get("chunk_lines")
+        assert ckpt is None or ckpt.status == "running", f"the job ended before a later chunk was seen: {ckpt}"
         if ckpt is None or ckpt.lines_consumed < size or beat.get("state") != "working" or beat.get("job") != job \
                 or not lines or lines[0] <= ckpt.lines_consumed:
             return None
         first = seen.setdefault(int(beat["chunk"]), time.monotonic())
-        return beat if time.monotonic() - first >= 0.2 else None
+        return beat if time.monotonic() - first >= 0.05 else None
 
     beat = wait_for(inside_a_later_chunk, timeout=400, interval=0.05)
     proc.send_signal(signal.SIGKILL)
