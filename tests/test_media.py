@@ -14,8 +14,9 @@ from spoolbatch.config import Config
 from spoolbatch.engines.fake import FakeEngine
 from spoolbatch.engines.media import MediaPolicy, load_image, resolve_images
 from spoolbatch.errors import RequestError
+from spoolbatch.format.endpoints import CHAT, RESPONSES
 from spoolbatch.format.types import Request
-from spoolbatch.format.validation import CHAT, RESPONSES, parse_spec
+from spoolbatch.format.validation import parse_spec
 from spoolbatch.store.spool import Spool
 from tests.conftest import assert_exactly_once, drop, read_jsonl
 

@@ -6,8 +6,9 @@ import orjson
 import pytest
 
 from spoolbatch.errors import RequestError
+from spoolbatch.format.endpoints import CHAT, COMPLETIONS, EMBEDDINGS
 from spoolbatch.format.lines import BadLine, LineParser, deadletter_line, error_line
-from spoolbatch.format.validation import CHAT, COMPLETIONS, EMBEDDINGS, parse_spec
+from spoolbatch.format.validation import parse_spec
 
 from .conftest import chat_line
 

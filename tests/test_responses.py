@@ -8,9 +8,10 @@ import pytest
 
 from spoolbatch.engines.fake import FakeEngine
 from spoolbatch.errors import RequestError
+from spoolbatch.format.endpoints import RESPONSES
 from spoolbatch.format.lines import LineParser, result_line
 from spoolbatch.format.types import Request
-from spoolbatch.format.validation import RESPONSES, parse_spec
+from spoolbatch.format.validation import parse_spec
 
 GET = {"type": "function", "name": "get_weather", "description": "weather",
        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],

@@ -11,7 +11,7 @@ import pytest
 
 from spoolbatch.engines.fake import FakeEngine
 from spoolbatch.errors import RequestError
-from spoolbatch.format.scoring import RERANK, SCORE
+from spoolbatch.format.endpoints import RERANK, SCORE
 from spoolbatch.format.types import Request
 from spoolbatch.format.validation import parse_spec
 

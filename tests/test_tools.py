@@ -12,8 +12,9 @@ import pytest
 
 from spoolbatch.engines.fake import FakeEngine
 from spoolbatch.errors import RequestError
+from spoolbatch.format.endpoints import CHAT
 from spoolbatch.format.types import Request
-from spoolbatch.format.validation import CHAT, parse_spec
+from spoolbatch.format.validation import parse_spec
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "The weather in a city",

@@ -21,8 +21,9 @@ import pytest
 
 from spoolbatch.config import EngineSettings
 from spoolbatch.engines.base import Engine
+from spoolbatch.format.endpoints import CHAT, COMPLETIONS, EMBEDDINGS
 from spoolbatch.format.types import Outcome, Request
-from spoolbatch.format.validation import CHAT, COMPLETIONS, EMBEDDINGS, parse_spec
+from spoolbatch.format.validation import parse_spec
 from tests.tiny_model import MAX_POSITIONS, SPECIAL_IDS
 
 MODEL = "tiny"

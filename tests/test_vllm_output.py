@@ -8,8 +8,9 @@ from typing import Any
 import numpy as np
 
 from spoolbatch.engines.vllm_output import LOGPROB_FLOOR, embedding_body, generation_body
+from spoolbatch.format.endpoints import CHAT, COMPLETIONS, EMBEDDINGS
 from spoolbatch.format.types import Request
-from spoolbatch.format.validation import CHAT, COMPLETIONS, EMBEDDINGS, parse_spec
+from spoolbatch.format.validation import parse_spec
 
 VOCAB = {1: "Hel", 2: "lo", 3: "!", 4: " there"}
 

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
+from spoolbatch.format.endpoints import RESPONSES
 from spoolbatch.format.types import Request
-from spoolbatch.format.validation import RESPONSES, parse_spec
+from spoolbatch.format.validation import parse_spec
 
 pytestmark = pytest.mark.vllm
 

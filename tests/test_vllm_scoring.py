@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from spoolbatch.format.scoring import RERANK, SCORE
+from spoolbatch.format.endpoints import RERANK, SCORE
 from spoolbatch.format.types import Request
 from spoolbatch.format.validation import parse_spec
 

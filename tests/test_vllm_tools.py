@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
+from spoolbatch.format.endpoints import CHAT
 from spoolbatch.format.types import Outcome, Request
-from spoolbatch.format.validation import CHAT, parse_spec
+from spoolbatch.format.validation import parse_spec
 
 pytestmark = pytest.mark.vllm
 
@@ -205,7 +206,7 @@ def test_reasoning_effort_and_template_kwargs_reach_the_template(tokenizer: Any)
 def test_responses_lines_are_answered(shared_vllm_engine: Any) -> None:
     from openai.types.responses import Response
 
-    from spoolbatch.format.validation import RESPONSES
+    from spoolbatch.format.endpoints import RESPONSES
 
     def line(custom_id: str, n: int, **body: Any) -> Request:
         body = {"model": "tiny", "max_output_tokens": 40, **body}

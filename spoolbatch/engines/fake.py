@@ -22,10 +22,11 @@ from spoolbatch.engines.media import MediaPolicy, has_images, resolve_images
 from spoolbatch.errors import RequestError
 from spoolbatch.format import tools as fn_tools
 from spoolbatch.format.bodies import Choice, chat_completion, embedding_list, text_completion, tool_call
+from spoolbatch.format.endpoints import CHAT, CHAT_LIKE, EMBEDDINGS, RERANK, RESPONSES, SCORING
 from spoolbatch.format.responses import response
-from spoolbatch.format.scoring import RERANK, SCORING, pair_list, rerank_list, score_list
+from spoolbatch.format.scoring import pair_list, rerank_list, score_list
 from spoolbatch.format.types import Outcome, Request
-from spoolbatch.format.validation import CHAT, CHAT_LIKE, EMBEDDINGS, RESPONSES, SamplingSpec
+from spoolbatch.format.validation import SamplingSpec
 
 _WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike "
           "november oscar papa quebec romeo sierra tango uniform victor whiskey xray yankee zulu").split()

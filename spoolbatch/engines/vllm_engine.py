@@ -33,9 +33,8 @@ from spoolbatch.engines.failures import engine_error
 from spoolbatch.engines.vllm_output import embedding_body, generation_body
 from spoolbatch.engines.vllm_tools import needs_chat_path
 from spoolbatch.errors import EngineError, RequestError
-from spoolbatch.format.scoring import SCORING
+from spoolbatch.format.endpoints import CHAT, CHAT_LIKE, EMBEDDINGS, GENERATION, POOLED, SCORING
 from spoolbatch.format.types import Outcome, Request
-from spoolbatch.format.validation import CHAT, CHAT_LIKE, EMBEDDINGS, GENERATION, POOLED
 
 log = logging.getLogger(__name__)
 

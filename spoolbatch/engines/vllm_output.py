@@ -14,8 +14,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from spoolbatch.format import bodies
+from spoolbatch.format.endpoints import CHAT_LIKE, RESPONSES
 from spoolbatch.format.types import Request
-from spoolbatch.format.validation import CHAT_LIKE, RESPONSES
 
 Decode = Callable[[list[int]], str]
 

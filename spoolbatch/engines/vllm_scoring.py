@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from spoolbatch.format import bodies
-from spoolbatch.format.scoring import RERANK, pair_list, rerank_list, score_list
+from spoolbatch.format.endpoints import RERANK
+from spoolbatch.format.scoring import pair_list, rerank_list, score_list
 from spoolbatch.format.types import Outcome, Request
 
 

@@ -16,8 +16,9 @@ import orjson
 
 from spoolbatch.errors import RequestError
 from spoolbatch.format.bodies import stable_id
+from spoolbatch.format.endpoints import ENDPOINTS
 from spoolbatch.format.types import Outcome, Request
-from spoolbatch.format.validation import ENDPOINTS, parse_spec
+from spoolbatch.format.validation import parse_spec
 
 _BLANK = frozenset(b" \t\n\r\x0b\x0c")  # what bytes.strip() removes
 

@@ -13,12 +13,11 @@ from typing import Any
 
 from spoolbatch.errors import RequestError
 from spoolbatch.format.bodies import Choice, stable_id
-from spoolbatch.format.validation import RESPONSES
+from spoolbatch.format.endpoints import REASONING_EFFORTS, RESPONSES
 
 ALLOWED = {"model", "input", "instructions", "max_output_tokens", "temperature", "top_p", "text", "tools",
            "tool_choice", "parallel_tool_calls", "reasoning", "metadata", "store", "user", "stream",
            "truncation", "safety_identifier", "prompt_cache_key", "service_tier"}
-_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 _INPUT_ROLES = {"user", "system", "developer", "assistant"}
 
 
@@ -60,9 +59,9 @@ def chat_body(body: dict[str, Any]) -> dict[str, Any]:
         if extra or reasoning.get("summary") or reasoning.get("generate_summary"):
             raise RequestError("unsupported_parameter", "'reasoning' supports 'effort' only (no summaries)")
         if reasoning.get("effort") is not None:
-            if reasoning["effort"] not in _EFFORTS:
+            if reasoning["effort"] not in REASONING_EFFORTS:
                 raise RequestError("invalid_value", f"reasoning.effort {reasoning['effort']!r} is not one of "
-                                   f"{', '.join(_EFFORTS)}")
+                                   f"{', '.join(REASONING_EFFORTS)}")
             chat["reasoning_effort"] = reasoning["effort"]
     return chat
 

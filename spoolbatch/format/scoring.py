@@ -12,10 +12,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from spoolbatch.errors import RequestError
+from spoolbatch.format.endpoints import RERANK, SCORE
 
-SCORE = "/v1/score"
-RERANK = "/v1/rerank"
-SCORING = (SCORE, RERANK)
 _PAIRS = (("queries", "documents"), ("queries", "items"), ("data_1", "data_2"), ("text_1", "text_2"))
 _COMMON = {"model", "user", "use_activation"}
 ALLOWED = {SCORE: _COMMON | {k for pair in _PAIRS for k in pair},

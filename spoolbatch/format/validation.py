@@ -13,16 +13,9 @@ from typing import Any
 
 from spoolbatch.errors import RequestError
 from spoolbatch.format import tools as fn_tools
-from spoolbatch.format.scoring import RERANK, SCORE, SCORING, pairs
-
-CHAT = "/v1/chat/completions"
-COMPLETIONS = "/v1/completions"
-EMBEDDINGS = "/v1/embeddings"
-RESPONSES = "/v1/responses"
-ENDPOINTS = (CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, SCORE, RERANK)
-POOLED = (EMBEDDINGS, *SCORING)  # answered by a pooling model
-CHAT_LIKE = (CHAT, RESPONSES)  # answered from messages with the chat template
-GENERATION = (CHAT, COMPLETIONS, RESPONSES)  # generate text (the others pool)
+from spoolbatch.format.endpoints import CHAT, COMPLETIONS, EMBEDDINGS, REASONING_EFFORTS, RESPONSES, SCORING
+from spoolbatch.format.responses import chat_body
+from spoolbatch.format.scoring import pairs
 
 _METADATA = {"model", "user", "metadata", "store"}
 _GENERATE = {"temperature", "top_p", "n", "stop", "seed", "presence_penalty",
@@ -37,7 +30,6 @@ _ALLOWED = {
 }
 _ROLES = {"system", "developer", "user", "assistant", "tool"}
 _PLAIN_ROLES = {"system", "user", "assistant"}
-REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 
 
 @dataclass(slots=True)
@@ -275,8 +267,6 @@ def _model(body: dict[str, Any]) -> str:
 def parse_spec(url: str, body: dict[str, Any]) -> SamplingSpec:
     """Check every field of ``body`` for ``url``; raise ``RequestError`` on the first refusal."""
     if url == RESPONSES:
-        from spoolbatch.format.responses import chat_body
-
         spec = parse_spec(CHAT, chat_body(body))
         spec.endpoint = RESPONSES
         return spec

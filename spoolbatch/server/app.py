@@ -30,7 +30,7 @@ from spoolbatch.commands.status import status as spool_status
 from spoolbatch.commands.submit import submit, validate
 from spoolbatch.config import Config
 from spoolbatch.errors import InputError, JobNotFound, SpoolbatchError
-from spoolbatch.format.validation import ENDPOINTS
+from spoolbatch.format.endpoints import ENDPOINTS
 from spoolbatch.notify import webhooks
 from spoolbatch.server.auth import BearerAuth
 from spoolbatch.server.errors import ApiError, from_library, install

@@ -9,28 +9,42 @@ a spool that the next command upgrades again. A spool without ``spool.json`` is 
 
 Adding a directory needs no new version (``require`` creates missing ones); changing what a
 file means, or where it lives, does: add a step to ``UPGRADES``.
+
+This module knows the spool only through ``Versioned`` (its root, its ``spool.json`` and
+making its directories), so ``store/spool.py`` can call it without an import circle.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Protocol
 
 import orjson
 
 from spoolbatch.errors import SpoolError, SpoolFormatError
 from spoolbatch.store.fsutil import atomic_write
 
-if TYPE_CHECKING:
-    from spoolbatch.store.spool import Spool
-
 FORMAT = 2
 # The directories every spool has had since format 1: their presence says "this is a spool".
 V1_DIRS = ("inbox", "active", "done", "deadletter", "rejected", "logs", "workers", "control", "groups")
 
 
-def read_format(spool: Spool) -> int:
+class Versioned(Protocol):
+    """What the version check needs of a spool (``Spool`` is one)."""
+
+    @property
+    def root(self) -> Path: ...
+
+    @property
+    def format_file(self) -> Path: ...
+
+    def make_dirs(self) -> None:
+        """Create any missing directory of the layout."""
+
+
+def read_format(spool: Versioned) -> int:
     """The spool's format version (1 when it has no ``spool.json``)."""
     try:
         data = orjson.loads(spool.format_file.read_bytes())
@@ -46,7 +60,7 @@ def read_format(spool: Spool) -> int:
                                     "format 1") from None
 
 
-def write_format(spool: Spool, version: int, upgraded_from: int | None = None) -> None:
+def write_format(spool: Versioned, version: int, upgraded_from: int | None = None) -> None:
     """Record ``version`` atomically."""
     record: dict[str, object] = {"format": version, "at": time.time()}
     if upgraded_from is not None:
@@ -54,15 +68,15 @@ def write_format(spool: Spool, version: int, upgraded_from: int | None = None) -
     atomic_write(spool.format_file, orjson.dumps(record, option=orjson.OPT_INDENT_2) + b"\n")
 
 
-def _v1_to_v2(spool: Spool) -> None:
+def _v1_to_v2(spool: Versioned) -> None:
     """Format 2 adds ``spool.json`` itself and the clean-up's tombstones; no file moves."""
     spool.make_dirs()
 
 
-UPGRADES: dict[int, Callable[[Spool], None]] = {1: _v1_to_v2}
+UPGRADES: dict[int, Callable[[Versioned], None]] = {1: _v1_to_v2}
 
 
-def ensure_current(spool: Spool) -> int:
+def ensure_current(spool: Versioned) -> int:
     """Refuse a newer format, upgrade an older one in place; the version found."""
     found = read_format(spool)
     if found > FORMAT:

@@ -20,8 +20,8 @@ from spoolbatch import backoff
 from spoolbatch.engines.base import Engine, PipelinedEngine
 from spoolbatch.engines.failures import engine_error
 from spoolbatch.errors import EngineError
+from spoolbatch.format.endpoints import EMBEDDINGS, GENERATION
 from spoolbatch.format.types import Outcome, Request
-from spoolbatch.format.validation import EMBEDDINGS, GENERATION
 from spoolbatch.worker import gcpolicy
 
 _PIPELINED = (*GENERATION, EMBEDDINGS)  # what engines enqueue with submit (score/rerank run on their own)
