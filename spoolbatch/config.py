@@ -26,7 +26,7 @@ ENGINE_NAMES = ("vllm", "fake", "ray")
 
 @dataclass(frozen=True, slots=True)
 class EngineSettings:
-    """What the vLLM engine is built with; defaults follow the original design."""
+    """What the vLLM engine is built with; defaults are the README's (vLLM takes 0.85 of the card's memory)."""
 
     gpu_memory_utilization: float = 0.85
     max_model_len: int | None = None

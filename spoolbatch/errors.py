@@ -1,8 +1,9 @@
 """The one exception hierarchy of spoolbatch.
 
 This module imports nothing from the package, so every other module can use it.
-User-facing errors render as one line plus an optional hint; the CLI maps each family to
-an exit code (see ``EXIT_CODES`` in ``cli.py`` and the README).
+User-facing errors render as one line plus an optional hint. Each family carries its exit
+status as the class attribute ``exit_code``, which the CLI's one error wrapper returns (the
+README's exit-code table lists them).
 """
 
 from __future__ import annotations

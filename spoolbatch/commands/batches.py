@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 
 import orjson
 
@@ -23,6 +23,7 @@ from spoolbatch.store.batches import DEFAULT_WINDOW, BatchRecord, batch_id, canc
 from spoolbatch.store.checkpoint import Checkpoint
 from spoolbatch.store.files import error_file_id, input_file_id, output_file_id
 from spoolbatch.store.jobstate import JobState
+from spoolbatch.store.rejections import Rejection
 from spoolbatch.store.spool import Spool
 
 UNRUN_CODE = {JobState.CANCELLED: "batch_cancelled", JobState.EXPIRED: "batch_expired"}
@@ -37,7 +38,7 @@ class BatchView:
     record: BatchRecord | None
     cancelling_at: float | None
     created_at: float
-    rejection: dict[str, Any] | None
+    rejection: Rejection | None
 
     @property
     def job(self) -> str:
@@ -69,11 +70,11 @@ class BatchView:
         failed = (ckpt.requests_failed if ckpt else 0) + self.unrun()
         finished = ckpt.finished_at if ckpt and state.final else None
         if state == JobState.REJECTED:
-            finished = (self.rejection or {}).get("at") or self.created_at
+            finished = (self.rejection.at if self.rejection else None) or self.created_at
         errors_data = list(rec.errors) if rec and rec.errors else []
         if state == JobState.REJECTED and not errors_data and self.rejection:
-            errors_data = [{"code": self.rejection.get("code"), "line": None,
-                            "message": self.rejection.get("reason"), "param": None}]
+            errors_data = [{"code": self.rejection.code, "line": None, "message": self.rejection.reason,
+                            "param": None}]
         stamp = _stamp
         return {
             "id": batch_id(self.job),
@@ -105,6 +106,14 @@ class BatchView:
         }
 
 
+def estimate_object(seconds: float | None, basis: str) -> dict[str, Any]:
+    """The original server's ``estimate``: minutes and seconds, or nulls with the reason none is known."""
+    if seconds is None:
+        return {"estimated_time_minutes": None, "estimated_seconds": None,
+                "reason": basis or "no estimate: the batch holds no request to run"}
+    return {"estimated_time_minutes": round(seconds / 60, 1), "estimated_seconds": round(seconds, 1), "basis": basis}
+
+
 def _stamp(value: float | None) -> int | None:
     return int(value) if value else None
 
@@ -113,14 +122,11 @@ def _view(spool: Spool, info: JobInfo) -> BatchView:
     job = info.job
     ckpt = Checkpoint.load(spool.checkpoint(job))
     record = BatchRecord.load(spool, job)
-    rejection = None
-    if info.status == JobState.REJECTED:
-        with contextlib.suppress(OSError, orjson.JSONDecodeError):
-            rejection = orjson.loads(spool.rejected_reason(job).read_bytes())
+    rejection = Rejection.load(spool, job) if info.status == JobState.REJECTED else None
     created = record.created_at if record else ckpt.created_at if ckpt else None
     if created is None:
         entry = queued_entry(spool, job) if info.status == JobState.QUEUED else None
-        created = entry.mtime if entry else (rejection or {}).get("at") or info.updated_at or 0.0
+        created = entry.mtime if entry else (rejection.at if rejection else None) or info.updated_at or 0.0
     cancelling = cancel_requested_at(spool, job) if not info.status.final else None
     return BatchView(info, ckpt, record, cancelling, float(created), rejection)
 
@@ -147,7 +153,7 @@ def error_lines(spool: Spool, job: str) -> Iterator[bytes]:
     message = "the batch was cancelled before this request ran" if view.state == JobState.CANCELLED \
         else "the batch's completion window ended before this request ran"
     parser = LineParser()
-    f = _open_input(spool, job)
+    f = spool.open_input(job)
     if f is None:
         return
     with f:
@@ -162,11 +168,3 @@ def error_lines(spool: Spool, job: str) -> Iterator[bytes]:
                     custom_id = orjson.loads(raw).get("custom_id")
             yield orjson.dumps({"id": stable_id("batch_req_", job, str(custom_id), str(n)), "custom_id": custom_id,
                                 "response": None, "error": {"code": code, "message": f"line {n}: {message}"}}) + b"\n"
-
-
-def _open_input(spool: Spool, job: str) -> BinaryIO | None:
-    """The job's input wherever it is: a worker moves it from active/ to done/ just after its final checkpoint."""
-    for path in (spool.archived_input(job), spool.input(job), spool.archived_input(job)):
-        with contextlib.suppress(FileNotFoundError):
-            return open(path, "rb")  # noqa: SIM115 - the caller closes it
-    return None

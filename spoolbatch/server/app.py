@@ -1,4 +1,5 @@
-"""The routes: OpenAI's Files and Batches API, the original server's routes, health, the web page.
+"""The routes: OpenAI's Files and Batches API, the one-step routes of the batch server spoolbatch
+replaced (kept so that server's client runs unchanged), health, the web page.
 
 Each route checks its input, calls the library the CLI calls (commands/, store/), and
 renders OpenAI's shapes. Ids are matched against their own pattern before anything else;
@@ -24,7 +25,7 @@ from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from spoolbatch.commands import catalog, control
-from spoolbatch.commands.batches import BatchView, error_lines, get_batch, list_batches
+from spoolbatch.commands.batches import BatchView, error_lines, estimate_object, get_batch, list_batches
 from spoolbatch.commands.status import Liveness, read_workers
 from spoolbatch.commands.status import status as spool_status
 from spoolbatch.commands.submit import submit, validate
@@ -136,11 +137,10 @@ class Api:
             return _blocks(catalog.results(self.spool, name))
         if kind == "errors":
             return _blocks(error_lines(self.spool, name))
-        queued = catalog.queued_entry(self.spool, name)
-        for path in (self.spool.archived_input(name), self.spool.input(name), queued.path if queued else None):
-            if path is not None and path.is_file() and not path.is_symlink():
-                return _file_blocks(path)
-        raise self.no_file(file_id)
+        path = self.spool.current_input(name)
+        if path is None:
+            raise self.no_file(file_id)
+        return _file_blocks(path)
 
     def parse_file(self, file_id: str) -> tuple[str, str]:
         """(kind, name) of a file id, or a 404."""
@@ -172,8 +172,12 @@ class Api:
             raise ApiError(404, f"No such File object: {file_id!r}.", param="input_file_id", code="not_found")
         return self.create_from(self.spool.file_content(name), body, file_id)
 
-    def create_from(self, path: Path, body: dict[str, Any], file_id: str) -> dict[str, Any]:
-        """Create a batch of the file at ``path`` (an upload) from a create body."""
+    def create_from(self, path: Path, body: dict[str, Any], file_id: str, *, one_step: bool = False) -> dict[str, Any]:
+        """Create a batch of the file at ``path`` (an upload) from a create body.
+
+        ``one_step``: the original server's answer, its keys beside the batch object's (``batch_id``,
+        ``total_requests``, ``estimate``), so its documented client runs unchanged.
+        """
         endpoint = body.get("endpoint")
         if endpoint not in ENDPOINTS:
             raise ApiError(400, f"endpoint must be one of {', '.join(ENDPOINTS)}.", param="endpoint",
@@ -203,6 +207,10 @@ class Api:
         out = view.to_openai()
         if done.estimate_seconds is not None:
             out["estimate_seconds"] = round(done.estimate_seconds, 1)
+        if one_step:
+            basis = "the batch failed validation" if done.rejected else done.estimate_basis
+            out |= {"batch_id": out["id"], "total_requests": out["request_counts"]["total"],
+                    "estimate": estimate_object(done.estimate_seconds, basis)}
         return out
 
     def batch(self, batch: str) -> dict[str, Any]:
@@ -358,7 +366,7 @@ def create_app(config: Config) -> FastAPI:
     @app.post("/v1/batches", dependencies=[auth])
     async def create_batch(request: Request) -> Response:
         if request.headers.get("content-type", "").startswith("multipart/"):
-            record, upload = await api.upload(request)  # the original server's one-step route
+            record, upload = await api.upload(request)  # one-step create, for the replaced batch server's client
             f = upload.fields
             body: dict[str, Any] = {"endpoint": f.get("endpoint") or None,
                                     "completion_window": f.get("completion_window") or "24h",
@@ -371,7 +379,7 @@ def create_app(config: Config) -> FastAPI:
                 if f.get("model") and found.model and f["model"] != found.model:
                     raise ApiError(400, f"model {f['model']!r} does not match the lines' {found.model!r}.",
                                    param="model", code="model_mismatch")
-            return _json(await run_in_threadpool(api.create_from, path, body, record.id))
+            return _json(await run_in_threadpool(api.create_from, path, body, record.id, one_step=True))
         return _json(await run_in_threadpool(api.create, await _json_body(request)))
 
     @app.get("/v1/batches", dependencies=[auth])
