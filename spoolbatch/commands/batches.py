@@ -107,7 +107,7 @@ class BatchView:
 
 
 def estimate_object(seconds: float | None, basis: str) -> dict[str, Any]:
-    """The original server's ``estimate``: minutes and seconds, or nulls with the reason none is known."""
+    """The ``estimate`` the replaced batch server answered: minutes and seconds, or nulls and the reason."""
     if seconds is None:
         return {"estimated_time_minutes": None, "estimated_seconds": None,
                 "reason": basis or "no estimate: the batch holds no request to run"}

@@ -175,7 +175,7 @@ class Api:
     def create_from(self, path: Path, body: dict[str, Any], file_id: str, *, one_step: bool = False) -> dict[str, Any]:
         """Create a batch of the file at ``path`` (an upload) from a create body.
 
-        ``one_step``: the original server's answer, its keys beside the batch object's (``batch_id``,
+        ``one_step``: also the keys the replaced batch server answered, beside the batch object's (``batch_id``,
         ``total_requests``, ``estimate``), so its documented client runs unchanged.
         """
         endpoint = body.get("endpoint")
