@@ -1,4 +1,11 @@
-"""Who may call: Bearer keys compared in constant time; with no keys, loopback only."""
+"""Who may call: Bearer keys compared in constant time; with no keys, loopback clients only.
+
+A reverse proxy on the same box connects from loopback, so without keys every client of the
+proxy would pass: a request that carries a proxy's header is not a loopback client. The check
+reads the request's own headers (uvicorn's proxy-header rewriting of the client address is also
+off without keys, see ``server.run``); a proxy that adds no header cannot be told from a local
+client, which is why a proxy needs keys (README).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +17,18 @@ from fastapi import Request
 from spoolbatch.config import Config
 from spoolbatch.errors import ConfigError
 from spoolbatch.server.errors import ApiError
+
+# The headers by which a reverse proxy names the client or the host it was asked for.
+PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip", "x-forwarded-host", "x-forwarded-proto",
+                 "x-forwarded-server", "x-client-ip", "true-client-ip", "via")
+NO_KEYS_MESSAGE = ("This server has no API keys, so it answers loopback clients only, and a request through a "
+                   "proxy ({header} header) is not one: set api_keys in config.toml or SPOOLBATCH_API_KEYS.")
+
+
+def proxy_header(request: Request) -> str | None:
+    """The first proxy header the request carries (by its raw headers), or None."""
+    headers = request.headers
+    return next((name for name in PROXY_HEADERS if name in headers), None)
 
 
 def is_loopback(host: str | None) -> bool:
@@ -39,9 +58,11 @@ class BearerAuth:
 
     async def __call__(self, request: Request) -> None:  # no I/O: runs on the event loop, no thread hop
         if not self.keys:
+            if (header := proxy_header(request)) is not None:
+                raise ApiError(401, NO_KEYS_MESSAGE.format(header=header), code="invalid_api_key")
             if not is_loopback(request.client.host if request.client else None):
-                raise ApiError(401, "This server takes requests from loopback only (it has no API keys).",
-                               code="invalid_api_key")
+                raise ApiError(401, "This server has no API keys, so it answers loopback clients only: set api_keys "
+                               "in config.toml or SPOOLBATCH_API_KEYS.", code="invalid_api_key")
             return
         header = request.headers.get("authorization", "")
         scheme, _, key = header.partition(" ")

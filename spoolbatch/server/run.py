@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from spoolbatch.config import Config
 from spoolbatch.server.auth import check_bind
 from spoolbatch.store import files as filestore
@@ -20,4 +22,9 @@ def serve(config: Config, host: str = "127.0.0.1", port: int = 8080) -> None:
     spool.ensure_api_dirs()
     filestore.sweep(spool)
     app = create_app(config)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, server_header=False)
+    if not config.api_keys:
+        print(f"spoolbatch serve: no API keys, so loopback clients only ({host}:{port}); a request carrying a "
+              "proxy header is refused: a reverse proxy needs api_keys", file=sys.stderr, flush=True)
+    # Without keys, the client's address is the connection's own: no header may rewrite it.
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, server_header=False,
+                proxy_headers=bool(config.api_keys))
