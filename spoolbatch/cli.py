@@ -418,10 +418,18 @@ def logs(job: Annotated[str, typer.Argument(help="Job id.")], spool: SpoolOpt = 
 def cancel(job: Annotated[str, typer.Argument(help="Job id.")], spool: SpoolOpt = None,
            json: JsonOpt = False) -> None:
     """Remove a queued job, or stop a running one at its next chunk boundary."""
+    from spoolbatch.commands.control import CancelOutcome
     from spoolbatch.commands.control import cancel as do_cancel
 
-    what = do_cancel(Spool(_config(spool).spool), job)
-    _json({"job": job, "result": what}) if json else out.print(f"{job}: {what}")
+    done = do_cancel(Spool(_config(spool).spool), job)
+    what = {CancelOutcome.REMOVED: "removed from the queue",
+            CancelOutcome.CANCELLED_QUEUED: "removed from the queue (kept as a cancelled job)",
+            CancelOutcome.STOP_REQUESTED: "cancel requested: the daemon stops it at the next chunk boundary, "
+                                          "checkpoint kept",
+            CancelOutcome.STOP_PENDING: "cancel requested: the job stops when a daemon next picks it up "
+                                        "(no daemon holds it now)"}[done.outcome]
+    _json({"job": done.job, "outcome": done.outcome.value, "result": what}) if json \
+        else out.print(f"{done.job}: {what}")
 
 
 @app.command()

@@ -7,8 +7,11 @@ from pathlib import Path
 
 import orjson
 import pytest
+from typer.testing import CliRunner
 
+from spoolbatch.cli import app
 from spoolbatch.commands import catalog, control
+from spoolbatch.commands.control import Cancelled, CancelOutcome
 from spoolbatch.commands.submit import submit
 from spoolbatch.config import Config
 from spoolbatch.errors import InputError, LimitExceeded
@@ -131,16 +134,32 @@ def test_job_ids_are_sanitised(name: str, job: str) -> None:
 
 def test_cancel_a_queued_job_removes_it(spool: Spool) -> None:
     drop(spool, "q.jsonl", [chat_line(1)])
-    assert "removed" in control.cancel(spool, "q")
+    assert control.cancel(spool, "q") == Cancelled("q", CancelOutcome.CANCELLED_QUEUED)
     assert not list(spool.inbox.iterdir())
     (info,) = catalog.list_jobs(spool)
     assert (info.status, info.reason) == (JobState.CANCELLED, "cancelled while queued")
 
 
+def test_cancel_of_an_odd_inbox_entry_unlinks_it_without_following_it(spool: Spool, tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere.jsonl"
+    target.write_bytes(orjson.dumps(chat_line(1)) + b"\n")
+    (spool.inbox / "odd.jsonl").symlink_to(target)
+    assert control.cancel(spool, "odd") == Cancelled("odd", CancelOutcome.REMOVED)
+    assert not list(spool.inbox.iterdir()) and target.exists() and catalog.list_jobs(spool) == []
+
+
+def test_the_cli_cancel_names_the_outcome(spool: Spool) -> None:
+    drop(spool, "q.jsonl", [chat_line(1)])
+    result = CliRunner().invoke(app, ["cancel", "q", "--spool", str(spool.root), "--json"])
+    assert result.exit_code == 0, result.output
+    data = orjson.loads(result.stdout)
+    assert (data["job"], data["outcome"]) == ("q", CancelOutcome.CANCELLED_QUEUED)
+
+
 def test_cancel_a_running_job_stops_at_a_chunk_boundary(spool: Spool, config: Config) -> None:
     drop(spool, "job.jsonl", [chat_line(i) for i in range(40)])
     crash_midway(spool, config, "job", chunks=1)
-    assert "cancel requested" in control.cancel(spool, "job")
+    assert control.cancel(spool, "job") == Cancelled("job", CancelOutcome.STOP_PENDING)  # no daemon holds it
     drain(config)
     ckpt = Checkpoint.load(spool.checkpoint("job"))
     assert ckpt is not None and ckpt.status == JobState.CANCELLED and ckpt.lines_consumed == 10
@@ -157,7 +176,8 @@ def test_a_cancelled_job_reports_the_share_of_lines_it_got_through(spool: Spool,
     daemon = Daemon(config, echo=False)
     for _ in range(2):
         assert daemon.loop_once().worked
-    assert "cancel requested" in control.cancel(spool, "big")
+    # the daemon holds the look-ahead chunk of the job it is working on
+    assert control.cancel(spool, "big") == Cancelled("big", CancelOutcome.STOP_REQUESTED)
     while daemon.loop_once().worked:
         pass
     ckpt = Checkpoint.load(spool.checkpoint("big"))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
+from enum import StrEnum
 
 from spoolbatch.commands.catalog import deadletter
 from spoolbatch.commands.submit import write_job
@@ -15,7 +17,24 @@ from spoolbatch.store.jobstate import JobState
 from spoolbatch.store.spool import InboxEntry, Spool, sanitize_job_id
 
 
-def cancel(spool: Spool, job: str) -> str:
+class CancelOutcome(StrEnum):
+    """What ``cancel`` did, one name per case (the CLI words it)."""
+
+    REMOVED = "removed"  # the inbox entry was no regular file (a link, a pipe): unlinked, no job record
+    CANCELLED_QUEUED = "cancelled_queued"  # a queued job: out of the inbox, kept as a cancelled job
+    STOP_REQUESTED = "stop_requested"  # running, a daemon holds it: it stops at the next chunk boundary
+    STOP_PENDING = "stop_pending"  # running, no daemon holds it now: it stops when one picks it up
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """The outcome of ``cancel`` for ``job`` (the id the job goes on under; a queued one keeps its own)."""
+
+    job: str
+    outcome: CancelOutcome
+
+
+def cancel(spool: Spool, job: str) -> Cancelled:
     """Remove a queued job, or stop a running one at its next chunk boundary; what happened."""
     spool.require()
     with spool.claim_lock():
@@ -23,22 +42,20 @@ def cancel(spool: Spool, job: str) -> str:
             if sanitize_job_id(entry.name) == job or entry.name == job:
                 if not entry.path.is_file() or entry.path.is_symlink():
                     os.unlink(entry.path)
-                    return "removed from the queue"
-                _cancel_queued(spool, entry)
-                return "removed from the queue (kept as a cancelled job)"
+                    return Cancelled(job, CancelOutcome.REMOVED)
+                return Cancelled(_cancel_queued(spool, entry), CancelOutcome.CANCELLED_QUEUED)
         if job in spool.running_jobs():
             atomic_write(spool.cancel_marker(job), str(time.time()).encode())
-            if spool.job_is_owned(job):
-                return "cancel requested: the daemon stops it at the next chunk boundary, checkpoint kept"
-            return "cancel requested: the job stops when a daemon next picks it up (no daemon holds it now)"
+            owned = spool.job_is_owned(job)
+            return Cancelled(job, CancelOutcome.STOP_REQUESTED if owned else CancelOutcome.STOP_PENDING)
     ckpt = Checkpoint.load(spool.checkpoint(job))
     if ckpt is not None:
         raise SpoolbatchError(f"job {job!r} is already {ckpt.status.value}; nothing to cancel")
     raise JobNotFound(job)
 
 
-def _cancel_queued(spool: Spool, entry: InboxEntry) -> None:
-    """Take a queued file out of the inbox as a job cancelled before it started (claim lock held).
+def _cancel_queued(spool: Spool, entry: InboxEntry) -> str:
+    """Take a queued file out of the inbox as a job cancelled before it started (claim lock held); its id.
 
     It keeps its id and shows as cancelled (its batch too), its input archived like a finished job's.
     """
@@ -51,6 +68,7 @@ def _cancel_queued(spool: Spool, entry: InboxEntry) -> None:
     now = time.time()
     Checkpoint(job=job, status=JobState.CANCELLED, input_name=name, total_lines=lines, created_at=now,
                finished_at=now, message="cancelled while queued").save(spool.checkpoint(job))
+    return job
 
 
 def retry(spool: Spool, job: str) -> tuple[str, int]:
