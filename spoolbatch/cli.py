@@ -18,8 +18,8 @@ from typing import Annotated, Any, TypeVar
 import orjson
 import typer
 from rich.console import Console
-from rich.table import Table
 
+from spoolbatch.commands.tables import Col, FitTable, print_table
 from spoolbatch.config import Config, load_config
 from spoolbatch.errors import BadLines, ConfigError, SpoolbatchError
 from spoolbatch.store.jobstate import JobState
@@ -237,22 +237,26 @@ def _run_bars(daemon: Any) -> Any:
         yield bars
 
 
-def _status_table(data: dict[str, Any]) -> Table:
-    table = Table(title=f"spool {data['spool']}", title_justify="left")
+# Columns of `status` and `list`, most important first; in a narrow terminal the highest ``drop`` goes first.
+_JOB_COLS = (Col("job"), Col("status", fold=True), Col("progress", right=True), Col("done", right=True, drop=3),
+             Col("deadletter", right=True, drop=4), Col("retries", right=True, drop=6),
+             Col("tokens", right=True, drop=5), Col("eta", right=True, drop=2))
+_BATCH_COLS = (Col("batch", drop=8), Col("metadata", drop=7, fold=True))
+
+
+def _status_table(data: dict[str, Any]) -> FitTable:
     # Batch ids and metadata once any job has a batch record (the HTTP API's, or submit --metadata).
     batches = any(j.get("metadata") is not None for j in data["jobs"])
-    for col in ("job", "status", "progress", "done", "deadletter", "retries", "tokens", "eta",
-                *(("batch", "metadata") if batches else ())):
-        table.add_column(col, justify="right" if col not in ("job", "status", "batch", "metadata") else "left")
+    rows = []
     for j in data["jobs"]:
         workers = f", {j['workers']} workers" if (j.get("workers") or 0) > 1 else ""
         extra = (j.get("batch") or "", " ".join(f"{k}={v}" for k, v in (j.get("metadata") or {}).items())) \
             if batches else ()
-        table.add_row(j["job"], j["status"] + workers + (f" ({j['reason']})" if j.get("reason") else ""),
-                      f"{100 * j['progress']:.1f}%", f"{j['requests_done']:,}", f"{j['requests_failed']:,}",
-                      f"{j.get('retries', 0):,}", f"{j['tokens']:,}",
-                      _duration(j["eta_seconds"]) if j["status"] == JobState.RUNNING else "-", *extra)
-    return table
+        rows.append((j["job"], j["status"] + workers + (f" ({j['reason']})" if j.get("reason") else ""),
+                     f"{100 * j['progress']:.1f}%", f"{j['requests_done']:,}", f"{j['requests_failed']:,}",
+                     f"{j.get('retries', 0):,}", f"{j['tokens']:,}",
+                     _duration(j["eta_seconds"]) if j["status"] == JobState.RUNNING else "-", *extra))
+    return FitTable(_JOB_COLS + (_BATCH_COLS if batches else ()), rows, title=f"spool {data['spool']}")
 
 
 def _render_status(data: dict[str, Any]) -> list[Any]:
@@ -303,7 +307,7 @@ def status(
         return
     if not watch:
         for line in _render_status(gather(sp, job).to_dict()):
-            out.print(line)
+            print_table(out, line) if isinstance(line, FitTable) else out.print(line)
         return
     from rich.live import Live
 
@@ -321,24 +325,24 @@ def status(
 @handles_errors
 def list_(spool: SpoolOpt = None, json: JsonOpt = False) -> None:
     """Every job: queued, running, finished, refused; and the groups `submit --split` made."""
-    from spoolbatch.commands.catalog import list_groups, list_jobs
+    from spoolbatch.commands.catalog import list_groups
+    from spoolbatch.commands.status import jobs_now
 
     sp = Spool(_config(spool).spool)
-    jobs = list_jobs(sp)
+    jobs = jobs_now(sp)
     if json:
         _json([j.to_dict() for j in jobs])  # each part names its group
         return
-    out.print(_status_table({"spool": sp.root, "jobs": [j.to_dict() for j in jobs]}))
+    print_table(out, _status_table({"spool": sp.root, "jobs": [j.to_dict() for j in jobs]}))
     groups = list_groups(sp, jobs)
     if groups:
-        table = Table(title="groups (submit --split): `spoolbatch results GROUP` returns all their parts' lines",
-                      title_justify="left")
-        for col in ("group", "status", "jobs", "progress", "done", "deadletter", "tokens"):
-            table.add_column(col, justify="left" if col in ("group", "status") else "right")
-        for g in groups:
-            table.add_row(g.group, g.status, str(g.jobs), f"{100 * g.progress:.1f}%", f"{g.requests_done:,}",
-                          f"{g.requests_failed:,}", f"{g.tokens:,}")
-        out.print(table)
+        cols = (Col("group"), Col("status"), Col("jobs", right=True, drop=1), Col("progress", right=True),
+                Col("done", right=True, drop=2), Col("deadletter", right=True, drop=3),
+                Col("tokens", right=True, drop=4))
+        rows = [(g.group, g.status, str(g.jobs), f"{100 * g.progress:.1f}%", f"{g.requests_done:,}",
+                 f"{g.requests_failed:,}", f"{g.tokens:,}") for g in groups]
+        print_table(out, FitTable(cols, rows, title="groups (submit --split): 'spoolbatch results GROUP' "
+                                  "returns all their parts' lines"))
 
 
 def _write_lines(lines: Any, output: Path | None) -> int:
@@ -389,13 +393,11 @@ def deadletter(job: Annotated[str, typer.Argument(help="Job id or group name.")]
     if json:
         _json(items)
         return
-    table = Table(title=f"deadletter of {job}: {len(items)} record(s)", title_justify="left")
-    for col in ("line", "custom_id", "code", "message", "attempts"):
-        table.add_column(col)
-    for r in items:
-        table.add_row(str(r["line"]), str(r.get("custom_id") or "-"), r["error"]["code"], r["error"]["message"],
-                      str(r.get("attempts", 0)))
-    out.print(table)
+    cols = (Col("line", right=True), Col("custom_id"), Col("code"), Col("message", fold=True),
+            Col("attempts", right=True, drop=1))
+    rows = [(str(r["line"]), str(r.get("custom_id") or "-"), r["error"]["code"], r["error"]["message"],
+             str(r.get("attempts", 0))) for r in items]
+    print_table(out, FitTable(cols, rows, title=f"deadletter of {job}: {len(items)} record(s)"))
 
 
 @app.command()
@@ -454,12 +456,9 @@ def models(spool: SpoolOpt = None, json: JsonOpt = False) -> None:
     if json:
         _json({"default": default_model(), "models": [m.to_dict() for m in items]})
         return
-    table = Table(title=f"models (default here: {default_model()})", title_justify="left")
-    for col in ("name", "kind", "source", "ready", "path / note"):
-        table.add_column(col)
-    for m in items:
-        table.add_row(m.name, m.kind, m.source, "yes" if m.ready else "no", m.path or m.note)
-    out.print(table)
+    cols = (Col("name"), Col("kind", drop=2), Col("source", drop=3), Col("ready"), Col("path / note", fold=True))
+    rows = [(m.name, m.kind, m.source, "yes" if m.ready else "no", m.path or m.note) for m in items]
+    print_table(out, FitTable(cols, rows, title=f"models (default here: {default_model()})"))
 
 
 @app.command()

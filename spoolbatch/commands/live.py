@@ -18,6 +18,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from spoolbatch.commands.tables import Col, FitTable
 from spoolbatch.store.jobstate import JobState
 
 # Jobs the live view lists, running ones first; finished ones beyond this are counted, not shown.
@@ -29,6 +30,11 @@ _STATE_STYLE: dict[str, str] = {
     JobState.COMPLETED: "green", JobState.FAILED: "red", JobState.REJECTED: "red", JobState.EXPIRED: "yellow",
     JobState.CANCELLED: "yellow", JobState.MISSING: "red"}
 _LIVENESS_STYLE = {"alive": "green", "stale": "yellow", "dead": "red", "stopped": "dim"}
+_PLAIN: dict[str, Any] = dict(box=None, show_header=True, header_style="bold", pad_edge=False)
+# A narrow terminal loses the bar first, then tok/s...; job, status and the percentage always stay.
+_JOB_COLS = (Col("job"), Col("status"), Col("progress", drop=8), Col("", right=True), Col("lines", right=True, drop=5),
+             Col("deadletter", right=True, drop=4), Col("req/s", right=True, drop=3), Col("tok/s", right=True, drop=7),
+             Col("elapsed", right=True, drop=6), Col("eta", right=True, drop=2))
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,13 +100,10 @@ def _gauge(value: float | None, limit: float, text: str, width: int = BAR_WIDTH)
 
 
 def _workers(data: dict[str, Any], limits: Limits) -> list[RenderableType]:
-    rows: list[RenderableType] = []
     if not data["workers"]:
         return [Text("workers: none has run on this spool", style="yellow")]
-    table = Table(box=None, show_header=True, header_style="bold", pad_edge=False, title="workers",
-                  title_justify="left", title_style="bold")
-    for col in ("worker", "liveness", "state", "doing", "seen"):
-        table.add_column(col)
+    cols = (Col("worker"), Col("liveness"), Col("state"), Col("doing", fold=True), Col("seen", right=True, drop=1))
+    rows: list[tuple[RenderableType, ...]] = []
     gpus = Table(box=None, show_header=True, header_style="bold", pad_edge=False)
     for col in ("gpu", f"memory (gate at {limits.memory_pct:g}%)",
                 f"temperature (gate at {limits.temperature_c:g}°C)", "busy"):
@@ -121,9 +124,9 @@ def _workers(data: dict[str, Any], limits: Limits) -> list[RenderableType]:
             doing = Text("-", style="dim")
         if w.get("cuda_visible_devices"):
             doing = Text.assemble(f"[GPU {w['cuda_visible_devices']}] ", doing)
-        table.add_row(str(w.get("worker")), Text(live, style=_LIVENESS_STYLE.get(live, "")),
-                      Text(state, style="bold yellow" if state == "waiting" else ""), doing,
-                      f"{w.get('age_seconds', 0)}s ago")
+        rows.append((str(w.get("worker")), Text(live, style=_LIVENESS_STYLE.get(live, "")),
+                     Text(state, style="bold yellow" if state == "waiting" else ""), doing,
+                     f"{w.get('age_seconds', 0)}s ago"))
         gpu = w.get("gpu") or {}
         if live in ("alive", "stale"):
             for d in gpu.get("devices") or []:
@@ -134,10 +137,10 @@ def _workers(data: dict[str, Any], limits: Limits) -> list[RenderableType]:
                              _gauge(d.get("memory_pct"), limits.memory_pct, f"{d.get('memory_pct', 0):.1f}%"),
                              _gauge(temp, limits.temperature_c, f"{temp}°C"),
                              "-" if util is None else f"{util}%")
-    rows.append(table)
+    parts: list[RenderableType] = [FitTable(cols, rows, title=Text("workers", style="bold"), **_PLAIN)]
     if any_gpu:
-        rows.append(gpus)
-    return rows
+        parts.append(gpus)
+    return parts
 
 
 def _jobs(data: dict[str, Any], now: float) -> list[RenderableType]:
@@ -146,12 +149,7 @@ def _jobs(data: dict[str, Any], now: float) -> list[RenderableType]:
     queued = [j for j in jobs if j["status"] == JobState.QUEUED]
     finished = sorted((j for j in jobs if j["status"] not in _ACTIVE and j["status"] != JobState.QUEUED),
                       key=lambda j: j.get("updated_at") or 0, reverse=True)
-    table = Table(box=None, show_header=True, header_style="bold", pad_edge=False, title="jobs",
-                  title_justify="left", title_style="bold")
-    for col, right in (("job", False), ("status", False), ("progress", False), ("", True), ("lines", True),
-                       ("deadletter", True), ("req/s", True), ("tok/s", True), ("elapsed", True),
-                       ("eta", True)):
-        table.add_column(col, justify="right" if right else "left", no_wrap=col in ("job", "lines"))
+    rows: list[tuple[RenderableType, ...]] = []
     for j in active + queued + finished[:MAX_FINISHED_SHOWN]:
         status = j["status"] + (f" ×{j['workers']}" if (j.get("workers") or 0) > 1 else "")
         pct = f"{100 * j.get('progress', 0):.1f}%"
@@ -163,17 +161,17 @@ def _jobs(data: dict[str, Any], now: float) -> list[RenderableType]:
         elapsed = (now if running else (j.get("updated_at") or now)) - started if started else None
         total = j.get("total_lines") or 0
         done = f"{j.get('lines_consumed', 0):,}/{total:,}" if total else "-"
-        table.add_row(j["job"], Text(status, style=_STATE_STYLE.get(j["status"], "")), bar,
-                      pct if j["status"] != JobState.QUEUED else "", done, f"{j.get('requests_failed', 0):,}",
-                      _rate(rps), _rate(tps), duration(elapsed),
-                      duration(j.get("eta_seconds")) if running else "-")
-    rows: list[RenderableType] = [table]
+        rows.append((j["job"], Text(status, style=_STATE_STYLE.get(j["status"], "")), bar,
+                     pct if j["status"] != JobState.QUEUED else "", done, f"{j.get('requests_failed', 0):,}",
+                     _rate(rps), _rate(tps), duration(elapsed),
+                     duration(j.get("eta_seconds")) if running else "-"))
+    parts: list[RenderableType] = [FitTable(_JOB_COLS, rows, title=Text("jobs", style="bold"), **_PLAIN)]
     if len(finished) > MAX_FINISHED_SHOWN:
-        rows.append(Text(f"... and {len(finished) - MAX_FINISHED_SHOWN} more finished job(s): `spoolbatch list`",
-                         style="dim"))
+        parts.append(Text(f"... and {len(finished) - MAX_FINISHED_SHOWN} more finished job(s): `spoolbatch list`",
+                          style="dim"))
     if not jobs:
-        rows = [Text("jobs: none yet (drop a file into inbox/ or `spoolbatch submit FILE`)", style="dim")]
-    return rows
+        parts = [Text("jobs: none yet (drop a file into inbox/ or `spoolbatch submit FILE`)", style="dim")]
+    return parts
 
 
 def live_view(data: dict[str, Any], limits: Limits | None = None, *, now: float | None = None,
