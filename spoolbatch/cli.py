@@ -357,7 +357,7 @@ def status(
 @app.command("list")
 @handles_errors
 def list_(spool: SpoolOpt = None, json: JsonOpt = False) -> None:
-    """Every job: queued, running, finished, refused; and the groups `submit --split` made."""
+    """Every job: queued, running, finished, refused; and the groups that submit --split made."""
     from spoolbatch.commands.catalog import list_groups
     from spoolbatch.commands.status import jobs_now
 
@@ -438,7 +438,7 @@ def deadletter(job: Annotated[str, typer.Argument(help="Job id or group name.")]
 def logs(job: Annotated[str, typer.Argument(help="Job id.")], spool: SpoolOpt = None,
          tail: Annotated[int | None, typer.Option("-n", "--tail", help="Only the last N lines.")] = None,
          json: JsonOpt = False) -> None:
-    """The job's log: claim, chunks, retries, end (``--json``: its events)."""
+    """The job's log: claim, chunks, retries, end (with --json, its events)."""
     from spoolbatch.commands.catalog import log_events, log_lines
 
     if json:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from importlib.metadata import PackageNotFoundError, version
@@ -65,3 +66,33 @@ def test_version_reads_either_vllm_distribution(installed: dict[str, str], line:
 
     first, second = versions(lookup)
     assert first == "spoolbatch 9.9.9" and second.startswith(line)
+
+
+# Markup a reader would see as stray characters: reST literals and roles, Markdown code, bold and
+# links, rich's style tags. Help text is plain words.
+MARKUP = re.compile(r"`|\*\*|:[a-z]+:`|^\s*\.\. |\]\(|\[/?(bold|italic|dim|red|green|yellow|cyan|link)[^\]]*\]",
+                    re.MULTILINE)
+
+
+def _commands() -> list[list[str]]:
+    import typer.main
+
+    from spoolbatch.cli import app
+
+    group = typer.main.get_command(app)
+    names = sorted(getattr(group, "commands", {}))
+    assert "logs" in names and "serve" in names
+    return [[], *([name] for name in names)]
+
+
+@pytest.mark.parametrize("args", _commands(), ids=lambda a: " ".join(a) or "spoolbatch")
+def test_help_is_plain_text(args: list[str]) -> None:
+    from typer.testing import CliRunner
+
+    from spoolbatch.cli import app
+
+    result = CliRunner().invoke(app, [*args, "--help"], terminal_width=100)
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output
+    found = [m.group(0) for m in MARKUP.finditer(result.output)]
+    assert not found, f"markup in `spoolbatch {' '.join(args)} --help`: {found}\n{result.output}"
