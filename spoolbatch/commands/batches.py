@@ -3,14 +3,19 @@
 Every job is a batch (one dropped with `cp` too); its status is ``JobState.openai_status``
 of the state `list` shows, ``cancelling`` while a cancel is pending. A cancelled or expired
 batch's requests that never ran are error lines (``batch_cancelled``, ``batch_expired``),
-made when the error file is read, from the archived input past the checkpoint's offset.
+made when the error file is read, from the job's input past the checkpoint's offset.
+
+Expiry is read from the clock as well as from the checkpoint: a batch whose window has passed
+while no worker runs a chunk of it (queued, just claimed, interrupted) is ``expired`` at once, as
+the worker that next looks at it will make it (``by_clock``), instead of ``validating`` forever.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -19,14 +24,37 @@ from spoolbatch.commands.catalog import JobInfo, errors, job_info, list_jobs, qu
 from spoolbatch.format.bodies import stable_id
 from spoolbatch.format.lines import LineParser
 from spoolbatch.format.types import Request
-from spoolbatch.store.batches import DEFAULT_WINDOW, BatchRecord, batch_id, cancel_requested_at
+from spoolbatch.store.batches import DEFAULT_WINDOW, BatchRecord, batch_id, cancel_requested_at, stop_state
 from spoolbatch.store.checkpoint import Checkpoint
 from spoolbatch.store.files import error_file_id, input_file_id, output_file_id
+from spoolbatch.store.fsutil import count_lines
 from spoolbatch.store.jobstate import JobState
 from spoolbatch.store.rejections import Rejection
 from spoolbatch.store.spool import Spool
 
 UNRUN_CODE = {JobState.CANCELLED: "batch_cancelled", JobState.EXPIRED: "batch_expired"}
+WINDOW_PASSED = "completion window passed before a worker ran it"
+_UNFINISHED = frozenset({JobState.QUEUED, JobState.CLAIMED, JobState.RUNNING, JobState.INTERRUPTED})
+
+
+def by_clock(spool: Spool, info: JobInfo, now: float | None = None) -> JobInfo:
+    """``info``, or ``info`` as expired once its batch's window has passed and no worker runs a chunk of it.
+
+    A worker ends such a job expired when it next looks at it (``stop_state``, which a pending
+    cancel outranks); until one does, the clock says what it will be. A job a live worker holds
+    stays as it is: its chunk in flight may still commit, or finish the job.
+    """
+    if info.status not in _UNFINISHED or stop_state(spool, info.job, now) != JobState.EXPIRED:
+        return info
+    if info.status == JobState.RUNNING and (info.owned or (info.owned is None and spool.job_is_owned(info.job))):
+        return info
+    return replace(info, status=JobState.EXPIRED, eta_seconds=None, reason=info.reason or WINDOW_PASSED)
+
+
+def jobs_by_clock(spool: Spool, jobs: list[JobInfo], now: float | None = None) -> list[JobInfo]:
+    """``by_clock`` of each job (one clock reading for all)."""
+    now = time.time() if now is None else now
+    return [by_clock(spool, j, now) for j in jobs]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +67,7 @@ class BatchView:
     cancelling_at: float | None
     created_at: float
     rejection: Rejection | None
+    lines: int = 0  # lines of the input, counted only for a batch expired (by the clock) before a worker came
 
     @property
     def job(self) -> str:
@@ -56,10 +85,12 @@ class BatchView:
         return max(ckpt.total_lines if ckpt else 0, rec.requests if rec else 0)
 
     def unrun(self) -> int:
-        """Requests a cancel or an expiry left without an answer."""
+        """Requests a cancel or an expiry left without an answer (all of them: expired before a worker came)."""
         ckpt = self.checkpoint
-        if self.state not in UNRUN_CODE or ckpt is None:
+        if self.state not in UNRUN_CODE:
             return 0
+        if ckpt is None:
+            return (self.lines or self.total()) if self.state == JobState.EXPIRED else 0
         return max(0, ckpt.total_lines - ckpt.lines_consumed)
 
     def to_openai(self) -> dict[str, Any]:
@@ -69,6 +100,8 @@ class BatchView:
         done = ckpt.requests_done if ckpt else 0
         failed = (ckpt.requests_failed if ckpt else 0) + self.unrun()
         finished = ckpt.finished_at if ckpt and state.final else None
+        if state == JobState.EXPIRED and finished is None:  # expired by the clock: no worker has ended it yet
+            finished = rec.expires_at if rec else None
         if state == JobState.REJECTED:
             finished = (self.rejection.at if self.rejection else None) or self.created_at
         errors_data = list(rec.errors) if rec and rec.errors else []
@@ -128,17 +161,23 @@ def _view(spool: Spool, info: JobInfo) -> BatchView:
         entry = queued_entry(spool, job) if info.status == JobState.QUEUED else None
         created = entry.mtime if entry else (rejection.at if rejection else None) or info.updated_at or 0.0
     cancelling = cancel_requested_at(spool, job) if not info.status.final else None
-    return BatchView(info, ckpt, record, cancelling, float(created), rejection)
+    lines = 0
+    if info.status == JobState.EXPIRED and ckpt is None and record is not None and record.allow_bad_lines:
+        # Its bad lines are not in the record's count, and no worker has counted the lines yet.
+        path = spool.current_input(job)
+        with contextlib.suppress(OSError):
+            lines = count_lines(path)[1] if path is not None else 0
+    return BatchView(info, ckpt, record, cancelling, float(created), rejection, lines)
 
 
 def get_batch(spool: Spool, job: str) -> BatchView:
     """The batch of ``job``, or ``JobNotFound``."""
-    return _view(spool, job_info(spool, job, probe_owner=False))
+    return _view(spool, by_clock(spool, job_info(spool, job, probe_owner=False)))
 
 
 def list_batches(spool: Spool) -> list[BatchView]:
     """Every batch of the spool, newest first."""
-    views = [_view(spool, info) for info in list_jobs(spool)]
+    views = [_view(spool, info) for info in jobs_by_clock(spool, list_jobs(spool))]
     views.sort(key=lambda v: (v.created_at, v.job), reverse=True)
     return views
 
@@ -148,8 +187,9 @@ def error_lines(spool: Spool, job: str) -> Iterator[bytes]:
     yield from errors(spool, job)
     view = get_batch(spool, job)
     ckpt, code = view.checkpoint, UNRUN_CODE.get(view.state)
-    if ckpt is None or code is None or ckpt.lines_consumed >= ckpt.total_lines:
+    if code is None or not view.unrun():
         return
+    first_line, offset = (ckpt.lines_consumed + 1, ckpt.bytes_consumed) if ckpt else (1, 0)
     message = "the batch was cancelled before this request ran" if view.state == JobState.CANCELLED \
         else "the batch's completion window ended before this request ran"
     parser = LineParser()
@@ -157,8 +197,8 @@ def error_lines(spool: Spool, job: str) -> Iterator[bytes]:
     if f is None:
         return
     with f:
-        f.seek(ckpt.bytes_consumed)
-        for n, raw in enumerate(f, start=ckpt.lines_consumed + 1):
+        f.seek(offset)
+        for n, raw in enumerate(f, start=first_line):
             parsed = parser.parse(raw, n)
             if parsed is None:
                 continue

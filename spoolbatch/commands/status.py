@@ -10,13 +10,14 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from spoolbatch.commands.batches import jobs_by_clock
 from spoolbatch.commands.catalog import JobInfo, list_jobs
 from spoolbatch.store.diskspace import DiskUsage, spool_usage
 from spoolbatch.store.jobstate import JobState
 from spoolbatch.store.liveness import Liveness, liveness, pid_exists, read_workers
 from spoolbatch.store.spool import Spool
 
-__all__ = ["Liveness", "SpoolStatus", "liveness", "pid_exists", "read_workers", "status", "with_workers"]
+__all__ = ["Liveness", "SpoolStatus", "jobs_now", "liveness", "pid_exists", "read_workers", "status", "with_workers"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +47,7 @@ class SpoolStatus:
 def status(spool: Spool, job: str | None = None) -> SpoolStatus:
     """Gather the spool's status (one job's, when ``job`` is given)."""
     spool.require()
-    jobs = list_jobs(spool)
+    jobs = jobs_now(spool)
     if job is not None:
         from spoolbatch.errors import JobNotFound
 
@@ -55,6 +56,11 @@ def status(spool: Spool, job: str | None = None) -> SpoolStatus:
             raise JobNotFound(job)
     workers = read_workers(spool)
     return SpoolStatus(str(spool.root), workers, with_workers(jobs, workers), spool_usage(spool))
+
+
+def jobs_now(spool: Spool, now: float | None = None) -> list[JobInfo]:
+    """Every job as `list` and `status` show it: a batch whose window passed while no worker ran it is expired."""
+    return jobs_by_clock(spool, list_jobs(spool), now)
 
 
 def with_workers(jobs: list[JobInfo], workers: list[dict[str, Any]]) -> list[JobInfo]:
