@@ -19,7 +19,8 @@ from spoolbatch.store.batches import BatchRecord, batch_id
 from spoolbatch.store.checkpoint import Checkpoint
 from spoolbatch.store.joblog import read_log, render
 from spoolbatch.store.jobstate import JobState
-from spoolbatch.store.spool import InboxEntry, Spool, sanitize_job_id
+from spoolbatch.store.rejections import Rejection
+from spoolbatch.store.spool import InboxEntry, Spool, Stage, sanitize_job_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,26 +61,28 @@ def _from_checkpoint(ckpt: Checkpoint, owned: bool | None = None) -> JobInfo:
                    started_at=ckpt.started_at, busy_seconds=round(ckpt.busy_seconds, 3))
 
 
+def _from_rejection(rejection: Rejection) -> JobInfo:
+    return JobInfo(rejection.job, JobState.REJECTED, reason=rejection.reason, updated_at=rejection.at)
+
+
 def list_jobs(spool: Spool) -> list[JobInfo]:
     """Every job of the spool: queued, running, finished and refused ones."""
     spool.require()
     jobs: dict[str, JobInfo] = {}
-    for entry in spool.inbox_entries():
-        job = sanitize_job_id(entry.name)
-        jobs[job] = JobInfo(job, JobState.QUEUED, updated_at=entry.mtime)
-    for path in sorted(spool.done.glob("*.checkpoint.json")):
-        ckpt = Checkpoint.load(path)
+    for queued in spool.inbox_entries():
+        job = sanitize_job_id(queued.name)
+        jobs[job] = JobInfo(job, JobState.QUEUED, updated_at=queued.mtime)
+    for entry in spool.jobs(Stage.CHECKPOINTED):
+        ckpt = Checkpoint.load(entry.path)
         if ckpt is not None:
             owned = spool.job_is_owned(ckpt.job) if ckpt.status == JobState.RUNNING else None
             jobs[ckpt.job] = _from_checkpoint(ckpt, owned)
     for job in spool.running_jobs():
         if job not in jobs:
             jobs[job] = JobInfo(job, JobState.CLAIMED, owned=spool.job_is_owned(job))
-    for path in sorted(spool.rejected.glob("*.reason.json")):
-        with contextlib.suppress(OSError, orjson.JSONDecodeError):
-            data = orjson.loads(path.read_bytes())
-            jobs[data["job"]] = JobInfo(data["job"], JobState.REJECTED, reason=data.get("reason"),
-                                        updated_at=data.get("at"))
+    for entry in spool.jobs(Stage.REJECTED):
+        if (rejection := Rejection.load(spool, entry.job)) is not None:
+            jobs[rejection.job] = _from_rejection(rejection)
     for group, parts in read_groups(spool).items():
         for job in parts:
             if job in jobs:
@@ -93,11 +96,8 @@ def _with_batch(spool: Spool, info: JobInfo) -> JobInfo:
 
 
 def queued_entry(spool: Spool, job: str) -> InboxEntry | None:
-    """The inbox file that will become ``job``, if it is queued."""
-    for entry in spool.inbox_entries():
-        if sanitize_job_id(entry.name) == job:
-            return entry
-    return None
+    """The inbox file that will become ``job``, if it is queued (``Spool.queued_entry``)."""
+    return spool.queued_entry(job)
 
 
 def job_info(spool: Spool, job: str, *, probe_owner: bool = True) -> JobInfo:
@@ -108,10 +108,8 @@ def job_info(spool: Spool, job: str, *, probe_owner: bool = True) -> JobInfo:
     """
     spool.require()
     info: JobInfo | None = None
-    if spool.rejected_reason(job).exists():
-        with contextlib.suppress(OSError, orjson.JSONDecodeError):
-            data = orjson.loads(spool.rejected_reason(job).read_bytes())
-            info = JobInfo(job, JobState.REJECTED, reason=data.get("reason"), updated_at=data.get("at"))
+    if (rejection := Rejection.load(spool, job)) is not None:
+        info = replace(_from_rejection(rejection), job=job)
     if info is None and (ckpt := Checkpoint.load(spool.checkpoint(job))) is not None:
         probe = probe_owner and ckpt.status == JobState.RUNNING
         info = _from_checkpoint(ckpt, spool.job_is_owned(job) if probe else None)

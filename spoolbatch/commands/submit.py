@@ -24,7 +24,7 @@ from spoolbatch.store.checkpoint import Checkpoint
 from spoolbatch.store.fsutil import atomic_write, atomic_writer, fsync_dir, unique_suffix
 from spoolbatch.store.jobstate import JobState
 from spoolbatch.store.rejections import write_reason
-from spoolbatch.store.spool import Spool, sanitize_job_id
+from spoolbatch.store.spool import Spool, Stage, sanitize_job_id
 
 MAX_KEPT = 1000  # bad lines a validation keeps to report (it counts them all)
 
@@ -141,12 +141,8 @@ def _copy(path: Path) -> Iterator[bytes]:
 def estimate(spool: Spool, validation: Validation) -> tuple[float | None, str]:
     """Seconds the job may take, from the throughput of jobs this spool finished before."""
     lines = seconds = 0.0
-    try:
-        paths = list(spool.done.glob("*.checkpoint.json"))
-    except OSError:
-        paths = []
-    for p in paths[-50:]:
-        ckpt = Checkpoint.load(p)
+    for entry in list(spool.jobs(Stage.CHECKPOINTED))[-50:]:
+        ckpt = Checkpoint.load(entry.path)
         if ckpt and ckpt.status == JobState.COMPLETED and ckpt.busy_seconds > 0:
             lines += ckpt.lines_consumed
             seconds += ckpt.busy_seconds

@@ -346,8 +346,12 @@ class VllmEngine:
         return list(self._tokenizer.encode(spec.prompt))
 
     def chat_tools(self) -> Any:
-        """vLLM's request model, renderer and parsers for tools and reasoning (``vllm_tools``)."""
-        if self._chat is None:
+        """vLLM's request model, renderer and parsers for tools and reasoning (``vllm_tools``).
+
+        Built on first use, and again when the settings name other parsers.
+        """
+        names = (self.settings.tool_call_parser or None, self.settings.reasoning_parser or None)
+        if self._chat is None or (self._chat.tool_call_parser, self._chat.reasoning_parser) != names:
             from spoolbatch.engines.media import MediaPolicy
             from spoolbatch.engines.vllm_tools import ChatTools
 

@@ -6,9 +6,17 @@ It is done the way vLLM's OpenAI server does it, with vLLM's own pieces:
 
 - the body becomes vLLM's ``ChatCompletionRequest`` (its request model);
 - vLLM's ``Parser`` (reasoning parser + tool parser, chosen by the ``reasoning_parser`` and
-  ``tool_call_parser`` settings) adjusts it: for ``tool_choice`` ``required`` or a named
-  function that sets structured output from the tools' schemas, so every model gives a
-  valid call; ``auto`` needs a configured tool parser and is refused per line without one;
+  ``tool_call_parser`` settings) adjusts it; ``auto`` needs a configured tool parser and is
+  refused per line without one;
+- ``tool_choice`` ``required`` or a named function takes vLLM's generic JSON tool-call path
+  whatever tool parser is set: structured output from the tools' schemas, the answer read
+  as JSON (as vLLM's server does for parsers without a structural tag, e.g. ``pythonic``),
+  so every model gives a call whose arguments follow the schema. vLLM 0.32's own forced
+  path for hermes, qwen3, glm, kimi and others is an xgrammar structural tag, which the
+  engine's structured-output backend (llguidance, ``vllm_engine``) refuses ("Invalid
+  grammar specification: 'triggers'"), and some parsers (gemma4, dots) force nothing at
+  all. For ``auto`` such a tag (strict tools, ``parallel_tool_calls`` false) is left out, as
+  vLLM's server does when it cannot build one: the text is free and the parser reads it;
 - the conversation is rendered by vLLM's offline chat renderer (tools and the chat template
   arguments given to the template; replayed tool-call arguments decoded as vLLM does);
 - the finished text goes back through the same ``Parser`` for reasoning, content and calls.
@@ -61,7 +69,7 @@ class ChatTools:
         self.render = render  # LLM._preprocess_chat_one: vLLM's offline chat renderer, LLM.chat's
         self.tool_call_parser = tool_call_parser or None
         self.reasoning_parser = reasoning_parser or None
-        self.parser_cls = self._parser_class()
+        self.parser_cls, self.forced_parser_cls = self._parser_classes()
 
     @classmethod
     def for_llm(cls, llm: Any, *, tool_call_parser: str | None, reasoning_parser: str | None,
@@ -70,42 +78,45 @@ class ChatTools:
         return cls(llm.get_tokenizer(), llm.llm_engine.model_config, llm._preprocess_chat_one,
                    tool_call_parser=tool_call_parser, reasoning_parser=reasoning_parser, media=media)
 
-    def _parser_class(self) -> Any:
-        """vLLM's composed parser class; a generic JSON tool parser stands in when none is named.
+    def _parser_classes(self) -> tuple[Any, Any]:
+        """vLLM's composed parser class, and its twin for forced calls (see the module doc).
 
-        Raises ``RequestError`` (``parser_unavailable``) when a named parser is unknown or does
-        not fit the model's tokenizer.
+        Raises ``RequestError`` (``parser_unavailable``) when a named parser is unknown, does
+        not fit the model's tokenizer, or needs a package that is not installed.
 
-        The generic one (vLLM's base ``ToolParser``) is what the server uses for ``required``
-        and a named function: structured output from the schemas, the answer read as JSON.
+        The twin keeps the reasoning parser and answers ``required`` and a named function with
+        vLLM's base ``ToolParser``: structured output from the schemas, the answer read as JSON.
+        With no tool parser named, the composed class gets that base parser too.
         """
         from vllm.parser import ParserManager
         from vllm.parser.abstract_parser import DelegatingParser
         from vllm.tool_parsers.abstract_tool_parser import ToolParser
 
         config = self.model_config
+        harmony = getattr(getattr(config, "hf_config", None), "model_type", None) == "gpt_oss"
         try:
+            if self.tool_call_parser == "openai" and not harmony:  # vLLM's stub outside gpt-oss
+                raise ValueError("the 'openai' tool parser reads only gpt-oss (harmony) output")
             composed = ParserManager.get_parser(
                 tool_parser_name=self.tool_call_parser, reasoning_parser_name=self.reasoning_parser,
                 enable_auto_tools=self.tool_call_parser is not None,
-                model_name=getattr(config, "model", None),
-                is_harmony=getattr(getattr(config, "hf_config", None), "model_type", None) == "gpt_oss",
-                tokenizer=self.tokenizer)
-        except (TypeError, KeyError, ValueError) as exc:
+                model_name=getattr(config, "model", None), is_harmony=harmony, tokenizer=self.tokenizer)
+        except (TypeError, KeyError, ValueError, ImportError) as exc:
             # Per line, not per engine: the settings hold for every model, and a job for a model
-            # they do not fit should say so on each line rather than fail to load.
+            # they do not fit should say so on each line rather than fail to load. ImportError:
+            # a parser whose package is missing (cohere_command3 needs cohere_melody).
             raise RequestError("parser_unavailable", f"the configured tool_call_parser/reasoning_parser cannot "
                                f"be used with this model: {exc} (names as vLLM's --tool-call-parser and "
                                "--reasoning-parser)") from None
         if composed is None:
             composed = DelegatingParser
-        if composed.tool_parser_cls is not None:
-            return composed
-
-        class _WithJsonTools(composed):  # type: ignore[misc,valid-type]
-            tool_parser_cls = ToolParser
-
-        return _WithJsonTools
+        # Plain DelegatingParser, not a subclass of the composed one: unified parsers (kimi_k3)
+        # read forced calls through their own tool parser, which would not find JSON.
+        forced = type("_JsonToolCalls", (DelegatingParser,), {"reasoning_parser_cls": composed.reasoning_parser_cls,
+                                                              "tool_parser_cls": ToolParser})
+        if composed.tool_parser_cls is None:  # reasoning only: JSON tools for whatever carries tools
+            composed = type("_WithJsonTools", (composed,), {"tool_parser_cls": ToolParser})
+        return composed, forced
 
     # -- before generation -------------------------------------------------------------
 
@@ -123,6 +134,11 @@ class ChatTools:
         if spec.tool_choice not in (None, fn_tools.NONE) or parser.reasoning_parser is not None:
             vrequest = parser.adjust_request(vrequest)
         structured = getattr(vrequest, "structured_outputs", None)
+        if structured is not None and not _backend_reads(structured):
+            if spec.forced_tool:  # the forced twin never builds one: a vLLM that does is a bug to see
+                raise RequestError("internal_error", "vLLM's parser constrained a forced tool call with a "
+                                   "structural tag the structured-output backend cannot read")
+            structured = vrequest.structured_outputs = None
         if structured is not None and spec.tool_choice == fn_tools.REQUIRED:
             _close_call_objects(structured.json)
         if self.render is None:
@@ -164,9 +180,12 @@ class ChatTools:
             raise RequestError("invalid_request", f"rejected by vLLM's request model: {_first_error(exc)}") from None
 
     def parser(self, vrequest: Any, template_kwargs: dict[str, Any]) -> Any:
-        """A fresh parser for one generated sequence (parsers keep state)."""
-        return self.parser_cls(self.tokenizer, vrequest.tools, model_config=self.model_config,
-                               chat_template_kwargs=template_kwargs)
+        """A fresh parser for one generated sequence (parsers keep state); the JSON twin for a forced call."""
+        choice = vrequest.tool_choice
+        forced = choice == fn_tools.REQUIRED or (choice is not None and not isinstance(choice, str))
+        cls = self.forced_parser_cls if forced else self.parser_cls
+        return cls(self.tokenizer, vrequest.tools, model_config=self.model_config,
+                   chat_template_kwargs=template_kwargs)
 
     # -- after generation --------------------------------------------------------------
 
@@ -219,6 +238,24 @@ def _without_image_bytes(messages: Any) -> list[dict[str, Any]]:
                 if part.get("type") == "image_url":
                     part["image_url"] = {"url": "data:image/png;base64,"}
     return out
+
+
+def _backend_reads(structured: Any) -> bool:
+    """False for a structural tag in xgrammar's format, which llguidance cannot compile.
+
+    llguidance reads only the older form (``triggers`` and ``structures``); vLLM's tool
+    parsers build the newer one (a ``format`` tree) since 0.32.
+    """
+    import json
+
+    tag = structured.structural_tag
+    if tag is None:
+        return True
+    try:
+        parsed = json.loads(tag) if isinstance(tag, str) else tag
+    except ValueError:
+        return False
+    return isinstance(parsed, dict) and "triggers" in parsed and "structures" in parsed
 
 
 def _close_call_objects(schema: Any) -> None:

@@ -15,10 +15,9 @@ import contextlib
 import hashlib
 import hmac
 import logging
-import os
 import threading
 import time
-from pathlib import Path
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import orjson
@@ -28,7 +27,8 @@ from spoolbatch.store.checkpoint import Checkpoint
 from spoolbatch.store.joblog import JobEvent, JobLog
 from spoolbatch.store.jobstate import FINAL, JobState
 from spoolbatch.store.outbox import GIVE_UP_SECONDS, Delivery, DeliveryState, due, enqueue, has_entries, retry_delay
-from spoolbatch.store.spool import Spool
+from spoolbatch.store.rejections import Rejection
+from spoolbatch.store.spool import JobEntry, Spool, Stage
 
 if TYPE_CHECKING:
     import httpx
@@ -43,18 +43,15 @@ def sign(secret: bytes, msg_id: str, timestamp: int, body: str) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
-def _changed(folder: os.PathLike[str], suffix: str, mtimes: dict[str, float]) -> list[str]:
-    """Paths in ``folder`` ending in ``suffix`` that are new or changed since the last look."""
-    out = []
-    with contextlib.suppress(FileNotFoundError), os.scandir(folder) as it:
-        for entry in it:
-            if entry.name.endswith(suffix) and not entry.name.startswith("."):
-                with contextlib.suppress(FileNotFoundError):
-                    mtime = entry.stat(follow_symlinks=False).st_mtime
-                    if mtimes.get(entry.path) != mtime:
-                        mtimes[entry.path] = mtime
-                        out.append(entry.path)
-    return out
+def _changed(entries: Iterator[JobEntry], mtimes: dict[str, float]) -> Iterator[JobEntry]:
+    """The entries whose file is new or changed since the last look (``mtimes``, by path, is updated)."""
+    for entry in entries:
+        with contextlib.suppress(FileNotFoundError):
+            mtime = entry.stat().st_mtime
+            key = str(entry.path)
+            if mtimes.get(key) != mtime:
+                mtimes[key] = mtime
+                yield entry
 
 
 def ended_jobs(spool: Spool, since: float,
@@ -65,16 +62,15 @@ def ended_jobs(spool: Spool, since: float,
     """
     mtimes = {} if mtimes is None else mtimes
     out = []
-    for path in _changed(spool.done, ".checkpoint.json", mtimes):
+    for entry in _changed(spool.jobs(Stage.CHECKPOINTED), mtimes):
         with contextlib.suppress(OSError, orjson.JSONDecodeError, TypeError, ValueError):
-            ckpt = Checkpoint.load(Path(path))
+            ckpt = Checkpoint.load(entry.path)
             if ckpt is not None and ckpt.status in FINAL and (ckpt.finished_at or 0) >= since:
                 out.append((ckpt.job, ckpt.status, float(ckpt.finished_at or 0)))
-    for path in _changed(spool.rejected, ".reason.json", mtimes):
-        with contextlib.suppress(OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            data = orjson.loads(Path(path).read_bytes())
-            if float(data.get("at") or 0) >= since:
-                out.append((str(data["job"]), JobState.REJECTED, float(data["at"])))
+    for entry in _changed(spool.jobs(Stage.REJECTED), mtimes):
+        rejection = Rejection.load(spool, entry.job)
+        if rejection is not None and rejection.at is not None and rejection.at >= since:
+            out.append((rejection.job, JobState.REJECTED, rejection.at))
     return out
 
 

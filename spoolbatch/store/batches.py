@@ -18,10 +18,10 @@ import orjson
 from spoolbatch.errors import InputError
 from spoolbatch.store.fsutil import atomic_write
 from spoolbatch.store.jobstate import JobState
-from spoolbatch.store.spool import Spool, sanitize_job_id
+from spoolbatch.store.layout import is_job_id
+from spoolbatch.store.spool import Spool
 
 BATCH_PREFIX = "batch_"
-BATCH_ID = re.compile(r"batch_[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 DEFAULT_WINDOW = "24h"
 MIN_WINDOW_SECONDS = 10
 MAX_WINDOW_SECONDS = 7 * 86400
@@ -40,10 +40,8 @@ def batch_id(job: str) -> str:
 
 def job_of(batch: str) -> str | None:
     """The job of a batch id, or None when the id is not one of ours (never a path)."""
-    if not BATCH_ID.fullmatch(batch):
-        return None
-    job = batch[len(BATCH_PREFIX):]
-    return job if sanitize_job_id(job) == job else None
+    job = batch.removeprefix(BATCH_PREFIX)
+    return job if batch.startswith(BATCH_PREFIX) and is_job_id(job) else None
 
 
 def parse_window(text: str) -> int:

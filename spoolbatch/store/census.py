@@ -10,17 +10,15 @@ is not read again (a finished job's never is), which makes a recount a directory
 from __future__ import annotations
 
 import contextlib
-import os
 
 import orjson
 
 from spoolbatch.store.checkpoint import Checkpoint
 from spoolbatch.store.jobstate import JobState
-from spoolbatch.store.spool import Spool
+from spoolbatch.store.spool import Spool, Stage
 
 # file name -> (inode, mtime_ns, size, job, state): a checkpoint is replaced by a rename, a new inode
 CensusCache = dict[str, tuple[int, int, int, str, JobState]]
-SUFFIX = ".checkpoint.json"
 
 
 def count_jobs(spool: Spool, cache: CensusCache | None = None) -> dict[JobState, int]:
@@ -29,26 +27,24 @@ def count_jobs(spool: Spool, cache: CensusCache | None = None) -> dict[JobState,
     counts[JobState.QUEUED] = len(spool.inbox_entries())
     seen = set()
     fresh: CensusCache = {}
-    with contextlib.suppress(FileNotFoundError), os.scandir(spool.done) as it:
-        for entry in it:
-            if not entry.name.endswith(SUFFIX) or entry.name.startswith("."):
-                continue
-            with contextlib.suppress(OSError, orjson.JSONDecodeError, ValueError, TypeError):
-                st = entry.stat(follow_symlinks=False)
-                known = cache.get(entry.name) if cache is not None else None
-                if known is not None and known[:3] == (st.st_ino, st.st_mtime_ns, st.st_size):
-                    job, state = known[3], known[4]
-                else:
-                    ckpt = Checkpoint.load(spool.done / entry.name)
-                    if ckpt is None:
-                        continue
-                    job, state = ckpt.job, ckpt.status
-                fresh[entry.name] = (st.st_ino, st.st_mtime_ns, st.st_size, job, state)
-                counts[state] += 1
-                seen.add(job)
+    for entry in spool.jobs(Stage.CHECKPOINTED):
+        name = entry.path.name
+        with contextlib.suppress(OSError, orjson.JSONDecodeError, ValueError, TypeError):
+            st = entry.stat()
+            known = cache.get(name) if cache is not None else None
+            if known is not None and known[:3] == (st.st_ino, st.st_mtime_ns, st.st_size):
+                job, state = known[3], known[4]
+            else:
+                ckpt = Checkpoint.load(entry.path)
+                if ckpt is None:
+                    continue
+                job, state = ckpt.job, ckpt.status
+            fresh[name] = (st.st_ino, st.st_mtime_ns, st.st_size, job, state)
+            counts[state] += 1
+            seen.add(job)
     if cache is not None:  # forget the checkpoints that are gone
         cache.clear()
         cache.update(fresh)
     counts[JobState.CLAIMED] = sum(1 for job in spool.running_jobs() if job not in seen)
-    counts[JobState.REJECTED] += sum(1 for _ in spool.rejected.glob("*.reason.json"))
+    counts[JobState.REJECTED] += sum(1 for _ in spool.jobs(Stage.REJECTED))
     return counts

@@ -21,10 +21,11 @@ from typing import Any
 import orjson
 
 from spoolbatch.store.fsutil import atomic_write, fsync_dir
-from spoolbatch.store.spool import Spool, sanitize_job_id
+from spoolbatch.store.layout import JOB_ID, is_job_id
+from spoolbatch.store.spool import Spool
 
 UPLOAD_ID = re.compile(r"file-[0-9a-f]{24}")
-VIRTUAL_ID = re.compile(r"file-(input|output|errors)-([A-Za-z0-9][A-Za-z0-9._-]{0,99})")
+VIRTUAL_ID = re.compile(rf"file-(input|output|errors)-({JOB_ID.pattern})")
 STALE_UPLOAD_SECONDS = 6 * 3600
 
 
@@ -53,7 +54,7 @@ def parse_file_id(file_id: str) -> tuple[str, str] | None:
     if UPLOAD_ID.fullmatch(file_id):
         return "upload", file_id
     m = VIRTUAL_ID.fullmatch(file_id)
-    if m and sanitize_job_id(m.group(2)) == m.group(2):
+    if m and is_job_id(m.group(2)):
         return m.group(1), m.group(2)
     return None
 

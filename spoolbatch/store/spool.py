@@ -1,8 +1,9 @@
-"""The spool directory: its layout, job ids, and claiming work with locks and renames.
+"""The spool directory: job ids, and claiming work with locks and renames.
 
-``Spool(root)`` knows every path; no other module joins spool paths by hand. Claiming a
-new file is a global claim lock (held for milliseconds) around an atomic rename from
-``inbox/`` to ``active/``. After that, locks are short or per chunk: the job lock is held
+``Spool(root)`` knows every path and lists the jobs in each folder (its ``Layout``, in
+store/layout.py): no other module joins spool paths or reads job ids out of file names.
+Claiming a new file is a global claim lock (held for milliseconds) around an atomic rename
+from ``inbox/`` to ``active/``. After that, locks are short or per chunk: the job lock is held
 only to set a job up, plan its chunks, merge committed parts and finish it, and each worker
 holds the lock of the chunk it is answering (see ``workarea``). The kernel drops a lock when
 its holder dies, which is how another worker knows it may take that chunk over.
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -23,28 +23,11 @@ from filelock import FileLock, Timeout
 
 from spoolbatch.errors import SpoolError
 from spoolbatch.store import formatversion
-from spoolbatch.store.fsutil import fsync_dir, unique_suffix
+from spoolbatch.store.fsutil import fsync_dir
+from spoolbatch.store.layout import InboxEntry, JobEntry, Layout, Stage, sanitize_job_id
 
-IGNORED_SUFFIXES = (".tmp", ".part")
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-MAX_ID_LEN = 100
-OddHook = Callable[["InboxEntry", str], None]
-
-
-def sanitize_job_id(name: str) -> str:
-    """A job id from a file name: no path separators, no leading dots, safe characters only."""
-    base = name.rsplit("/", 1)[-1]
-    for suffix in (".jsonl", ".json", ".ndjson"):
-        if base.lower().endswith(suffix):
-            base = base[: -len(suffix)]
-            break
-    base = _UNSAFE.sub("_", base).lstrip("._-")[:MAX_ID_LEN].rstrip("._-")
-    return base or "job"
-
-
-def is_ignored(name: str) -> bool:
-    """Dotfiles and temporary names are never jobs."""
-    return name.startswith(".") or name.endswith(IGNORED_SUFFIXES)
+OddHook = Callable[[InboxEntry, str], None]
+__all__ = ["InboxClaim", "InboxEntry", "JobEntry", "OddHook", "Spool", "Stage", "sanitize_job_id"]
 
 
 @dataclass(slots=True)
@@ -60,52 +43,9 @@ class InboxClaim:
         self.lock.release()
 
 
-@dataclass(frozen=True, slots=True)
-class InboxEntry:
-    """One file waiting in the inbox."""
-
-    name: str
-    path: Path
-    size: int
-    mtime: float
-
-
-class Spool:
-    """Every path of a spool root, and the operations that move files between them."""
-
-    def __init__(self, root: Path | str) -> None:
-        self.root = Path(root)
-        self.inbox = self.root / "inbox"
-        self.active = self.root / "active"
-        self.done = self.root / "done"
-        self.deadletter = self.root / "deadletter"
-        self.rejected = self.root / "rejected"
-        self.logs = self.root / "logs"
-        self.workers = self.root / "workers"
-        self.control = self.root / "control"
-        self.groups = self.root / "groups"
-        self.files = self.root / "files"
-        self.batches = self.root / "batches"
-        self.outbox = self.root / "outbox"
-        self.heartbeat = self.root / "heartbeat"
-        self.format_file = self.root / "spool.json"
-        self.gc_lock = self.root / ".gc.lock"
-        self.gc_stamp = self.root / ".gc.last"
-        self._claim_lock = self.root / ".claim.lock"
-
-    # --- layout ---------------------------------------------------------------------------
-    def dirs(self) -> tuple[Path, ...]:
-        """The layout's directories."""
-        return (self.inbox, self.active, self.done, self.deadletter, self.rejected, self.logs, self.workers,
-                self.control, self.groups)
-
-    def api_dirs(self) -> tuple[Path, ...]:
-        """The HTTP API's own folders: uploaded files, batch records, the webhook outbox.
-
-        `init` makes them; a spool made before they existed gets them from ``ensure_api_dirs``
-        (they are not required).
-        """
-        return (self.files, self.batches, self.outbox)
+class Spool(Layout):
+    """A spool root: its layout (``Layout``: every path, and the jobs each folder holds), and the
+    operations that move files between its folders."""
 
     def init(self) -> None:
         """Create the layout (idempotent), private to the current user, and record its format.
@@ -146,106 +86,6 @@ class Spool:
             raise SpoolError(f"{self.root} is not a spool", hint=f"run `spoolbatch init --spool {self.root}`")
         formatversion.ensure_current(self)
 
-    def queued_input(self, job: str) -> Path:
-        """Where `submit` and the HTTP API place a new job in the inbox."""
-        return self.inbox / f"{job}.jsonl"
-
-    def input(self, job: str) -> Path:
-        """The claimed input of a running job."""
-        return self.active / f"{job}.jsonl"
-
-    def job_lock(self, job: str) -> Path:
-        """The lock held briefly to set ``job`` up, plan its chunks, merge them, finish it."""
-        return self.active / f"{job}.lock"
-
-    def work_area(self, job: str) -> Path:
-        """``active/JOB.chunks/``: the chunk plan and parts not merged yet."""
-        return self.active / f"{job}.chunks"
-
-    def archived_input(self, job: str) -> Path:
-        """Where a finished job's input is kept (for `retry` and audits)."""
-        return self.done / f"{job}.input.jsonl"
-
-    def results(self, job: str) -> Path:
-        """OpenAI batch output lines of ``job``."""
-        return self.done / f"{job}.results.jsonl"
-
-    def checkpoint(self, job: str) -> Path:
-        """The checkpoint sidecar of ``job``."""
-        return self.done / f"{job}.checkpoint.json"
-
-    def ids(self, job: str) -> Path:
-        """The append-only file of custom_id hashes seen, for duplicate detection across chunks."""
-        return self.done / f"{job}.ids"
-
-    def deadletter_file(self, job: str) -> Path:
-        """Bad records of ``job``."""
-        return self.deadletter / f"{job}.jsonl"
-
-    def rejected_file(self, job: str) -> Path:
-        """A whole file that was refused."""
-        return self.rejected / f"{job}.jsonl"
-
-    def rejected_reason(self, job: str) -> Path:
-        """Why a whole file was refused."""
-        return self.rejected / f"{job}.reason.json"
-
-    def log(self, job: str) -> Path:
-        """The per-job log that `spoolbatch logs` shows (``JOB.log.1``... are its rotated parts)."""
-        return self.logs / f"{job}.log"
-
-    def daemon_log(self) -> Path:
-        """The daemons' shared log."""
-        return self.logs / "daemon.log"
-
-    def tombstone(self, job: str) -> Path:
-        """A finished job's checkpoint while the clean-up removes the job (the job is gone)."""
-        return self.done / f"{job}.removing"
-
-    def rejected_tombstone(self, job: str) -> Path:
-        """A refused file's reason while the clean-up removes it (the file is gone)."""
-        return self.rejected / f"{job}.removing"
-
-    def cancel_marker(self, job: str) -> Path:
-        """Present while a cancel of a running job is pending."""
-        return self.control / f"{job}.cancel"
-
-    def batch_record(self, job: str) -> Path:
-        """The batch record of ``job`` (its API fields: window, metadata, input file)."""
-        return self.batches / f"{job}.json"
-
-    def file_content(self, file_id: str) -> Path:
-        """The bytes of an uploaded file."""
-        return self.files / f"{file_id}.jsonl"
-
-    def file_meta(self, file_id: str) -> Path:
-        """The record of an uploaded file; written last, so a file exists once it does."""
-        return self.files / f"{file_id}.json"
-
-    def file_upload_tmp(self) -> Path:
-        """A fresh temporary name for an upload in progress (ignored, and swept when stale)."""
-        return self.files / f".upload.{unique_suffix()}.tmp"
-
-    def outbox_entry(self, name: str) -> Path:
-        """One pending (or finished) webhook delivery."""
-        return self.outbox / f"{name}.json"
-
-    def outbox_lock(self, name: str) -> Path:
-        """Held by the process sending ``name`` right now."""
-        return self.outbox / f"{name}.lock"
-
-    def group(self, name: str) -> Path:
-        """The manifest of a group of jobs made by `submit --split`."""
-        return self.groups / f"{name}.json"
-
-    def worker_file(self, worker_id: str) -> Path:
-        """One daemon's own heartbeat."""
-        return self.workers / f"{worker_id}.json"
-
-    def worker_metrics(self, worker_id: str) -> Path:
-        """One daemon's Prometheus textfile (point node_exporter's textfile collector at ``workers/``)."""
-        return self.workers / f"{worker_id}.prom"
-
     # --- job ids ---------------------------------------------------------------------------
     def job_exists(self, job: str, own_inbox_name: str | None = None) -> bool:
         """True when any file of ``job`` is anywhere in the spool (ids are never reused).
@@ -269,21 +109,6 @@ class Spool:
         return job
 
     # --- inbox -----------------------------------------------------------------------------
-    def inbox_entries(self) -> list[InboxEntry]:
-        """Waiting files, oldest first; ignored names are left out, odd ones included."""
-        entries = []
-        try:
-            with os.scandir(self.inbox) as it:
-                for entry in it:
-                    if is_ignored(entry.name):
-                        continue
-                    st = entry.stat(follow_symlinks=False)
-                    entries.append(InboxEntry(entry.name, Path(entry.path), st.st_size, st.st_mtime))
-        except FileNotFoundError:
-            raise SpoolError(f"{self.inbox} is missing", hint="run `spoolbatch init`") from None
-        entries.sort(key=lambda e: (e.mtime, e.name))
-        return entries
-
     @contextlib.contextmanager
     def claim_lock(self, timeout: float = 30.0) -> Iterator[None]:
         """Serialise claims between daemons; held only for a scan and a rename."""
@@ -307,14 +132,6 @@ class Spool:
         lock = FileLock(path, timeout=timeout, mode=0o600, thread_local=False, preserve_lock_file=True)
         lock.acquire()
         return lock
-
-    def running_jobs(self) -> list[str]:
-        """Jobs whose input sits in ``active/``, owned or orphaned."""
-        try:
-            return sorted(p.name[: -len(".jsonl")] for p in self.active.iterdir()
-                          if p.name.endswith(".jsonl") and not p.name.startswith("."))
-        except FileNotFoundError:
-            return []
 
     def job_is_owned(self, job: str) -> bool:
         """True when a live worker holds ``job``'s lock or the lock of one of its chunks."""

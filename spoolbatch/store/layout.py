@@ -1,0 +1,321 @@
+"""The spool's layout: every path of a job and of the spool, and the names each folder holds.
+
+``Layout`` knows where each file of a job lives (``done/JOB.checkpoint.json``...) and, the other
+way round, which jobs a folder holds: ``jobs(Stage.CHECKPOINTED)`` lists them, as
+``mailbox.Maildir`` lists its messages, so no other module slices a suffix off a file name.
+``Spool`` (store/spool.py) is this layout with the operations that move files between folders.
+
+A job id is what ``sanitize_job_id`` makes of a file name: ``JOB_ID`` is its one pattern,
+which the batch ids (``batch_JOB``) and file ids (``file-output-JOB``) of the API embed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import BinaryIO
+
+from spoolbatch.errors import SpoolError
+from spoolbatch.store.fsutil import unique_suffix
+
+IGNORED_SUFFIXES = (".tmp", ".part")
+MAX_ID_LEN = 100
+JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # what ids look like; ``is_job_id`` is the full test
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def sanitize_job_id(name: str) -> str:
+    """A job id from a file name: no path separators, no leading dots, safe characters only."""
+    base = name.rsplit("/", 1)[-1]
+    for suffix in (".jsonl", ".json", ".ndjson"):
+        if base.lower().endswith(suffix):
+            base = base[: -len(suffix)]
+            break
+    base = _UNSAFE.sub("_", base).lstrip("._-")[:MAX_ID_LEN].rstrip("._-")
+    return base or "job"
+
+
+def is_job_id(text: str) -> bool:
+    """True when ``text`` is a job id as the spool makes them (never a path, never a name to clean)."""
+    return JOB_ID.fullmatch(text) is not None and sanitize_job_id(text) == text
+
+
+def is_ignored(name: str) -> bool:
+    """Dotfiles and temporary names are never jobs."""
+    return name.startswith(".") or name.endswith(IGNORED_SUFFIXES)
+
+
+@dataclass(frozen=True, slots=True)
+class InboxEntry:
+    """One file waiting in the inbox."""
+
+    name: str
+    path: Path
+    size: int
+    mtime: float
+
+
+class Stage(StrEnum):
+    """Where a job's files say it is; its checkpoint's status (``JobState``) says the rest."""
+
+    QUEUED = "queued"  # inbox/NAME: waiting (its job id is the name made safe, ``sanitize_job_id``)
+    ACTIVE = "active"  # active/JOB.jsonl: claimed or running
+    CHECKPOINTED = "checkpointed"  # done/JOB.checkpoint.json: running or ended, as the checkpoint says
+    ARCHIVED = "archived"  # done/JOB.input.jsonl: the input of a job that ended
+    REFUSED = "refused"  # rejected/JOB.jsonl: a file refused whole
+    REJECTED = "rejected"  # rejected/JOB.reason.json: why it was refused; the job is rejected once it is there
+    REMOVING = "removing"  # done/JOB.removing: a job whose files the clean-up is removing (it is gone)
+    REMOVING_REFUSED = "removing_refused"  # rejected/JOB.removing: the same for a refused file
+
+
+@dataclass(frozen=True, slots=True)
+class JobEntry:
+    """One job found in one stage, and the file that says so."""
+
+    job: str
+    stage: Stage
+    path: Path
+
+    def stat(self) -> os.stat_result:
+        """The file's own status (a link is not followed)."""
+        return os.lstat(self.path)
+
+
+class Layout:
+    """Every path of a spool root, and the names its folders hold."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self.inbox = self.root / "inbox"
+        self.active = self.root / "active"
+        self.done = self.root / "done"
+        self.deadletter = self.root / "deadletter"
+        self.rejected = self.root / "rejected"
+        self.logs = self.root / "logs"
+        self.workers = self.root / "workers"
+        self.control = self.root / "control"
+        self.groups = self.root / "groups"
+        self.files = self.root / "files"
+        self.batches = self.root / "batches"
+        self.outbox = self.root / "outbox"
+        self.heartbeat = self.root / "heartbeat"
+        self.format_file = self.root / "spool.json"
+        self.gc_lock = self.root / ".gc.lock"
+        self.gc_stamp = self.root / ".gc.last"
+        self._claim_lock = self.root / ".claim.lock"
+
+    # --- folders ---------------------------------------------------------------------------
+    def dirs(self) -> tuple[Path, ...]:
+        """The layout's directories."""
+        return (self.inbox, self.active, self.done, self.deadletter, self.rejected, self.logs, self.workers,
+                self.control, self.groups)
+
+    def api_dirs(self) -> tuple[Path, ...]:
+        """The HTTP API's own folders: uploaded files, batch records, the webhook outbox.
+
+        `init` makes them; a spool made before they existed gets them from ``ensure_api_dirs``
+        (they are not required).
+        """
+        return (self.files, self.batches, self.outbox)
+
+    # --- the files of a job ----------------------------------------------------------------
+    def queued_input(self, job: str) -> Path:
+        """Where `submit` and the HTTP API place a new job in the inbox."""
+        return self.inbox / f"{job}.jsonl"
+
+    def input(self, job: str) -> Path:
+        """The claimed input of a running job."""
+        return self.active / f"{job}.jsonl"
+
+    def job_lock(self, job: str) -> Path:
+        """The lock held briefly to set ``job`` up, plan its chunks, merge them, finish it."""
+        return self.active / f"{job}.lock"
+
+    def work_area(self, job: str) -> Path:
+        """``active/JOB.chunks/``: the chunk plan and parts not merged yet."""
+        return self.active / f"{job}.chunks"
+
+    def archived_input(self, job: str) -> Path:
+        """Where a finished job's input is kept (for `retry` and audits)."""
+        return self.done / f"{job}.input.jsonl"
+
+    def results(self, job: str) -> Path:
+        """OpenAI batch output lines of ``job``."""
+        return self.done / f"{job}.results.jsonl"
+
+    def checkpoint(self, job: str) -> Path:
+        """The checkpoint sidecar of ``job``."""
+        return self.done / f"{job}.checkpoint.json"
+
+    def ids(self, job: str) -> Path:
+        """The append-only file of custom_id hashes seen, for duplicate detection across chunks."""
+        return self.done / f"{job}.ids"
+
+    def deadletter_file(self, job: str) -> Path:
+        """Bad records of ``job``."""
+        return self.deadletter / f"{job}.jsonl"
+
+    def rejected_file(self, job: str) -> Path:
+        """A whole file that was refused."""
+        return self.rejected / f"{job}.jsonl"
+
+    def rejected_reason(self, job: str) -> Path:
+        """Why a whole file was refused (store/rejections.py: a ``Rejection``)."""
+        return self.rejected / f"{job}.reason.json"
+
+    def log(self, job: str) -> Path:
+        """The per-job log that `spoolbatch logs` shows (``JOB.log.1``... are its rotated parts)."""
+        return self.logs / f"{job}.log"
+
+    def daemon_log(self) -> Path:
+        """The daemons' shared log."""
+        return self.logs / "daemon.log"
+
+    def tombstone(self, job: str) -> Path:
+        """A finished job's checkpoint while the clean-up removes the job (the job is gone)."""
+        return self.done / f"{job}.removing"
+
+    def rejected_tombstone(self, job: str) -> Path:
+        """A refused file's reason while the clean-up removes it (the file is gone)."""
+        return self.rejected / f"{job}.removing"
+
+    def cancel_marker(self, job: str) -> Path:
+        """Present while a cancel of a running job is pending."""
+        return self.control / f"{job}.cancel"
+
+    def batch_record(self, job: str) -> Path:
+        """The batch record of ``job`` (its API fields: window, metadata, input file)."""
+        return self.batches / f"{job}.json"
+
+    # --- the spool's other files -----------------------------------------------------------
+    def file_content(self, file_id: str) -> Path:
+        """The bytes of an uploaded file."""
+        return self.files / f"{file_id}.jsonl"
+
+    def file_meta(self, file_id: str) -> Path:
+        """The record of an uploaded file; written last, so a file exists once it does."""
+        return self.files / f"{file_id}.json"
+
+    def file_upload_tmp(self) -> Path:
+        """A fresh temporary name for an upload in progress (ignored, and swept when stale)."""
+        return self.files / f".upload.{unique_suffix()}.tmp"
+
+    def outbox_entry(self, name: str) -> Path:
+        """One pending (or finished) webhook delivery."""
+        return self.outbox / f"{name}.json"
+
+    def outbox_lock(self, name: str) -> Path:
+        """Held by the process sending ``name`` right now."""
+        return self.outbox / f"{name}.lock"
+
+    def group(self, name: str) -> Path:
+        """The manifest of a group of jobs made by `submit --split`."""
+        return self.groups / f"{name}.json"
+
+    def worker_file(self, worker_id: str) -> Path:
+        """One daemon's own heartbeat."""
+        return self.workers / f"{worker_id}.json"
+
+    def worker_metrics(self, worker_id: str) -> Path:
+        """One daemon's Prometheus textfile (point node_exporter's textfile collector at ``workers/``)."""
+        return self.workers / f"{worker_id}.prom"
+
+    # --- listing -----------------------------------------------------------------------------
+    def names(self, path_of: Callable[[str], Path]) -> list[str]:
+        """The names N, sorted, for which ``path_of(N)`` is in its folder: a path method read backwards.
+
+        ``names(spool.batch_record)`` are the jobs with a batch record, ``names(spool.worker_file)``
+        the workers with a heartbeat. Dotfiles and temporaries are never names; a missing folder has none.
+        """
+        probe = path_of("")
+        suffix = probe.name
+        try:
+            found = os.listdir(probe.parent)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted(name[: -len(suffix)] for name in found
+                      if name.endswith(suffix) and len(name) > len(suffix) and not is_ignored(name))
+
+    def jobs(self, stage: Stage) -> Iterator[JobEntry]:
+        """The jobs in ``stage``: queued ones oldest first (odd files too), the others by name."""
+        if stage == Stage.QUEUED:
+            for entry in self.inbox_entries():
+                yield JobEntry(sanitize_job_id(entry.name), stage, entry.path)
+            return
+        path_of = self._stage_paths()[stage]
+        for job in self.names(path_of):
+            yield JobEntry(job, stage, path_of(job))
+
+    def _stage_paths(self) -> dict[Stage, Callable[[str], Path]]:
+        return {Stage.ACTIVE: self.input, Stage.CHECKPOINTED: self.checkpoint, Stage.ARCHIVED: self.archived_input,
+                Stage.REFUSED: self.rejected_file, Stage.REJECTED: self.rejected_reason,
+                Stage.REMOVING: self.tombstone, Stage.REMOVING_REFUSED: self.rejected_tombstone}
+
+    def running_jobs(self) -> list[str]:
+        """Jobs whose input sits in ``active/``, owned or orphaned."""
+        return [entry.job for entry in self.jobs(Stage.ACTIVE)]
+
+    def inbox_entries(self) -> list[InboxEntry]:
+        """Waiting files, oldest first; ignored names are left out, odd ones included."""
+        entries = []
+        try:
+            with os.scandir(self.inbox) as it:
+                for entry in it:
+                    if is_ignored(entry.name):
+                        continue
+                    st = entry.stat(follow_symlinks=False)
+                    entries.append(InboxEntry(entry.name, Path(entry.path), st.st_size, st.st_mtime))
+        except FileNotFoundError:
+            raise SpoolError(f"{self.inbox} is missing", hint="run `spoolbatch init`") from None
+        entries.sort(key=lambda e: (e.mtime, e.name))
+        return entries
+
+    def queued_entry(self, job: str) -> InboxEntry | None:
+        """The inbox file that will become ``job``, if it is queued."""
+        for entry in self.inbox_entries():
+            if sanitize_job_id(entry.name) == job:
+                return entry
+        return None
+
+    # --- where a job's input is now ---------------------------------------------------------
+    def _input_places(self, job: str) -> Iterator[Path]:
+        # done/ before and after active/: a worker moves it from active/ to done/ as the job ends.
+        yield self.archived_input(job)
+        yield self.input(job)
+        yield self.archived_input(job)
+        with contextlib.suppress(SpoolError):
+            if (entry := self.queued_entry(job)) is not None:
+                yield entry.path
+
+    def current_input(self, job: str) -> Path | None:
+        """Where ``job``'s input is now: archived in ``done/`` once it ended, in ``active/`` while it
+        runs, its file in the inbox while queued; None when it has none (refused, removed, a link)."""
+        for path in self._input_places(job):
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISREG(os.lstat(path).st_mode):
+                    return path
+        return None
+
+    def open_input(self, job: str) -> BinaryIO | None:
+        """``job``'s input opened for reading wherever it is now (a move between looking and opening is
+        followed), or None; never through a link."""
+        for path in self._input_places(job):
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # a fifo must not block
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:  # a link
+                    continue
+                raise
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                return os.fdopen(fd, "rb")
+            os.close(fd)
+        return None
