@@ -17,7 +17,7 @@ import pytest
 
 from spoolbatch.config import Config, load_config
 from spoolbatch.store.checkpoint import Checkpoint
-from spoolbatch.store.joblog import read_events
+from spoolbatch.store.joblog import DaemonEvent, read_events
 from spoolbatch.store.spool import Spool
 from spoolbatch.store.workarea import WorkArea
 from spoolbatch.worker import gcpolicy
@@ -92,6 +92,14 @@ def job_events(spool: Spool, job: str, *names: str) -> list[dict[str, Any]]:
         return []
     events = read_events(spool.log(job))
     assert all(e["event"] != "text" for e in events), "the job log holds a line that is not an event"
+    return [e for e in events if not names or e["event"] in names]
+
+
+def daemon_events(spool: Spool, *names: str) -> list[dict[str, Any]]:
+    """The named events of the daemon's log (every ``DaemonEvent`` when no name is given), oldest first."""
+    if not spool.daemon_log().exists():
+        return []
+    events = [e for e in read_events(spool.daemon_log()) if e["event"] in set(DaemonEvent)]
     return [e for e in events if not names or e["event"] in names]
 
 

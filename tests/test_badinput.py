@@ -17,7 +17,9 @@ from typing import Any
 import orjson
 import pytest
 
+from spoolbatch.config import Config
 from spoolbatch.store.spool import Spool
+from spoolbatch.worker.daemon import Daemon
 
 from .conftest import chat_line, drop, read_jsonl, wait_for
 
@@ -188,31 +190,31 @@ def test_hostile_inbox_is_handled_and_daemon_survives(spool: Spool, start_daemon
     assert proc.poll() is None
 
 
-def test_file_still_being_copied_is_not_claimed_until_it_settles(spool: Spool, start_daemon: Any) -> None:
+def test_file_still_being_copied_is_not_claimed_until_it_settles(spool: Spool, config: Config) -> None:
+    """A copy in progress stays in the inbox until its last write is ``settle_seconds`` old.
+
+    The daemon's clock is the seam: after every write (half a line, then the rest: a copy can
+    end anywhere) it reads just short of the file's mtime plus the settle time, so no sleep
+    paces the writer and the machine's speed decides nothing.
+    """
     path = spool.inbox / "growing.jsonl"
-    n = 0
+    clock = {"now": 0.0}
+    daemon = Daemon(config.replace(settle_seconds=1.0), echo=False, clock=lambda: clock["now"])
     with open(path, "wb") as f:
-        f.write(orjson.dumps(good("gr", n)) + b"\n")
-        f.flush()
-        n += 1
-        # --once must wait for a settling file, not exit on an empty-looking queue.
-        proc = start_daemon("--once", "--settle-seconds", "1")
-        deadline = time.monotonic() + 2.5
-        while time.monotonic() < deadline:
-            time.sleep(0.1)
-            # Half a line, then the rest: a copy in progress can end anywhere.
+        for n in range(12):
             line = orjson.dumps(good("gr", n)) + b"\n"
-            f.write(line[:20])
-            f.flush()
-            time.sleep(0.05)
-            f.write(line[20:])
-            f.flush()
-            n += 1
-            assert path.exists(), "claimed while still being written"
-            assert not spool.log("growing").exists()
-            assert proc.poll() is None, "--once exited while a file was settling"
-    assert proc.wait(timeout=30) == 0
+            for piece in (line[:20], line[20:]):
+                f.write(piece)
+                f.flush()
+                clock["now"] = os.stat(path).st_mtime + 0.99
+                result = daemon.loop_once()
+                # settling > 0 is what keeps `run --once` from leaving an empty-looking queue
+                assert (result.worked, result.settling) == (False, 1), "claimed while still being written"
+                assert path.exists() and not spool.log("growing").exists()
+    clock["now"] = os.stat(path).st_mtime + 1.01
+    assert daemon.loop_once().worked  # settled by the daemon's clock: claimed at once, whatever the wall says
+    assert daemon.run(once=True) == 0  # the rest answered, and --once leaves
+    assert not path.exists()
     results = read_jsonl(spool.results("growing"))
-    assert [r["custom_id"] for r in results] == [f"gr-{i}" for i in range(n)]
+    assert [r["custom_id"] for r in results] == [f"gr-{i}" for i in range(12)]
     assert read_jsonl(spool.deadletter_file("growing")) == []
-    assert n >= 10

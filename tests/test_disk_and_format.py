@@ -20,10 +20,11 @@ from spoolbatch.config import Config, load_config
 from spoolbatch.errors import SpoolFormatError
 from spoolbatch.store import formatversion
 from spoolbatch.store.checkpoint import Checkpoint
+from spoolbatch.store.joblog import DaemonEvent
 from spoolbatch.store.spool import Spool
 from spoolbatch.worker.daemon import Daemon
 
-from .conftest import REPO, assert_exactly_once, chat_line, drop, wait_for
+from .conftest import REPO, assert_exactly_once, chat_line, daemon_events, drop, wait_for
 from .fakes import FakeDisk
 
 FIXTURE = Path(__file__).parent / "fixtures" / "spool-v1.tar.gz"
@@ -38,7 +39,6 @@ def test_the_daemon_waits_while_the_disk_is_low_and_resumes(spool: Spool, config
     try:
         drop(spool, "job.jsonl", [chat_line(i) for i in range(30)])
         beat = wait_for(lambda: (b := daemon.heartbeat.snapshot()).get("state") == "waiting" and b)
-        assert beat["reason"].startswith("disk low: 52,428,800 bytes free")
         assert beat["disk"] == {"free_bytes": 50 * MB, "needed_bytes": 100 * MB, "low": True}
         assert not spool.checkpoint("job").exists()  # nothing claimed, nothing written
         wait_for(lambda: b"spoolbatch_disk_low{" in spool.worker_metrics(daemon.heartbeat.id).read_bytes())
@@ -51,8 +51,10 @@ def test_the_daemon_waits_while_the_disk_is_low_and_resumes(spool: Spool, config
         daemon.request_stop()
         thread.join(30)
     assert_exactly_once(spool, "job", {f"req-{i}" for i in range(30)})
-    log = spool.daemon_log().read_text()
-    assert "disk low: 52,428,800 bytes free" in log and "disk space back" in log
+    low, back = daemon_events(spool)  # one wait, one recovery: nothing else happened beside the job
+    assert (low["event"], low["free_bytes"], low["needed_bytes"]) == (DaemonEvent.DISK_LOW, 50 * MB, 100 * MB)
+    assert (back["event"], back["free_bytes"]) == (DaemonEvent.DISK_BACK, 10_000 * MB)
+    assert low["worker"] == back["worker"] == daemon.heartbeat.id
     assert daemon.heartbeat.snapshot()["disk"]["low"] is False
 
 

@@ -18,6 +18,7 @@ from spoolbatch.engines.fake import FakeEngine
 from spoolbatch.errors import EngineError
 from spoolbatch.format.types import Outcome, Request
 from spoolbatch.format.validation import parse_spec
+from spoolbatch.store.joblog import DaemonEvent
 from spoolbatch.worker.executor import ChunkExecutor
 from tests.conftest import chat_line
 
@@ -216,7 +217,11 @@ class BrokenOnCollect(FakeEngine):
 
 def test_a_pipelined_chunk_on_a_broken_engine_is_redone_on_a_new_one() -> None:
     factory = Factory(BrokenOnCollect, FakeEngine)
-    ex = executor(factory)
+    seen: list[tuple[str, dict[str, Any]]] = []
+    ex = ChunkExecutor(factory, max_attempts=3, backoff=0, events=lambda name, **fields: seen.append((name, fields)))
     pending = ex.submit("m", requests(5))
     run = ex.collect(pending)
     assert not any(o.failed for o in run.outcomes) and len(factory.built) == 2
+    # named events, not sentences: the collect failed, so the chunk was redone, and the engine rebuilt
+    assert [name for name, _ in seen] == [DaemonEvent.PIPELINE_REDO, DaemonEvent.ENGINE_REBUILD]
+    assert seen[0][1]["stage"] == "collect" and seen[0][1]["error"].startswith("EngineError")

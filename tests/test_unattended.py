@@ -17,12 +17,13 @@ import pytest
 from spoolbatch.config import Config
 from spoolbatch.store.checkpoint import Checkpoint
 from spoolbatch.store.fsutil import AppendFile
+from spoolbatch.store.joblog import DaemonEvent
 from spoolbatch.store.jobstate import JobState
 from spoolbatch.store.spool import Spool
 from spoolbatch.worker.daemon import Daemon
 from spoolbatch.worker.gpu import GpuMonitor
 
-from .conftest import assert_exactly_once, chat_line, drop, job_events, wait_for
+from .conftest import assert_exactly_once, chat_line, daemon_events, drop, job_events, wait_for
 from .fakes import GIB, DyingEngine, FakeCard, FakeNvml
 
 
@@ -68,7 +69,10 @@ def test_hot_card_holds_chunks_until_it_cools(spool: Spool, config: Config, runn
     card.temperature = 60
     wait_for(lambda: done(spool, "job"), timeout=20)
     assert_exactly_once(spool, "job", {f"req-{i}" for i in range(30)})
-    assert "waiting before the next chunk: GPU 0 temperature 91°C" in (spool.logs / "daemon.log").read_text()
+    # One wait for the one reason, then the recovery: events of this worker, read as fields.
+    events = daemon_events(spool)
+    assert [e["event"] for e in events] == [DaemonEvent.GPU_WAIT, DaemonEvent.GPU_RECOVERED]
+    assert events[0]["reason"] == beat["reason"] and {e["worker"] for e in events} == {run.daemon.heartbeat.id}
 
 
 def test_full_card_waits_then_chunks_shrink_with_memory_pressure(spool: Spool, config: Config,
@@ -97,6 +101,8 @@ def test_engine_that_dies_is_rebuilt_and_nothing_is_lost(spool: Spool, config: C
         pass
     assert_exactly_once(spool, "job", {f"req-{i}" for i in range(40)})
     assert DyingEngine.instances == 2 and daemon.executor.rebuilds == 1
+    (rebuild,) = daemon_events(spool, DaemonEvent.ENGINE_REBUILD)
+    assert rebuild["worker"] == daemon.heartbeat.id and rebuild["reason"]
 
 
 def test_full_disk_pauses_the_job_and_loses_nothing(spool: Spool, config: Config, running: list[Running],

@@ -178,7 +178,10 @@ def test_cli_submit_run_results_parse_as_openai(cli_run: CliRun) -> None:
         assert ckpt is not None and ckpt.status == "completed" and ckpt.model == cli_run.model
         assert ckpt.prompt_tokens == sum(r["response"]["body"]["usage"]["prompt_tokens"] for r in answered)
         assert ckpt.completion_tokens == sum(r["response"]["body"]["usage"]["completion_tokens"] for r in answered)
-    assert "completed" in json.dumps(cli_run.status)
+    # `status --json` reads the same facts: both jobs completed, nothing else on the spool
+    assert {j["job"]: j["status"] for j in cli_run.status["jobs"]} == {cli_run.chat_job: "completed",
+                                                                      cli_run.text_job: "completed"}
+    assert cli_run.status["queue"] == {"jobs": 0, "by_status": {"completed": 2}}
 
 
 DIRECT = """

@@ -30,10 +30,11 @@ chunk k+1 before it collects chunk k, so every replica's batch already holds k+1
 while k's finish, and does not drain at the boundary.
 
 Failures. A replica lost mid-chunk (a worker node gone, the actor killed) is replaced and
-its slice tried once more; if that fails too, an ``EngineError`` with ``broken`` set goes to
-the executor, which rebuilds the pool and splits and retries the chunk as for any engine
-failure. What a replica's own engine raised reaches the executor as that ``EngineError``,
-not wrapped in Ray's task error (``engines.failures``).
+its slice tried once more (a ``replica_lost`` event in the daemon's log); if that fails too,
+an ``EngineError`` with ``broken`` set goes to the executor, which rebuilds the pool and
+splits and retries the chunk as for any engine failure. What a replica's own engine raised
+reaches the executor as that ``EngineError``, not wrapped in Ray's task error
+(``engines.failures``).
 
 ``ray`` is imported inside methods only: importing this module is cheap.
 """
@@ -53,6 +54,7 @@ from spoolbatch.config import EngineSettings
 from spoolbatch.engines.failures import engine_error
 from spoolbatch.errors import ConfigError, EngineError
 from spoolbatch.format.types import Outcome, Request
+from spoolbatch.store.joblog import DaemonEvent, DaemonEvents, describe
 
 log = logging.getLogger(__name__)
 
@@ -152,13 +154,17 @@ def slices(count: int, parts: int) -> list[tuple[int, int]]:
     return [r for r in out if r[1] > r[0]]
 
 
+def _warn(name: DaemonEvent, /, **fields: Any) -> None:
+    log.warning("%s", describe({"event": name.value, **fields}))
+
+
 class RayEngine:
     """The ``Engine`` protocol on a pool of vLLM replicas in a Ray cluster; see the module docstring."""
 
     name = "ray"
 
     def __init__(self, settings: EngineSettings | None = None, *, address: str = AUTO, concurrency: int = 1,
-                 init_kwargs: dict[str, Any] | None = None) -> None:
+                 init_kwargs: dict[str, Any] | None = None, events: DaemonEvents | None = None) -> None:
         if concurrency < 1:
             raise ConfigError(f"ray concurrency must be at least 1, got {concurrency}")
         self.settings = settings or EngineSettings()
@@ -170,6 +176,7 @@ class RayEngine:
         self._replicas: list[Any] = []
         self._model: str | None = None
         self._endpoint: str | None = None
+        self.events = events or _warn  # a lost replica: the daemon's event log, else a logging warning
 
     # -- the cluster -----------------------------------------------------------------------
 
@@ -278,8 +285,8 @@ class RayEngine:
             except Exception as exc:
                 if not _lost(exc):
                     raise engine_error(exc, "a Ray replica failed") from exc
-                log.warning("ray replica %d lost (%s); replacing it and retrying its %d requests",
-                            i, type(exc).__name__, hi - lo)
+                self.events(DaemonEvent.REPLICA_LOST, stage="run", replica=i, requests=hi - lo,
+                            error=type(exc).__name__)
                 part = self._redo(ray, replica, requests[lo:hi], exc)
             outcomes.extend(part)
         return outcomes
@@ -308,14 +315,14 @@ class RayEngine:
         ray = self._connect()
         requests = ticket.requests
         outcomes: list[Outcome] = []
-        for replica, lo, hi, submitted in ticket.parts:
+        for i, (replica, lo, hi, submitted) in enumerate(ticket.parts):
             try:
                 part = ray.get(replica.collect.remote(submitted))  # Ray hands the ticket number over
             except Exception as exc:
                 if not _lost(exc):
                     raise engine_error(exc, "a Ray replica failed") from exc
-                log.warning("ray replica lost (%s) holding %d requests of a chunk; redoing them",
-                            type(exc).__name__, hi - lo)
+                self.events(DaemonEvent.REPLICA_LOST, stage="collect", replica=i, requests=hi - lo,
+                            error=type(exc).__name__)
                 part = self._redo(ray, replica, requests[lo:hi], exc)
             outcomes.extend(part)
         return outcomes

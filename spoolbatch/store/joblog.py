@@ -3,8 +3,12 @@
 Each line is ``{"ts": UNIX_SECONDS, "event": NAME, "job": JOB, ...fields}`` with a
 ``JobEvent`` name, so that tests, `status` and `logs --json` read facts instead of
 wording; ``render`` turns an event into the sentence people read. ``chunk`` fields count
-from 1, as the heartbeat and `status` do. The daemon's own log (``logs/daemon.log``) stays
-free text. A line that is not JSON (a log written before events) reads as a ``text`` event.
+from 1, as the heartbeat and `status` do. The daemon's own log (``logs/daemon.log``, shared
+by the workers of a spool) holds ``DaemonEvent`` lines the same way, ``{"ts", "event",
+"worker", ...fields}``, for what a worker waits for or repairs beside any one job (a hot or
+full card, a low disk, a rebuilt engine, a lost Ray replica), among free text lines (start,
+stop, messages). A line that is not JSON (free text, or a log written before events) reads
+as a ``text`` event.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import os
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -37,6 +41,30 @@ class JobEvent(StrEnum):
     COMPLETED = "completed"  # answered, failed, tokens, seconds: every line is in results or deadletter
     WEBHOOK = "webhook"  # event_id, url, attempt, state (pending|delivered|gave_up), outcome, next_in
     TEXT = "text"  # text: a line written before the log held events
+
+
+class DaemonEvent(StrEnum):
+    """What a worker waited for or repaired, beside any one job (``logs/daemon.log``); each carries ``worker``."""
+
+    GPU_WAIT = "gpu_wait"  # reason: no chunk starts while the card is too full or too hot (once per reason)
+    GPU_RECOVERED = "gpu_recovered"  # (none): the card is safe again; chunks go on
+    DISK_LOW = "disk_low"  # free_bytes, needed_bytes: no chunk starts until there is room
+    DISK_BACK = "disk_back"  # free_bytes: room again; chunks go on
+    ENGINE_REBUILD = "engine_rebuild"  # reason: the engine broke; it is closed and a new one built for the next try
+    PIPELINE_REDO = "pipeline_redo"  # stage (submit|collect), error: a chunk handed ahead is redone by split-and-retry
+    REPLICA_LOST = "replica_lost"  # stage (run|collect), replica, requests, error: a Ray replica gone, its slice
+    #                                redone on a new one
+
+
+class DaemonEvents(Protocol):
+    """Where a worker's parts report a ``DaemonEvent``: ``events(name, **fields)``."""
+
+    def __call__(self, name: DaemonEvent, /, **fields: Any) -> None:
+        """Record one event."""
+
+
+def no_events(name: DaemonEvent, /, **fields: Any) -> None:
+    """A ``DaemonEvents`` that records nothing (parts used outside a daemon)."""
 
 
 def _stamp(ts: float) -> str:
@@ -66,6 +94,13 @@ class JobLog:
         """Write one event of ``job``."""
         event = {"ts": round(time.time(), 3), "event": name.value, "job": job, **fields}
         self._write(orjson.dumps(event) + b"\n", describe(event) if self.echo else "")
+
+    def daemon_events(self, worker: str) -> DaemonEvents:
+        """A ``DaemonEvents`` that writes each event of ``worker`` to this log."""
+        def write(name: DaemonEvent, /, **fields: Any) -> None:
+            event = {"ts": round(time.time(), 3), "event": name.value, "worker": worker, **fields}
+            self._write(orjson.dumps(event) + b"\n", describe(event) if self.echo else "")
+        return write
 
     def _write(self, line: bytes, message: str) -> None:
         if self.path is not None:
@@ -140,6 +175,25 @@ def describe(event: dict[str, Any]) -> str:
             return f"{head}: attempt {e['attempt']} failed ({e['outcome']}); next in {e.get('next_in') or 0:.0f}s"
         case JobEvent.TEXT:
             return str(e.get("text", ""))
+        case DaemonEvent.GPU_WAIT:
+            return f"waiting before the next chunk: {e['reason']}"
+        case DaemonEvent.GPU_RECOVERED:
+            return "GPU recovered; going on"
+        case DaemonEvent.DISK_LOW:
+            return (f"disk low: {e['free_bytes']:,} bytes free on the spool's file system, the next chunk needs "
+                    f"about {e['needed_bytes']:,}; waiting (gc frees finished jobs)")
+        case DaemonEvent.DISK_BACK:
+            return f"disk space back: {e['free_bytes']:,} bytes free; taking work again"
+        case DaemonEvent.ENGINE_REBUILD:
+            return f"engine broken ({e['reason']}); rebuilding it"
+        case DaemonEvent.PIPELINE_REDO:
+            if e["stage"] == "submit":
+                return f"could not enqueue a chunk ({e['error']}); it will run on its own"
+            return f"a pipelined chunk failed ({e['error']}); redoing it with split and retry"
+        case DaemonEvent.REPLICA_LOST:
+            held = "holding" if e["stage"] == "collect" else "running"
+            return (f"ray replica {e['replica']} lost ({e['error']}) {held} {e['requests']:,} requests of a chunk; "
+                    "replacing it and redoing them")
     rest = " ".join(f"{k}={v}" for k, v in e.items() if k not in ("ts", "event", "job"))
     return f"{e.get('event')} {rest}".rstrip()
 

@@ -16,6 +16,7 @@ import contextlib
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,8 +61,10 @@ class Daemon:
     """One worker on one spool."""
 
     def __init__(self, config: Config, *, engine_factory: Callable[[], Engine] | None = None,
-                 gpu: GpuMonitor | None = None, echo: bool = True, statvfs: Statvfs = os.statvfs) -> None:
+                 gpu: GpuMonitor | None = None, echo: bool = True, statvfs: Statvfs = os.statvfs,
+                 clock: Callable[[], float] = time.time) -> None:
         self.config = config
+        self.clock = clock  # the time an inbox file's age is measured against (settle_seconds)
         self.spool = Spool(config.spool)
         self.spool.require()
         self.echo = echo
@@ -71,12 +74,14 @@ class Daemon:
         self.heartbeat = Heartbeat(self.spool, config.heartbeat_interval, engine=config.engine,
                                    chunk_size=config.chunk_size, poll_interval=config.poll_interval)
         self.log = JobLog(self._daemon_log_path(), echo=echo, max_bytes=config.log_max_bytes, keep=config.log_keep)
+        # What this worker waits for or repairs beside any one job: named events in the daemon's log.
+        self.events = events = self.log.daemon_events(self.heartbeat.id)
         self.executor = ChunkExecutor(
-            engine_factory or (lambda: make_engine(config.engine, config)),
-            max_attempts=config.max_attempts, log=self.log)
+            engine_factory or (lambda: make_engine(config.engine, config, events=events)),
+            max_attempts=config.max_attempts, log=self.log, events=events)
         self.guard = GpuGuard(gpu or GpuMonitor(), config, self.heartbeat, self._stop,
-                              reserved_pct=self._reserved_pct, log=self.log)
-        self.disk = DiskGuard(self.spool, config, self.heartbeat, self._stop, self.log, statvfs=statvfs)
+                              reserved_pct=self._reserved_pct, events=events)
+        self.disk = DiskGuard(self.spool, config, self.heartbeat, self._stop, events, statvfs=statvfs)
         self.maintenance = Maintenance(self.spool, config, self.log)
         self.totals = Totals()
         self._metrics_lock = threading.Lock()  # the heartbeat thread and the loop both write the file
@@ -238,7 +243,8 @@ class Daemon:
             if chunk is not None:
                 return chunk, 0
         while model is None and not self._stop.is_set():
-            claim, settling = self.spool.claim_inbox(self.config.settle_seconds, on_odd=self._refuse_odd)
+            claim, settling = self.spool.claim_inbox(self.config.settle_seconds, now=self.clock(),
+                                                     on_odd=self._refuse_odd)
             if claim is None:
                 # Another worker may have moved a job from the inbox to active/ between the listing
                 # above and this scan: help with it now (a `--once` worker would otherwise leave).

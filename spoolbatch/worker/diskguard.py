@@ -2,10 +2,11 @@
 
 Before each chunk the daemon estimates what the chunk will write from the job's own figures
 (its committed results, deadletter and ids bytes per request so far, times the chunk size,
-twice: the part is written, then merged) with a floor of ``disk_min_free_bytes``, and waits,
-heartbeat state ``waiting`` with reason "disk low", while the file system has less free. A
-full disk in the middle of a chunk is still handled (the chunk is retried, nothing lost);
-this keeps the daemon from running into it. ``statvfs`` is injectable for tests.
+twice: the part is written, then merged) with a floor of ``disk_min_free_bytes``, and waits
+while the file system has less free: heartbeat state ``waiting`` with reason "disk low", and a
+``disk_low`` event in the daemon's log (``disk_back`` when there is room again). A full disk
+in the middle of a chunk is still handled (the chunk is retried, nothing lost); this keeps
+the daemon from running into it. ``statvfs`` is injectable for tests.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Callable
 
 from spoolbatch.config import Config
 from spoolbatch.store.checkpoint import Checkpoint
 from spoolbatch.store.diskspace import Statvfs, free_bytes
+from spoolbatch.store.joblog import DaemonEvent, DaemonEvents
 from spoolbatch.store.spool import Spool
 from spoolbatch.worker.heartbeat import Heartbeat
 
@@ -28,12 +29,12 @@ class DiskGuard:
     """Reads the spool's free space and holds the daemon back while it is short."""
 
     def __init__(self, spool: Spool, config: Config, heartbeat: Heartbeat, stop: threading.Event,
-                 log: Callable[[str], None], statvfs: Statvfs = os.statvfs) -> None:
+                 events: DaemonEvents, statvfs: Statvfs = os.statvfs) -> None:
         self.spool = spool
         self.config = config
         self.heartbeat = heartbeat
         self.stop = stop
-        self.log = log
+        self.events = events
         self.statvfs = statvfs
         self.low = False
 
@@ -64,13 +65,12 @@ class DiskGuard:
             if not low:
                 if self.low:
                     self.low = False
-                    self.log(f"disk space back: {free:,} bytes free; taking work again")
+                    self.events(DaemonEvent.DISK_BACK, free_bytes=free)
                 return True
             if not block or self.stop.is_set():
                 return False
             if not self.low:
                 self.low = True
-                self.log(f"disk low: {free:,} bytes free on the spool's file system, the next chunk needs about "
-                         f"{need:,}; waiting (gc frees finished jobs)")
+                self.events(DaemonEvent.DISK_LOW, free_bytes=free, needed_bytes=need)
             self.heartbeat.update(state="waiting", reason=f"disk low: {free:,} bytes free, {need:,} needed")
             self.stop.wait(self.config.poll_interval)

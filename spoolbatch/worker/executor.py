@@ -7,6 +7,7 @@ a failure was is read from the ``EngineError`` the engine raised (``out_of_memor
 ``broken``), never from its message; anything else an engine lets through is classified
 once by ``engines.failures``. An engine that is broken is rebuilt before the next try.
 Every request ends with exactly one outcome, and the number of engine calls is bounded.
+Rebuilds and redone look-ahead chunks are ``DaemonEvent``s; the rest is free text.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from spoolbatch.engines.failures import engine_error
 from spoolbatch.errors import EngineError
 from spoolbatch.format.endpoints import EMBEDDINGS, GENERATION
 from spoolbatch.format.types import Outcome, Request
+from spoolbatch.store.joblog import DaemonEvent, DaemonEvents, no_events
 from spoolbatch.worker import gcpolicy
 
 _PIPELINED = (*GENERATION, EMBEDDINGS)  # what engines enqueue with submit (score/rerank run on their own)
@@ -57,7 +59,7 @@ class ChunkExecutor:
 
     def __init__(self, engine_factory: Callable[[], Engine], *, max_attempts: int = 3,
                  backoff: float = 1.0, backoff_cap: float = 60.0,
-                 log: Callable[[str], None] = lambda message: None,
+                 log: Callable[[str], None] = lambda message: None, events: DaemonEvents = no_events,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self._factory = engine_factory
         self.engine: Engine | None = None
@@ -66,6 +68,7 @@ class ChunkExecutor:
         self.backoff = backoff
         self.backoff_cap = backoff_cap
         self.log = log
+        self.events = events
         self.sleep = sleep
         self.rebuilds = 0
         self._generation = 0  # bumped when the engine dropped what was enqueued
@@ -85,7 +88,7 @@ class ChunkExecutor:
             if isinstance(engine, PipelinedEngine):
                 pending.ticket = engine.submit(pending.requests)
         except Exception as exc:  # collect falls back to run(), which splits and retries
-            self.log(f"could not enqueue a chunk ({describe(exc)}); it will run on its own")
+            self.events(DaemonEvent.PIPELINE_REDO, stage="submit", error=describe(exc))
             self._drop_in_flight(exc)
         return pending
 
@@ -100,7 +103,7 @@ class ChunkExecutor:
                     return ChunkRun(outcomes=outcomes, attempts=[1] * len(outcomes))
                 raise EngineError(f"engine returned {len(outcomes)} outcomes for {len(pending.requests)} requests")
             except Exception as exc:
-                self.log(f"a pipelined chunk failed ({describe(exc)}); redoing it with split and retry")
+                self.events(DaemonEvent.PIPELINE_REDO, stage="collect", error=describe(exc))
                 self._drop_in_flight(exc)
         return self.run(pending.model, pending.requests)
 
@@ -129,7 +132,7 @@ class ChunkExecutor:
         return self.engine
 
     def _rebuild(self, reason: str) -> None:
-        self.log(f"engine broken ({reason}); rebuilding it")
+        self.events(DaemonEvent.ENGINE_REBUILD, reason=reason)
         gcpolicy.thaw()
         if self.engine is not None:
             try:

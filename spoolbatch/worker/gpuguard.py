@@ -1,7 +1,7 @@
 """Protect the card between chunks: wait while it is too full or too hot, size the next chunk.
 
 Before every chunk the guard reads NVML; while ``gate`` gives a reason, no chunk starts
-(the reason goes to the heartbeat and the job log), and once the card recovers the chunk
+(the reason goes to the heartbeat, and a ``gpu_wait`` event to the daemon's log), and once the card recovers the chunk
 size is adapted to its free memory, never above the configured ``chunk_size``.
 """
 
@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable
 
 from spoolbatch.config import Config
+from spoolbatch.store.joblog import DaemonEvent, DaemonEvents, no_events
 from spoolbatch.worker.gpu import GpuMonitor, GpuSnapshot, adaptive_chunk_size, gate
 from spoolbatch.worker.heartbeat import Heartbeat
 
@@ -20,13 +21,13 @@ class GpuGuard:
 
     def __init__(self, monitor: GpuMonitor, config: Config, heartbeat: Heartbeat, stop: threading.Event, *,
                  reserved_pct: Callable[[], float] = lambda: 0.0,
-                 log: Callable[[str], None] = lambda message: None) -> None:
+                 events: DaemonEvents = no_events) -> None:
         self.monitor = monitor
         self.config = config
         self.heartbeat = heartbeat
         self.stop = stop
         self.reserved_pct = reserved_pct
-        self.log = log
+        self.events = events
 
     def read(self) -> GpuSnapshot:
         """A fresh reading, also put in the heartbeat."""
@@ -49,12 +50,12 @@ class GpuGuard:
             if not block:
                 return None
             if reason != reason_logged:
-                self.log(f"waiting before the next chunk: {reason}")
+                self.events(DaemonEvent.GPU_WAIT, reason=reason)
                 reason_logged = reason
             self.heartbeat.update(state="waiting", reason=reason)
             self.stop.wait(max(0.05, min(cfg.poll_interval, 10.0)))
         if reason_logged:
-            self.log("GPU recovered; going on")
+            self.events(DaemonEvent.GPU_RECOVERED)
         size = adaptive_chunk_size(snap, cfg.chunk_size, cfg.gpu_min_chunk, reserved_pct=self.reserved_pct())
         self.heartbeat.update(state="working", reason=None, chunk_size=size)
         return size
