@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -33,6 +34,10 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 SpoolOpt = Annotated[Path | None, typer.Option("--spool", envvar="SPOOLBATCH_SPOOL",
                                               help="Spool root (default ./spool).", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
+VerboseOpt = Annotated[int, typer.Option(
+    "--verbose", "-v", count=True,
+    help="Log more: -v adds the libraries' INFO lines (vLLM, Ray, uvicorn's access log) and spoolbatch's DEBUG; "
+         "-vv everything at DEBUG. By default libraries log WARNING and up.")]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -209,6 +214,7 @@ def run(
     = None,
     workers: Annotated[int | None, typer.Option(
         help="N worker processes on this spool with no GPU pinned (CPU engines, --engine fake).")] = None,
+    verbose: VerboseOpt = 0,
 ) -> None:
     """The daemon: claim jobs and process them in durable chunks."""
     flags = dict(engine=engine, chunk_size=chunk_size, poll_interval=poll_interval,
@@ -222,21 +228,29 @@ def run(
         from spoolbatch.worker.supervisor import Supervisor, parse_gpus, parse_workers
 
         # Workers share the supervisor's terminal: plain lines, or their bars would draw over each other.
-        args = ["--spool", str(config.spool), "--plain", *(["--once"] if once else []), *(["-q"] if quiet else [])]
+        args = ["--spool", str(config.spool), "--plain", *(["--once"] if once else []), *(["-q"] if quiet else []),
+                *(["--verbose"] * verbose)]
         for name, value in flags.items():
             if value is not None:
                 args += [f"--{name.replace('_', '-')}", str(value)]
         slots = parse_gpus(gpus) if gpus is not None else parse_workers(workers or 0)
         raise typer.Exit(Supervisor(slots, args, once=once).run())
+    from spoolbatch.logsetup import LogHandler, Route
     from spoolbatch.worker.daemon import Daemon
 
     bars = not quiet and not plain and err.is_terminal  # a person watching: bars; a log or a pipe: plain lines
     daemon = Daemon(config, echo=not quiet and not bars)
-    daemon.install_signal_handlers()
-    if not bars:
-        raise typer.Exit(daemon.run(once=once))
-    with _run_bars(daemon):
-        code = daemon.run(once=once)
+    # Python's logging (vLLM, Ray, ours) into the daemon's log, and onto stderr unless -q (the journal always).
+    path = daemon.log.path
+    handler = LogHandler(path, stderr=path is None or not quiet, prefix=f"spoolbatch[{os.getpid()}] daemon: ",
+                         stamp_stderr=False, max_bytes=config.log_max_bytes, keep=config.log_keep)
+    with Route(handler, verbose) as route:
+        daemon.heartbeat.on_beat.append(lambda _beat: route.adopt())  # Ray sets up its own logging on import
+        daemon.install_signal_handlers()
+        if not bars:
+            raise typer.Exit(daemon.run(once=once))
+        with _run_bars(daemon):
+            code = daemon.run(once=once)
     raise typer.Exit(code)
 
 
@@ -501,6 +515,7 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on (without API keys: loopback only).")]
     = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8080,
+    verbose: VerboseOpt = 0,
 ) -> None:
     """The OpenAI Files and Batches API over the spool (pip install 'spoolbatch[serve]')."""
     config = _config(spool)
@@ -508,7 +523,10 @@ def serve(
         from spoolbatch.server.run import serve as do_serve
     except ImportError as exc:
         raise ConfigError(f"serve needs its extra: pip install 'spoolbatch[serve]' ({exc.name} is missing)") from None
-    do_serve(config, host, port)
+    from spoolbatch.logsetup import LogHandler, Route
+
+    with Route(LogHandler(None, stderr=True), verbose):  # stderr is the server's log: warnings, a 500's traceback
+        do_serve(config, host, port)
 
 
 def _bytes(n: float) -> str:

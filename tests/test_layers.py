@@ -13,8 +13,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "spoolbatch"
 
-LAYER = {"errors": 0, "config": 0, "backoff": 0, "store": 1, "format": 2, "notify": 2, "engines": 3, "worker": 4,
-         "commands": 4, "server": 5, "cli": 6, "demo": 6, "__main__": 6, "__init__": 0}
+LAYER = {"errors": 0, "config": 0, "backoff": 0, "store": 1, "logsetup": 1, "format": 2, "notify": 2, "engines": 3,
+         "worker": 4, "commands": 4, "server": 5, "cli": 6, "demo": 6, "__main__": 6, "__init__": 0}
 # Peers that must not lean on each other: the commands answer without any worker code.
 APART = {("commands", "worker"), ("worker", "commands"), ("server", "worker")}
 

@@ -26,5 +26,5 @@ def serve(config: Config, host: str = "127.0.0.1", port: int = 8080) -> None:
         print(f"spoolbatch serve: no API keys, so loopback clients only ({host}:{port}); a request carrying a "
               "proxy header is refused: a reverse proxy needs api_keys", file=sys.stderr, flush=True)
     # Without keys, the client's address is the connection's own: no header may rewrite it.
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, server_header=False,
+    uvicorn.run(app, host=host, port=port, log_config=None, server_header=False,  # logging: `serve` routes it
                 proxy_headers=bool(config.api_keys))
