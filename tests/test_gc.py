@@ -25,9 +25,10 @@ from spoolbatch.commands import catalog
 from spoolbatch.commands.gc import gc
 from spoolbatch.config import Config
 from spoolbatch.store.checkpoint import Checkpoint
-from spoolbatch.store.cleanup import DAY, Kind, Policy, collect, job_files
+from spoolbatch.store.cleanup import DAY, Kind, Policy, collect
 from spoolbatch.store.jobstate import JobState
 from spoolbatch.store.rejections import write_reason
+from spoolbatch.store.retention import job_files
 from spoolbatch.store.spool import Spool
 from spoolbatch.worker.daemon import Daemon
 

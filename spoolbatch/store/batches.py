@@ -4,10 +4,12 @@ A job is a batch whether or not it has a record: one dropped with `cp` has none 
 defaults (no window, no metadata). Its batch id is ``batch_<job>``, so either name finds the
 other without an index. ``stop_state`` is the one predicate a worker asks before it starts a
 chunk: a pending cancel or a window that has passed stops the job at a chunk boundary.
+In the clean-up (store/cleanup.py), ``sweep`` removes the records whose job never came or is gone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -19,6 +21,7 @@ from spoolbatch.errors import InputError
 from spoolbatch.store.fsutil import atomic_write
 from spoolbatch.store.jobstate import JobState
 from spoolbatch.store.layout import is_job_id
+from spoolbatch.store.removal import Kind, Pass, measure, remove
 from spoolbatch.store.spool import Spool
 
 BATCH_PREFIX = "batch_"
@@ -153,3 +156,36 @@ def stop_state(spool: Spool, job: str, now: float | None = None) -> JobState | N
             and (time.time() if now is None else now) >= record.expires_at:
         return JobState.EXPIRED
     return None
+
+
+def input_file_ids(spool: Spool, skip: set[str] | frozenset[str] = frozenset()) -> set[str]:
+    """The uploads that batch records read, leaving out the records of the jobs in ``skip``."""
+    used = set()
+    for job in spool.names(spool.batch_record):
+        if job in skip:
+            continue
+        with contextlib.suppress(OSError, orjson.JSONDecodeError, AttributeError):
+            used.add(orjson.loads(spool.batch_record(job).read_bytes()).get("input_file_id"))
+    return used
+
+
+def sweep(p: Pass) -> None:
+    """Remove batch records older than the retention whose job never got placed or is gone."""
+    sp = p.spool
+    for job in sp.names(sp.batch_record):
+        if job in p.gone or sp.job_exists(job):
+            continue
+        path = sp.batch_record(job)
+        try:
+            created = float(orjson.loads(path.read_bytes()).get("created_at") or 0) or path.stat().st_mtime
+        except (OSError, orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+            continue
+        if created > p.cutoff:
+            continue
+        with p.job_lock(job) as held:
+            if not held or sp.job_exists(job):
+                continue
+            n, size = measure([path])
+            if not p.dry_run:
+                remove(path)
+            p.add(Kind.BATCH, job, n, size, "its job is gone")

@@ -4,7 +4,8 @@ An upload streams into a temporary name in ``files/``; ``commit`` renames it int
 then writes the record, which is what makes the file exist: a crash before that leaves only a
 temporary that ``sweep`` removes. The output and error files of a batch are virtual: their ids
 (``file-output-JOB``, ``file-errors-JOB``, and ``file-input-JOB`` for a job dropped with `cp`) name
-the job whose lines they stream.
+the job whose lines they stream. In the clean-up (store/cleanup.py), ``sweep_unused`` removes
+the uploads no batch reads once they are past the retention.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import orjson
 
 from spoolbatch.store.fsutil import atomic_write, fsync_dir
 from spoolbatch.store.layout import JOB_ID, is_job_id
+from spoolbatch.store.removal import Kind, Pass, measure
 from spoolbatch.store.spool import Spool
 
 UPLOAD_ID = re.compile(r"file-[0-9a-f]{24}")
@@ -97,8 +99,8 @@ def list_files(spool: Spool) -> list[FileRecord]:
     """Every uploaded file, newest first."""
     out = []
     with contextlib.suppress(FileNotFoundError):
-        for path in spool.files.glob("file-*.json"):
-            record = FileRecord.load(spool, path.name[: -len(".json")])
+        for file_id in spool.names(spool.file_meta):
+            record = FileRecord.load(spool, file_id) if file_id.startswith("file-") else None
             if record is not None:
                 out.append(record)
     out.sort(key=lambda r: (r.created_at, r.id), reverse=True)
@@ -122,10 +124,28 @@ def sweep(spool: Spool, now: float | None = None, older_than: float = STALE_UPLO
     now = time.time() if now is None else now
     removed = 0
     with contextlib.suppress(FileNotFoundError):
-        for path in spool.files.iterdir():
-            orphan = path.name.endswith(".jsonl") and not spool.file_meta(path.name[: -len(".jsonl")]).exists()
-            if (path.name.startswith(".upload.") or orphan) and now - path.lstat().st_mtime > older_than:
-                with contextlib.suppress(FileNotFoundError):
+        left = [path for path in spool.files.iterdir() if path.name.startswith(".upload.")]
+        left += [spool.file_content(file_id) for file_id in spool.names(spool.file_content)
+                 if not spool.file_meta(file_id).exists()]
+        for path in left:
+            with contextlib.suppress(FileNotFoundError):
+                if now - path.lstat().st_mtime > older_than:
                     path.unlink()
                     removed += 1
     return removed
+
+
+def sweep_unused(p: Pass, used: set[str]) -> None:
+    """Remove uploads older than the retention that no batch reads (``used``), and what a killed server left."""
+    sp = p.spool
+    for record in list_files(sp):
+        if record.id in used or record.created_at > p.cutoff:
+            continue
+        n, size = measure([sp.file_meta(record.id), sp.file_content(record.id)])
+        if not p.dry_run:
+            delete(sp, record.id)
+        p.add(Kind.UPLOAD, record.id, n, size, record.filename)
+    if not p.dry_run:
+        with contextlib.suppress(OSError):
+            if swept := sweep(sp, p.now):
+                p.add(Kind.TEMPORARY, "files/", swept, 0, "uploads a killed server left")

@@ -3,12 +3,12 @@
 An event for a batch that ended is written once per subscribed endpoint (its id and body
 fixed then, so every retry carries the same ``webhook-id``); whichever process sends it holds
 the entry's lock while it tries, and records the outcome in the entry. A process killed
-mid-send leaves the entry pending: it is sent again, at least once.
+mid-send leaves the entry pending: it is sent again, at least once. In the clean-up
+(store/cleanup.py), ``sweep`` removes the entries delivered or given up whose job is gone.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import time
 from collections.abc import Iterator
@@ -21,6 +21,7 @@ from spoolbatch import backoff
 from spoolbatch.store.batches import batch_id
 from spoolbatch.store.fsutil import atomic_write
 from spoolbatch.store.jobstate import JobState
+from spoolbatch.store.removal import Kind, Pass, measure, remove
 from spoolbatch.store.spool import Spool
 
 GIVE_UP_SECONDS = 72 * 3600
@@ -116,13 +117,35 @@ def has_entries(spool: Spool, job: str, urls: list[str]) -> bool:
 def due(spool: Spool, now: float | None = None) -> Iterator[str]:
     """Names of the pending deliveries whose next attempt is due."""
     now = time.time() if now is None else now
-    with contextlib.suppress(FileNotFoundError):
-        for path in sorted(spool.outbox.glob("*.json")):
-            d = Delivery.load(spool, path.name[: -len(".json")])
-            if d is not None and d.state == DeliveryState.PENDING and d.next_at <= now:
-                yield d.name
+    for name in spool.names(spool.outbox_entry):
+        d = Delivery.load(spool, name)
+        if d is not None and d.state == DeliveryState.PENDING and d.next_at <= now:
+            yield d.name
 
 
 def retry_delay(attempts: int, base: float) -> float:
     """Seconds before attempt ``attempts + 1``: doubling from ``base``, at most an hour."""
     return backoff.delay(max(1, attempts), base=base, cap=MAX_DELAY_SECONDS)
+
+
+def sweep(p: Pass) -> None:
+    """Remove entries delivered (or given up) whose job is gone; a pending one stays until it is sent."""
+    sp = p.spool
+    for name in sp.names(sp.outbox_entry):
+        entry = Delivery.load(sp, name)
+        if entry is None or entry.state == DeliveryState.PENDING:
+            continue
+        if entry.job not in p.gone and sp.job_exists(entry.job):
+            continue
+        lock = sp.try_lock(sp.outbox_lock(name)) if not p.dry_run else None
+        if lock is None and not p.dry_run:
+            continue  # a sender holds it
+        try:
+            n, size = measure([sp.outbox_entry(name)])
+            if not p.dry_run:
+                remove(sp.outbox_entry(name))
+                remove(sp.outbox_lock(name))
+            p.add(Kind.WEBHOOK, name, n, size, f"{entry.state.value}, job {entry.job} is gone")
+        finally:
+            if lock is not None:
+                lock.release()
