@@ -125,9 +125,9 @@ def job_info(spool: Spool, job: str, *, probe_owner: bool = True) -> JobInfo:
 def read_groups(spool: Spool) -> dict[str, list[str]]:
     """Every `submit --split` group of the spool: its name and its jobs, in order."""
     groups = {}
-    for path in sorted(spool.groups.glob("*.json")):
+    for name in spool.names(spool.group):
         with contextlib.suppress(OSError, orjson.JSONDecodeError, KeyError, TypeError):
-            data = orjson.loads(path.read_bytes())
+            data = orjson.loads(spool.group(name).read_bytes())
             groups[str(data["group"])] = [str(j) for j in data["jobs"]]
     return groups
 
