@@ -215,7 +215,7 @@ def install() -> None:
 
     real = engines.make_engine
 
-    def make_engine(name: str, config: Any) -> Any:
-        return from_env() if name == "fake" else real(name, config)
+    def make_engine(name: str, config: Any, **kwargs: Any) -> Any:
+        return from_env() if name == "fake" else real(name, config, **kwargs)
 
     engines.make_engine = make_engine  # type: ignore[assignment]
