@@ -2,7 +2,8 @@
 
 The daemons and servers here are real `spoolbatch run` and `spoolbatch serve` processes. To
 make a library log during a run, a small wrapper starts the same CLI with the fake engine's
-``load`` (or one server route) doing what vLLM's code does: calling ``logging.getLogger("vllm...")``.
+``load`` doing what vLLM's code does: calling ``logging.getLogger("vllm...")``; the server gets
+one extra route that fails as a bug would.
 The real engine's own warnings are checked on the tiny model at the end.
 """
 
@@ -185,12 +186,20 @@ SERVE = '''
 import sys
 from spoolbatch.server import app
 
-
-def broken(self):
-    raise RuntimeError("disk on fire (from the test)")
+_create_app = app.create_app
 
 
-app.Api.models = broken
+def create_app(config):
+    api = _create_app(config)
+
+    @api.get("/v1/boom")
+    def boom():
+        raise RuntimeError("disk on fire (from the test)")
+
+    return api
+
+
+app.create_app = create_app
 from spoolbatch.cli import main
 
 sys.argv = ["spoolbatch", *sys.argv[1:]]
@@ -217,7 +226,7 @@ def test_a_500_logs_its_traceback_on_the_servers_stderr_never_to_the_client(spoo
         server.wait_up()
         client = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
         with pytest.raises(openai.InternalServerError) as caught:
-            client.models.list()
+            client.get("/boom", cast_to=object)
         body = caught.value.response.text
         assert "Traceback" not in body and "disk on fire" not in body and "server_error" in body
         server.proc.terminate()
@@ -230,8 +239,8 @@ def test_a_500_logs_its_traceback_on_the_servers_stderr_never_to_the_client(spoo
     assert m and m["level"] == "ERROR" and m["logger"] == "uvicorn.error", stderr
     assert "Traceback (most recent call last)" in "\n".join(lines[head:])
     assert "RuntimeError: disk on fire (from the test)" in "\n".join(lines[head:])
-    assert re.search(r"^\S+ ERROR spoolbatch\.serve: unexpected error on GET /v1/models", stderr, re.MULTILINE)
-    access = re.search(r"^\S+ INFO uvicorn\.access: .*GET /v1/models HTTP/1\.1\" 500", stderr, re.MULTILINE)
+    assert re.search(r"^\S+ ERROR spoolbatch\.\S+: .*/v1/boom", stderr, re.MULTILINE), "the error handler's line"
+    access = re.search(r"^\S+ INFO uvicorn\.access: .*GET /v1/boom HTTP/1\.1\" 500", stderr, re.MULTILINE)
     assert bool(access) == verbose, "uvicorn's access lines only with --verbose"
 
 
