@@ -176,6 +176,29 @@ def test_a_route_puts_back_what_it_changed(tmp_path: Path, monkeypatch: pytest.M
         ray.propagate = True
 
 
+def test_ray_which_sets_up_its_own_logging_on_import_is_brought_back(tmp_path: Path) -> None:
+    """Ray gives its logger a stderr handler of its own and stops it propagating when it is imported;
+    ``adopt`` (which `run` calls on every heartbeat) routes it again, and leaving puts Ray's back."""
+    pytest.importorskip("ray")
+    log = tmp_path / "daemon.log"
+    script = (
+        "import logging\n"
+        "from pathlib import Path\n"
+        "from spoolbatch.logsetup import LogHandler, Route\n"
+        f"with Route(LogHandler(Path({str(log)!r}), stderr=False)) as route:\n"
+        "    import ray\n"
+        "    route.adopt()\n"
+        "    logging.getLogger('ray.util').warning('ray warns')\n"
+        "    logging.getLogger('ray.util').info('ray chatter')\n"
+        "r = logging.getLogger('ray')\n"
+        "print(len(r.handlers), r.propagate)\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          check=True)
+    records = _records(log)
+    assert [(r["level"], r["logger"], r["message"]) for r in records] == [("WARNING", "ray.util", "ray warns")]
+    assert done.stdout.split() == ["1", "False"], "Ray's own handler is back after the route"
+
+
 def test_a_failing_log_file_never_fails_the_caller(tmp_path: Path) -> None:
     handler = LogHandler(tmp_path / "gone" / "daemon.log", stderr=False)  # its folder does not exist
     with Route(handler):
