@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from spoolbatch.engines.failures import engine_error, is_broken, is_out_of_memory
+from spoolbatch.engines.failures import engine_error, is_broken, is_out_of_memory, is_request_shaped
 from spoolbatch.engines.fake import FakeEngine
-from spoolbatch.errors import EngineError
+from spoolbatch.errors import EngineError, RequestError
 from spoolbatch.format.types import Outcome, Request
 from spoolbatch.format.validation import parse_spec
 from spoolbatch.store.joblog import DaemonEvent
@@ -90,6 +90,17 @@ def test_an_engine_core_that_is_gone_is_broken(text: str) -> None:
 def test_a_request_shaped_error_is_neither() -> None:
     err = engine_error(ValueError("temperature must be non-negative"))
     assert (err.out_of_memory, err.broken) == (False, False)
+
+
+def test_what_one_request_can_cause_is_told_from_what_the_engine_did() -> None:
+    jinja2 = pytest.importorskip("jinja2")
+    for exc in (ValueError("temperature must be non-negative"), KeyError("content"), TypeError("bad"),
+                RequestError("invalid_value", "the prompt is empty"), jinja2.TemplateError("no such filter")):
+        assert is_request_shaped(exc), exc
+    for exc in (RuntimeError("CUDA out of memory"), EngineError("gone", broken=True), MemoryError(), OSError(5, "io")):
+        assert not is_request_shaped(exc), exc
+    exceptions = pytest.importorskip("vllm.exceptions")
+    assert is_request_shaped(exceptions.VLLMValidationError("Invalid grammar specification"))
 
 
 def test_ray_actor_lost_is_broken_and_ray_oom_is_out_of_memory() -> None:

@@ -1,8 +1,9 @@
 """What an engine failure means, told from torch's, vLLM's and Ray's own exceptions.
 
-This is the one place that reads those libraries' exception types and messages; the
-engines turn every engine-wide failure into an ``EngineError`` with ``out_of_memory`` and
-``broken`` set here, and the executor reads only those fields. Nothing is imported for
+This is the one place that reads those libraries' exception types and messages: whether a
+single request caused an error (``is_request_shaped``: it fails alone), and otherwise the
+``EngineError`` every engine-wide failure becomes, with ``out_of_memory`` and ``broken`` set
+here; the executor reads only those fields. Nothing is imported for
 the checks: an exception of a library can only exist once that library was imported, so
 the types are looked up in ``sys.modules``.
 """
@@ -13,7 +14,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from spoolbatch.errors import EngineError
+from spoolbatch.errors import EngineError, RequestError
 
 # vLLM's and Ray's words for an engine that is gone (the in-process engine core raises plain
 # exceptions with these); an out-of-memory error whose text happens to say "died" is not one.
@@ -76,6 +77,19 @@ def is_broken(exc: BaseException) -> bool:
         return False
     text = str(exc).lower()
     return any(word in text for word in _DEAD_WORDS)
+
+
+def is_request_shaped(exc: BaseException) -> bool:
+    """True for an error a single request can cause (a bad parameter, template or length).
+
+    Such a request fails alone; any other error is the engine's. ``RequestError`` is ours,
+    raised by a request's own checks.
+    """
+    if isinstance(exc, EngineError):
+        return False
+    vllm, jinja2 = _module("vllm.exceptions"), _module("jinja2")
+    return isinstance(exc, _types(ValueError, TypeError, KeyError, OverflowError, RequestError,
+                                  getattr(vllm, "VLLMClientError", None), getattr(jinja2, "TemplateError", None)))
 
 
 def engine_error(exc: BaseException, what: str = "the engine failed") -> EngineError:

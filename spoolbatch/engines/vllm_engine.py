@@ -2,19 +2,18 @@
 
 vLLM and torch are imported inside methods only, so importing this module is cheap.
 Chat and completion requests are rendered and tokenized once (the model's chat template
-for chat), checked on their own (prompt length against the context, sampling parameters)
-and enqueued in the engine with ``submit``; ``collect`` steps the engine until that
-chunk's requests are finished. A request that fails its checks gets a failed outcome and
-never reaches the engine. Submitting the next chunk before collecting the current one
-keeps the engine's batch full across chunk boundaries (see ``ChunkExecutor.submit``).
-Embeddings take the same path on a pooling runner: each input is tokenized once, checked
-against the context, and enqueued with ``PoolingParams`` (``dimensions`` for a Matryoshka
-model), so the next chunk of embeddings is in the engine too; vectors go from the engine's
-float32 output to the body as arrays, never as Python lists.
-vLLM's outputs become OpenAI bodies (and logprobs) in ``vllm_output``.
+for chat), checked on their own (prompt length against the context, sampling parameters:
+``vllm_sampling``) and enqueued in the engine with ``submit``; ``collect`` steps the engine
+until that chunk's requests are finished. A request that fails its checks gets a failed
+outcome and never reaches the engine. Submitting the next chunk before collecting the
+current one keeps the engine's batch full across chunk boundaries (see
+``ChunkExecutor.submit``). Embeddings take the same path on a pooling runner, one engine
+request per input (``vllm_pooling``); score and rerank run on ``LLM.score``
+(``vllm_scoring``). vLLM's outputs become OpenAI bodies (and logprobs) in ``vllm_output``.
 
-Engine-wide failures raise ``EngineError`` with ``out_of_memory`` and ``broken`` set from
-what torch and vLLM raised (``engines.failures``), so the caller can split the chunk or
+Whether an error is one request's or the engine's is told once (``_failed``, with
+``engines.failures``): engine-wide failures raise ``EngineError`` with ``out_of_memory`` and
+``broken`` set from what torch and vLLM raised, so the caller can split the chunk or
 rebuild the engine without reading messages.
 """
 
@@ -29,8 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spoolbatch.config import EngineSettings
-from spoolbatch.engines.failures import engine_error
-from spoolbatch.engines.vllm_output import embedding_body, generation_body
+from spoolbatch.engines.failures import engine_error, is_request_shaped
+from spoolbatch.engines.vllm_output import generation_body
+from spoolbatch.engines.vllm_pooling import embedding_outcome, pooling_inputs
+from spoolbatch.engines.vllm_sampling import sampling_params
 from spoolbatch.engines.vllm_tools import needs_chat_path
 from spoolbatch.errors import EngineError, RequestError
 from spoolbatch.format.endpoints import CHAT, CHAT_LIKE, EMBEDDINGS, GENERATION, POOLED, SCORING
@@ -40,23 +41,6 @@ log = logging.getLogger(__name__)
 
 GENERATE = "generate"
 POOLING = "pooling"
-
-
-def _request_shaped(exc: BaseException) -> bool:
-    """True for errors a single request can cause (bad parameter, template, length)."""
-    if isinstance(exc, (ValueError, TypeError, KeyError, OverflowError, RequestError)):
-        return True
-    try:
-        from vllm.exceptions import VLLMClientError
-    except ImportError:  # pragma: no cover - very old vLLM
-        return False
-    if isinstance(exc, VLLMClientError):
-        return True
-    try:
-        from jinja2 import TemplateError
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(exc, TemplateError)
 
 
 @dataclass(slots=True)
@@ -249,46 +233,49 @@ class VllmEngine:
         one is collected keeps the batch full across the chunk boundary. Requests that fail
         their own checks are answered at once with a failed outcome.
         """
-        from vllm.inputs import TokensPrompt
-        from vllm.sampling_params import RequestOutputKind
-
         self._tickets += 1
         ticket = Ticket(number=self._tickets, created=int(time.time()), requests=list(requests),
                         outcomes=[None] * len(requests))
-        if requests and all(r.spec.endpoint == EMBEDDINGS for r in requests):
-            return self._submit_embeddings(ticket)
-        if requests and (self._llm is None or self._runner != GENERATE):
-            self.load(self._model or requests[0].spec.model, endpoint=CHAT)
+        if not requests:
+            return ticket
+        ticket.pooling = all(r.spec.endpoint == EMBEDDINGS for r in requests)
+        if self._llm is None or self._runner != (POOLING if ticket.pooling else GENERATE):
+            self.load(self._model or requests[0].spec.model, endpoint=EMBEDDINGS if ticket.pooling else CHAT)
+        engine = self._llm.llm_engine
+        inputs = self._pooling_inputs() if ticket.pooling else self._generation_inputs(ticket)
         for i, request in enumerate(requests):
-            if request.spec.endpoint not in GENERATION:
-                ticket.outcomes[i] = Outcome.fail("unsupported_endpoint",
-                                                  f"{request.spec.endpoint} cannot share a chunk with generation")
-                continue
-            rid = f"sb{ticket.number}-{i}"
+            added: list[str] = []
             try:
-                if request.spec.endpoint in CHAT_LIKE and needs_chat_path(request.spec, self.settings.reasoning_parser):
-                    prepared = self.chat_tools().prepare(request)
-                    params = self.sampling_params(request, len(prepared.prompt_ids), overrides=prepared.overrides)
-                    prompt: Any = prepared.engine_input
-                    ticket.prepared[i] = prepared
-                else:
-                    ids = self._prompt_ids(request)
-                    params = self.sampling_params(request, len(ids))
-                    prompt = TokensPrompt(prompt_token_ids=ids)
-                params.output_kind = RequestOutputKind.FINAL_ONLY
-                self._llm.llm_engine.add_request(rid, prompt, params)
-            except RequestError as exc:
-                ticket.outcomes[i] = Outcome.fail(exc.code, str(exc))
-                continue
+                for n, (prompt, params) in enumerate(inputs(i, request)):
+                    rid = f"sb{ticket.number}-{i}-{n}" if ticket.pooling else f"sb{ticket.number}-{i}"
+                    engine.add_request(rid, prompt, params)
+                    added.append(rid)
             except Exception as exc:
-                if not _request_shaped(exc):
-                    self.abort()
-                    raise engine_error(exc, "vLLM failed") from exc
-                ticket.outcomes[i] = Outcome.fail("invalid_request", f"rejected by vLLM: {type(exc).__name__}: {exc}")
+                if added:
+                    with contextlib.suppress(Exception):
+                        engine.abort_request(added)
+                ticket.outcomes[i] = self._failed(exc)
                 continue
-            ticket.waiting[rid] = i
-            self._open[rid] = ticket.number
+            for rid in added:
+                ticket.waiting[rid] = i
+                self._open[rid] = ticket.number
         return ticket
+
+    def _failed(self, exc: Exception) -> Outcome:
+        """The failed outcome of a request that raised ``exc``.
+
+        An error a single request can cause (its own checks, a parameter or template vLLM
+        refuses) fails that request; any other is engine-wide: what is in the engine is
+        dropped and an ``EngineError`` (out of memory, broken: ``engines.failures``) raised.
+        """
+        if isinstance(exc, RequestError):
+            return Outcome.fail(exc.code, str(exc))
+        if is_request_shaped(exc):
+            return Outcome.fail("invalid_request", f"rejected by vLLM: {type(exc).__name__}: {exc}")
+        self.abort()
+        if isinstance(exc, EngineError):
+            raise exc
+        raise engine_error(exc, "vLLM failed") from exc
 
     def collect(self, ticket: Ticket) -> list[Outcome]:
         """Step the engine until every request of ``ticket`` is finished; outcomes in order."""
@@ -309,20 +296,23 @@ class VllmEngine:
         except Exception as exc:
             self.abort()
             raise engine_error(exc, "vLLM failed") from exc
-        if ticket.pooling:
-            self._embedding_outcomes(ticket)
-        for rid, i in ticket.waiting.items():
-            output = self._finished.pop(rid)
-            try:
-                prepared = ticket.prepared.get(i)
-                tools = self.chat_tools() if prepared is not None else None
-                ticket.outcomes[i] = Outcome.ok(generation_body(ticket.requests[i], output, ticket.created,
-                                                                self._tokenizer.decode, prepared=prepared,
-                                                                tools=tools))
-            except Exception as exc:  # a body we cannot build (odd logprobs) fails that request alone
-                ticket.outcomes[i] = Outcome.fail("internal_error", f"{type(exc).__name__}: {exc}")
+        finished: dict[int, list[Any]] = {}
+        for rid, i in ticket.waiting.items():  # inserted in input order
+            finished.setdefault(i, []).append(self._finished.pop(rid))
         ticket.waiting.clear()
+        for i, outputs in finished.items():
+            ticket.outcomes[i] = (embedding_outcome(ticket.requests[i], outputs) if ticket.pooling
+                                  else self._generation_outcome(ticket, i, outputs[0]))
         return [o if o is not None else Outcome.fail("internal_error", "no answer") for o in ticket.outcomes]
+
+    def _generation_outcome(self, ticket: Ticket, i: int, output: Any) -> Outcome:
+        try:
+            prepared = ticket.prepared.get(i)
+            tools = self.chat_tools() if prepared is not None else None
+            return Outcome.ok(generation_body(ticket.requests[i], output, ticket.created, self._tokenizer.decode,
+                                              prepared=prepared, tools=tools))
+        except Exception as exc:  # a body we cannot build (odd logprobs) fails that request alone
+            return Outcome.fail("internal_error", f"{type(exc).__name__}: {exc}")
 
     def abort(self) -> None:
         """Drop every request still in the engine (after a failure; their chunks are redone)."""
@@ -333,6 +323,34 @@ class VllmEngine:
                 self._llm.llm_engine.abort_request(open_ids)
 
     # generation ---------------------------------------------------------------------
+
+    def _generation_inputs(self, ticket: Ticket) -> Callable[[int, Request], list[tuple[Any, Any]]]:
+        """What each request of a generation chunk puts into the engine: one (prompt, params).
+
+        vLLM's names are looked up once a chunk, not once a request (about 1 us each).
+        """
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        final_only = RequestOutputKind.FINAL_ONLY
+
+        def inputs(i: int, request: Request) -> list[tuple[Any, Any]]:
+            if request.spec.endpoint not in GENERATION:
+                raise RequestError("unsupported_endpoint", f"{request.spec.endpoint} cannot share a chunk with "
+                                   "generation")
+            if request.spec.endpoint in CHAT_LIKE and needs_chat_path(request.spec, self.settings.reasoning_parser):
+                prepared = self.chat_tools().prepare(request)
+                params = self.sampling_params(request, len(prepared.prompt_ids), overrides=prepared.overrides)
+                prompt: Any = prepared.engine_input
+                ticket.prepared[i] = prepared
+            else:
+                ids = self._prompt_ids(request)
+                params = self.sampling_params(request, len(ids))
+                prompt = TokensPrompt(prompt_token_ids=ids)
+            params.output_kind = final_only
+            return [(prompt, params)]
+
+        return inputs
 
     def _prompt_ids(self, request: Request) -> list[int]:
         """The prompt's token ids, rendered and tokenized once (the chat template for chat)."""
@@ -361,60 +379,10 @@ class VllmEngine:
         return self._chat
 
     def sampling_params(self, request: Request, prompt_len: int, *, overrides: dict[str, Any] | None = None) -> Any:
-        """The ``SamplingParams`` for ``request``; raise ``RequestError`` when it cannot be honoured.
-
-        ``overrides`` are parameters vLLM's parser set (structured output for a forced tool call).
-        """
-        from vllm import SamplingParams
-
-        spec = request.spec
-        if prompt_len == 0:
-            raise RequestError("invalid_value", "the prompt is empty")
-        room = self.max_model_len - prompt_len
-        if room < 1:
-            raise RequestError("context_length_exceeded",
-                               f"the prompt is {prompt_len} tokens; this model's maximum context length "
-                               f"is {self.max_model_len} tokens (prompt plus at least 1 output token)")
-        max_tokens = room if spec.max_tokens is None else min(spec.max_tokens, room)
-        bad = [t for t in spec.logit_bias if not 0 <= t < self.vocab_size]
-        if bad:
-            raise RequestError("invalid_value", f"logit_bias token id(s) {bad[:5]} are outside the "
-                                                f"vocabulary (0..{self.vocab_size - 1})")
-        # Most lines of a job ask for the same parameters: one SamplingParams each (vLLM copies
-        # it per request itself, as for LLM.generate with one params for many prompts) saves its
-        # construction and checks, about 6 us a request, on short completions at GPU rates.
-        plain = spec.json_schema is None and not spec.json_object and not overrides
-        if plain:
-            key = (spec.n, spec.temperature, spec.top_p, max_tokens, spec.stop, spec.seed, spec.presence_penalty,
-                   spec.frequency_penalty, tuple(spec.logit_bias.items()), spec.logprobs, spec.top_logprobs)
-            cached = self._params.get(key)
-            if cached is not None:
-                return cached
-        kwargs: dict[str, Any] = dict(
-            n=spec.n, temperature=spec.temperature, top_p=spec.top_p, max_tokens=max_tokens,
-            stop=list(spec.stop) or None, seed=spec.seed, presence_penalty=spec.presence_penalty,
-            frequency_penalty=spec.frequency_penalty, logit_bias=dict(spec.logit_bias) or None,
-        )
-        if spec.logprobs:
-            kwargs["logprobs"] = spec.top_logprobs
-        if spec.json_schema is not None or spec.json_object:
-            from vllm.sampling_params import StructuredOutputsParams
-
-            kwargs["structured_outputs"] = (StructuredOutputsParams(json=spec.json_schema)
-                                            if spec.json_schema is not None
-                                            else StructuredOutputsParams(json_object=True))
-        kwargs.update(overrides or {})
-        try:
-            params = SamplingParams(**kwargs)
-        except Exception as exc:
-            if _request_shaped(exc):
-                raise RequestError("invalid_request", f"rejected by vLLM: {exc}") from None
-            raise
-        if plain:
-            if len(self._params) >= 4096:  # per-request seeds or lengths: keep the table small
-                self._params.clear()
-            self._params[key] = params
-        return params
+        """The ``SamplingParams`` for ``request`` on the loaded model (``vllm_sampling``); ``RequestError`` when it
+        cannot be honoured. ``overrides`` are parameters vLLM's parser set (a forced tool call's structured output)."""
+        return sampling_params(request, prompt_len, max_model_len=self.max_model_len, vocab_size=self.vocab_size,
+                               cache=self._params, overrides=overrides)
 
     def _isolating(self, items: Sequence[Any], call: Callable[[Sequence[Any]], list[Any]]) -> list[Any]:
         """``call(items)``; when it fails for a request-shaped reason, halve until the culprit is alone."""
@@ -425,76 +393,18 @@ class VllmEngine:
             if len(results) != len(items):
                 raise EngineError(f"vLLM answered {len(results)} of {len(items)} requests")
             return results
-        except EngineError:
-            raise
         except Exception as exc:
-            if not _request_shaped(exc):
-                raise engine_error(exc, "vLLM failed") from exc
+            failed = self._failed(exc)
             if self._llm.llm_engine.has_unfinished_requests():
                 self._restart()  # leftovers would otherwise be returned by the next call
             if len(items) == 1:
-                return [Outcome.fail("invalid_request", f"rejected by vLLM: {exc}")]
+                return [failed]
             half = len(items) // 2
             return self._isolating(items[:half], call) + self._isolating(items[half:], call)
 
     # embeddings ---------------------------------------------------------------------
 
-    def _submit_embeddings(self, ticket: Ticket) -> Ticket:
-        """Enqueue every input of every request on a pooling runner (one engine request per input)."""
-        from vllm import PoolingParams
-        from vllm.inputs import TokensPrompt
-
-        requests = ticket.requests
-        if self._llm is None or self._runner != POOLING:
-            self.load(self._model or requests[0].spec.model, endpoint=EMBEDDINGS)
-        ticket.pooling = True
-        engine = self._llm.llm_engine
-        for i, request in enumerate(requests):
-            spec = request.spec
-            added: list[str] = []
-            try:
-                if spec.dimensions is not None and not engine.model_config.is_matryoshka:
-                    raise RequestError("unsupported_parameter", f"model {spec.model!r} cannot shorten its "
-                                       "embeddings (not a Matryoshka model): leave 'dimensions' out")
-                for n, text in enumerate(spec.inputs):
-                    ids = self._tokenizer.encode(text)
-                    if len(ids) > self.max_model_len:
-                        raise RequestError("context_length_exceeded",
-                                           f"input[{n}] is {len(ids)} tokens; this model's maximum context "
-                                           f"length is {self.max_model_len} tokens")
-                    rid = f"sb{ticket.number}-{i}-{n}"
-                    engine.add_request(rid, TokensPrompt(prompt_token_ids=ids),
-                                       PoolingParams(task="embed", dimensions=spec.dimensions))
-                    added.append(rid)
-            except Exception as exc:
-                if added:
-                    with contextlib.suppress(Exception):
-                        engine.abort_request(added)
-                if isinstance(exc, RequestError):
-                    ticket.outcomes[i] = Outcome.fail(exc.code, str(exc))
-                    continue
-                if not _request_shaped(exc):
-                    self.abort()
-                    raise engine_error(exc, "vLLM failed") from exc
-                ticket.outcomes[i] = Outcome.fail("invalid_request", f"rejected by vLLM: {type(exc).__name__}: {exc}")
-                continue
-            for rid in added:
-                ticket.waiting[rid] = i
-                self._open[rid] = ticket.number
-        return ticket
-
-    def _embedding_outcomes(self, ticket: Ticket) -> None:
-        """The finished inputs of a pooling ticket, as one embedding list per request."""
-        by_request: dict[int, list[Any]] = {}
-        for rid, i in ticket.waiting.items():  # inserted in input order
-            by_request.setdefault(i, []).append(self._finished.pop(rid))
-        ticket.waiting.clear()
-        for i, outputs in by_request.items():
-            failed = next((o.error for o in outputs if getattr(o, "error", None) is not None), None)
-            if failed is not None:
-                ticket.outcomes[i] = Outcome.fail("invalid_request", f"rejected by vLLM: {failed}")
-                continue
-            try:
-                ticket.outcomes[i] = Outcome.ok(embedding_body(ticket.requests[i], outputs))
-            except Exception as exc:  # a body we cannot build fails that request alone
-                ticket.outcomes[i] = Outcome.fail("internal_error", f"{type(exc).__name__}: {exc}")
+    def _pooling_inputs(self) -> Callable[[int, Request], list[tuple[Any, Any]]]:
+        """What each request of an embeddings chunk puts into the engine: one (prompt, params) per input."""
+        matryoshka = bool(self._llm.llm_engine.model_config.is_matryoshka)
+        return lambda i, request: pooling_inputs(request, self._tokenizer, self.max_model_len, matryoshka=matryoshka)
