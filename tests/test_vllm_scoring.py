@@ -63,6 +63,25 @@ def test_tiny_cross_encoder_scores_and_reranks(engine: Any, tmp_path: Path) -> N
     check(engine, str(build_tiny_cross_encoder(tmp_path / "cross-encoder")))
 
 
+def test_a_pair_vllm_refuses_fails_alone(engine: Any, tmp_path: Path) -> None:
+    """One call scores the chunk; a request-shaped refusal halves it until the culprit is alone."""
+    from tests.tiny_model import MAX_POSITIONS, build_tiny_cross_encoder
+
+    model = str(build_tiny_cross_encoder(tmp_path / "cross-encoder"))
+
+    def line(custom_id: str, n: int, query: str) -> Request:
+        body = {"model": model, "queries": query, "documents": DOCS}
+        return Request(custom_id, n, SCORE, body, parse_spec(SCORE, body))
+
+    engine.load(model)
+    long = " ".join(["fox"] * (MAX_POSITIONS * 2))
+    outcomes = engine.run([line("a", 1, QUERY), line("long", 2, long), line("b", 3, "a lazy dog")])
+    assert [o.failed for o in outcomes] == [False, True, False]
+    assert outcomes[1].error_code == "invalid_request", outcomes[1].error_message
+    (alone,) = engine.run([line("a", 1, QUERY)])
+    assert [d["score"] for d in alone.body["data"]] == pytest.approx([d["score"] for d in outcomes[0].body["data"]])
+
+
 def test_packaged_minilm_scores_by_cosine(engine: Any) -> None:
     from spoolbatch.engines.models import embed_demo_dir
 

@@ -384,12 +384,16 @@ class VllmEngine:
         return sampling_params(request, prompt_len, max_model_len=self.max_model_len, vocab_size=self.vocab_size,
                                cache=self._params, overrides=overrides)
 
-    def _isolating(self, items: Sequence[Any], call: Callable[[Sequence[Any]], list[Any]]) -> list[Any]:
-        """``call(items)``; when it fails for a request-shaped reason, halve until the culprit is alone."""
+    def isolated(self, items: Sequence[Any], call: Callable[[Any, Sequence[Any]], list[Any]]) -> list[Any]:
+        """``call(llm, items)`` on the loaded ``vllm.LLM`` (an offline call: ``score``), one result per item.
+
+        When it fails for a request-shaped reason the items are halved until the culprit is
+        alone; its result is then a failed ``Outcome``. Engine-wide failures raise ``EngineError``.
+        """
         if not items:
             return []
         try:
-            results = call(items)
+            results = call(self._llm, items)
             if len(results) != len(items):
                 raise EngineError(f"vLLM answered {len(results)} of {len(items)} requests")
             return results
@@ -400,7 +404,7 @@ class VllmEngine:
             if len(items) == 1:
                 return [failed]
             half = len(items) // 2
-            return self._isolating(items[:half], call) + self._isolating(items[half:], call)
+            return self.isolated(items[:half], call) + self.isolated(items[half:], call)
 
     # embeddings ---------------------------------------------------------------------
 

@@ -4,13 +4,13 @@ A cross-encoder (a sequence classifier with one label) scores each pair in one p
 embedding model scores a pair by the cosine similarity of its two embeddings: vLLM picks the
 way from the model. The pairs of a whole chunk go through one ``score`` call and are split
 back per request; a call that fails for a request-shaped reason is halved until the culprit
-is alone (the engine's ``_isolating``), so one bad line never fails its chunk.
+is alone (the engine's ``isolated``), so one bad line never fails its chunk.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from spoolbatch.format import bodies
 from spoolbatch.format.endpoints import RERANK
@@ -18,14 +18,20 @@ from spoolbatch.format.scoring import pair_list, rerank_list, score_list
 from spoolbatch.format.types import Outcome, Request
 
 
-def run_scores(engine: Any, group: Sequence[Request], created: int) -> list[Outcome]:
+class Offline(Protocol):
+    """What scoring needs of the engine (``VllmEngine.isolated``): an offline call on its loaded ``LLM``."""
+
+    def isolated(self, items: Sequence[Any], call: Callable[[Any, Sequence[Any]], list[Any]]) -> list[Any]: ...
+
+
+def run_scores(engine: Offline, group: Sequence[Request], created: int) -> list[Outcome]:
     """Answer score and rerank requests with ``engine``'s loaded pooling model (a ``VllmEngine``)."""
     pairs = [pair_list(r.spec.inputs, r.spec.documents) for r in group]
 
-    def call(indexes: Sequence[int]) -> list[Any]:
+    def call(llm: Any, indexes: Sequence[int]) -> list[Any]:
         left = [q for i in indexes for q in pairs[i][0]]
         right = [d for i in indexes for d in pairs[i][1]]
-        flat = engine._llm.score(left, right, use_tqdm=False)
+        flat = llm.score(left, right, use_tqdm=False)
         if len(flat) != len(left):
             raise ValueError(f"vLLM scored {len(flat)} of {len(left)} pairs")
         out, at = [], 0
@@ -36,7 +42,7 @@ def run_scores(engine: Any, group: Sequence[Request], created: int) -> list[Outc
         return out
 
     outcomes = []
-    for request, result in zip(group, engine._isolating(list(range(len(group))), call), strict=True):
+    for request, result in zip(group, engine.isolated(list(range(len(group))), call), strict=True):
         if isinstance(result, Outcome):
             outcomes.append(result)
             continue
