@@ -205,7 +205,7 @@ def test_the_workers_job_count_rereads_only_changed_checkpoints(spool: Spool, co
     spool.checkpoint("c").unlink()
     counts = census.count_jobs(spool, cache)
     assert (counts[JobState.COMPLETED], counts[JobState.CANCELLED]) == (1, 1) and loads == [spool.checkpoint("b")]
-    assert sorted(cache) == ["a.checkpoint.json", "b.checkpoint.json"]
+    assert sorted(cache) == ["a", "b"]
 
 
 def test_a_long_running_worker_forgets_the_jobs_it_finished(spool: Spool, config: Config,

@@ -48,7 +48,7 @@ def _changed(entries: Iterator[JobEntry], mtimes: dict[str, float]) -> Iterator[
     for entry in entries:
         with contextlib.suppress(FileNotFoundError):
             mtime = entry.stat().st_mtime
-            key = str(entry.path)
+            key = entry.where
             if mtimes.get(key) != mtime:
                 mtimes[key] = mtime
                 yield entry

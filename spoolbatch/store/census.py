@@ -17,7 +17,7 @@ from spoolbatch.store.checkpoint import Checkpoint
 from spoolbatch.store.jobstate import JobState
 from spoolbatch.store.spool import Spool, Stage
 
-# file name -> (inode, mtime_ns, size, job, state): a checkpoint is replaced by a rename, a new inode
+# job of the file name -> (inode, mtime_ns, size, job, state): a checkpoint is replaced by a rename, a new inode
 CensusCache = dict[str, tuple[int, int, int, str, JobState]]
 
 
@@ -28,7 +28,7 @@ def count_jobs(spool: Spool, cache: CensusCache | None = None) -> dict[JobState,
     seen = set()
     fresh: CensusCache = {}
     for entry in spool.jobs(Stage.CHECKPOINTED):
-        name = entry.path.name
+        name = entry.job
         with contextlib.suppress(OSError, orjson.JSONDecodeError, ValueError, TypeError):
             st = entry.stat()
             known = cache.get(name) if cache is not None else None

@@ -17,7 +17,7 @@ import os
 import re
 import stat
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import BinaryIO
@@ -75,17 +75,29 @@ class Stage(StrEnum):
     REMOVING_REFUSED = "removing_refused"  # rejected/JOB.removing: the same for a refused file
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made once per file of each listing, and a frozen one costs 3x to make
 class JobEntry:
-    """One job found in one stage, and the file that says so."""
+    """One job found in one stage, and the file that says so (``where``, its path)."""
 
     job: str
     stage: Stage
-    path: Path
+    where: str
+    # The listing's own entry: its stat is one call and cached (a spool holds a month of jobs).
+    dirent: os.DirEntry[str] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def path(self) -> Path:
+        """The file's path."""
+        return Path(self.where)
+
+    @property
+    def name(self) -> str:
+        """The file's name in its folder."""
+        return os.path.basename(self.where)
 
     def stat(self) -> os.stat_result:
         """The file's own status (a link is not followed)."""
-        return os.lstat(self.path)
+        return self.dirent.stat(follow_symlinks=False) if self.dirent is not None else os.lstat(self.where)
 
 
 class Layout:
@@ -229,29 +241,38 @@ class Layout:
 
     # --- listing -----------------------------------------------------------------------------
     def names(self, path_of: Callable[[str], Path]) -> list[str]:
-        """The names N, sorted, for which ``path_of(N)`` is in its folder: a path method read backwards.
+        """The names N for which ``path_of(N)`` is in its folder, in file-name order: a path method read backwards.
 
         ``names(spool.batch_record)`` are the jobs with a batch record, ``names(spool.worker_file)``
         the workers with a heartbeat. Dotfiles and temporaries are never names; a missing folder has none.
         """
+        cut, found = self._scan(path_of)
+        return [name[:-cut] for name, _entry in found]
+
+    @staticmethod
+    def _scan(path_of: Callable[[str], Path]) -> tuple[int, list[tuple[str, os.DirEntry[str]]]]:
+        """The suffix's length, and (file name, directory entry) of each name ``names`` gives, in order."""
         probe = path_of("")
-        suffix = probe.name
+        suffix, cut = probe.name, len(probe.name)
         try:
-            found = os.listdir(probe.parent)
+            with os.scandir(probe.parent) as it:
+                # A name that ends in a suffix of the layout never ends as a temporary does: a dot first is enough.
+                found = [(entry.name, entry) for entry in it
+                         if entry.name.endswith(suffix) and entry.name[0] != "." and len(entry.name) > cut]
         except (FileNotFoundError, NotADirectoryError):
-            return []
-        return sorted(name[: -len(suffix)] for name in found
-                      if name.endswith(suffix) and len(name) > len(suffix) and not is_ignored(name))
+            return cut, []
+        found.sort()  # by file name, which is unique in a folder: entries themselves are never compared
+        return cut, found
 
     def jobs(self, stage: Stage) -> Iterator[JobEntry]:
-        """The jobs in ``stage``: queued ones oldest first (odd files too), the others by name."""
+        """The jobs in ``stage``: queued ones oldest first (odd files too), the others in file-name order."""
         if stage == Stage.QUEUED:
-            for entry in self.inbox_entries():
-                yield JobEntry(sanitize_job_id(entry.name), stage, entry.path)
+            for queued in self.inbox_entries():
+                yield JobEntry(sanitize_job_id(queued.name), stage, str(queued.path))
             return
-        path_of = self._stage_paths()[stage]
-        for job in self.names(path_of):
-            yield JobEntry(job, stage, path_of(job))
+        cut, found = self._scan(self._stage_paths()[stage])
+        for name, entry in found:
+            yield JobEntry(name[:-cut], stage, entry.path, entry)
 
     def _stage_paths(self) -> dict[Stage, Callable[[str], Path]]:
         return {Stage.ACTIVE: self.input, Stage.CHECKPOINTED: self.checkpoint, Stage.ARCHIVED: self.archived_input,
