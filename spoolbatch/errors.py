@@ -56,6 +56,16 @@ class JobNotFound(SpoolbatchError):
         self.job = job
 
 
+class FileNotFound(SpoolbatchError):
+    """An id named a file (an upload, or a batch's input, output or error file) that the spool does not hold."""
+
+    exit_code = 4
+
+    def __init__(self, file_id: str) -> None:
+        super().__init__(f"no file {file_id[:120]!r} in the spool")
+        self.file_id = file_id
+
+
 class InputError(SpoolbatchError):
     """A job file, or one line of it, is not a usable OpenAI batch input."""
 

@@ -71,7 +71,7 @@ def test_the_original_client_from_create_to_results(tmp_path: Path, keyless: Ser
     assert second["batch_id"] != batch_id and second["total_requests"] == 5
     estimate = second["estimate"]
     assert isinstance(estimate["estimated_seconds"], float) and isinstance(estimate["estimated_time_minutes"], float)
-    assert estimate["estimated_seconds"] >= 0 and "reason" not in estimate
+    assert estimate["estimated_seconds"] >= 0 and estimate["reason"] is None and estimate["basis"]
     assert wait_done(base, second["batch_id"])["status"] == "completed"
 
 

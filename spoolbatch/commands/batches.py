@@ -21,6 +21,8 @@ from typing import Any
 import orjson
 
 from spoolbatch.commands.catalog import JobInfo, errors, job_info, list_jobs, queued_entry
+from spoolbatch.commands.control import cancel
+from spoolbatch.errors import SpoolbatchError
 from spoolbatch.format.bodies import stable_id
 from spoolbatch.format.lines import LineParser
 from spoolbatch.format.types import Request
@@ -73,6 +75,11 @@ class BatchView:
     def job(self) -> str:
         """The job id."""
         return self.info.job
+
+    @property
+    def id(self) -> str:
+        """The batch id."""
+        return batch_id(self.info.job)
 
     @property
     def state(self) -> JobState:
@@ -139,14 +146,6 @@ class BatchView:
         }
 
 
-def estimate_object(seconds: float | None, basis: str) -> dict[str, Any]:
-    """The ``estimate`` the replaced batch server answered: minutes and seconds, or nulls and the reason."""
-    if seconds is None:
-        return {"estimated_time_minutes": None, "estimated_seconds": None,
-                "reason": basis or "no estimate: the batch holds no request to run"}
-    return {"estimated_time_minutes": round(seconds / 60, 1), "estimated_seconds": round(seconds, 1), "basis": basis}
-
-
 def _stamp(value: float | None) -> int | None:
     return int(value) if value else None
 
@@ -173,6 +172,14 @@ def _view(spool: Spool, info: JobInfo) -> BatchView:
 def get_batch(spool: Spool, job: str) -> BatchView:
     """The batch of ``job``, or ``JobNotFound``."""
     return _view(spool, by_clock(spool, job_info(spool, job, probe_owner=False)))
+
+
+def cancel_batch(spool: Spool, job: str) -> BatchView:
+    """Cancel a batch (at once when queued, at the next chunk boundary when running); the batch as it is then."""
+    if not get_batch(spool, job).state.final:
+        with contextlib.suppress(SpoolbatchError):  # it ended meanwhile: the answer is what it is now
+            cancel(spool, job)
+    return get_batch(spool, job)
 
 
 def list_batches(spool: Spool) -> list[BatchView]:

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from spoolbatch.errors import InputError, JobNotFound, LimitExceeded, SpoolbatchError
+from spoolbatch.errors import FileNotFound, InputError, JobNotFound, LimitExceeded, SpoolbatchError
 
 log = logging.getLogger("spoolbatch.serve")
 QUEUE_LIMITS = ("queued jobs", "queued requests")
+# The request field a library error's code is about.
+PARAM_OF_CODE = {"invalid_completion_window": "completion_window", "invalid_metadata": "metadata",
+                 "endpoint_mismatch": "endpoint", "invalid_endpoint": "endpoint", "invalid_purpose": "purpose",
+                 "model_mismatch": "model", "missing_file": "file", "batch_file": "file_id"}
+# The code of a refused field, where it has one of its own.
+CODE_OF_PARAM = {"input_file_id": "invalid_input_file_id", "endpoint": "invalid_endpoint",
+                 "completion_window": "invalid_completion_window", "metadata": "invalid_metadata"}
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
           405: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error", 500: "server_error"}
 
@@ -40,14 +50,44 @@ def error_response(status: int, message: str, *, param: str | None = None, code:
 
 
 def from_library(exc: SpoolbatchError, param: str | None = None) -> ApiError:
-    """The HTTP answer to an error the library raised."""
+    """The HTTP answer to an error the library raised; ``param`` names the field when its code does not."""
     if isinstance(exc, JobNotFound):
         return ApiError(404, f"No batch found with id 'batch_{exc.job}'.", param="batch_id", code="not_found")
+    if isinstance(exc, FileNotFound):
+        return ApiError(404, f"No such File object: {exc.file_id[:120]!r}.", param=param or "file_id",
+                        code="not_found")
     if isinstance(exc, LimitExceeded) and exc.limit in QUEUE_LIMITS:
         return ApiError(429, exc.reason + (f"; {exc.hint}" if exc.hint else ""), code="queue_full")
     if isinstance(exc, InputError):
-        return ApiError(400, exc.reason, param=param, code=exc.code)
+        return ApiError(400, exc.reason, param=PARAM_OF_CODE.get(exc.code, param), code=exc.code)
     return ApiError(400, exc.message, param=param, code="invalid_request")
+
+
+@contextlib.contextmanager
+def about(param: str) -> Iterator[None]:
+    """Library errors raised inside answer naming the request field ``param`` (unless their code names one)."""
+    try:
+        yield
+    except SpoolbatchError as exc:
+        raise from_library(exc, param) from None
+
+
+def invalid(errors: Sequence[Any]) -> ApiError:
+    """The 400 of a request that failed its model (the first error): ``param`` is the top-level field."""
+    first = dict(errors[0]) if errors else {}
+    where = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+    param = where[0] if where else None
+    cause = (first.get("ctx") or {}).get("error")
+    kind = first.get("type")
+    if kind == "json_invalid" or (not where and kind in ("model_type", "model_attributes_type")):
+        message = f"{param} must be a JSON object." if param else \
+            "The body is not valid JSON." if kind == "json_invalid" else "The body must be a JSON object."
+        return ApiError(400, message, param=param, code=CODE_OF_PARAM.get(param or "", "invalid_json"))
+    if isinstance(cause, ValueError):  # one of our checks: its own words
+        message = str(cause)
+    else:
+        message = f"invalid {'.'.join(where) or 'request'}: {first.get('msg', 'bad value')}"
+    return ApiError(400, message, param=param, code=CODE_OF_PARAM.get(param or "", "invalid_request"))
 
 
 def install(app: FastAPI) -> None:
@@ -68,10 +108,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        where = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
-        return error_response(400, f"invalid {'.'.join(where) or 'request'}: {first.get('msg', 'bad value')}",
-                              param=".".join(where) or None, code="invalid_request")
+        return invalid(exc.errors()).response()
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -1,4 +1,5 @@
-"""Multipart uploads streamed straight into the spool, with the per-job limits checked as bytes arrive.
+"""Request bodies: multipart uploads streamed straight into the spool, the per-job limits checked as bytes
+arrive; a small JSON body read whole up to its limit.
 
 The file part goes to a temporary name in ``files/`` (never held in memory, never in /tmp);
 over a limit, the temporary is removed, the rest of the body is read and dropped (so the
@@ -15,13 +16,17 @@ from pathlib import Path
 from fastapi import Request
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.concurrency import run_in_threadpool
 
+from spoolbatch.commands.files import add_upload
 from spoolbatch.server.errors import ApiError
+from spoolbatch.store.files import FileRecord
 from spoolbatch.store.fsutil import FILE_MODE
 from spoolbatch.store.spool import Spool
 
 MAX_FIELD_BYTES = 64 * 1024  # a form field other than the file (purpose, metadata...)
 MAX_DRAIN_BYTES = 4 << 30  # past this, an oversized body is cut off instead of read to its end
+MAX_JSON_BODY = 1 << 20  # a JSON body (a create): read whole, so bounded
 
 
 @dataclass(slots=True)
@@ -172,3 +177,25 @@ async def receive_upload(request: Request, spool: Spool, *, max_bytes: int, max_
         upload.discard()
         raise
     return upload
+
+
+async def receive_file(request: Request, spool: Spool, *, max_bytes: int, max_lines: int) -> tuple[FileRecord, Upload]:
+    """A multipart upload received and committed as a file (``commands.files.add_upload``); its other fields."""
+    upload = await receive_upload(request, spool, max_bytes=max_bytes, max_lines=max_lines)
+    try:
+        record = await run_in_threadpool(add_upload, spool, upload.tmp, upload.filename, upload.bytes, upload.lines,
+                                         upload.fields.get("purpose", "batch"))
+        upload.tmp = None  # moved into place
+        return record, upload
+    finally:
+        upload.discard()
+
+
+async def read_body(request: Request, limit: int = MAX_JSON_BODY) -> bytes:
+    """A small body read whole, or a 413 once it passes ``limit`` bytes."""
+    body = bytearray()
+    async for block in request.stream():
+        body += block
+        if len(body) > limit:
+            raise ApiError(413, "The request body is too large.", code="body_too_large")
+    return bytes(body)

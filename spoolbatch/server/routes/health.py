@@ -1,0 +1,42 @@
+"""The spool as a whole: health (no key: for load balancers), models, the web page and what it shows."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import HTMLResponse, Response
+
+from spoolbatch.commands import health as spool_health
+from spoolbatch.commands.status import status
+from spoolbatch.server.deps import State, authorized
+from spoolbatch.server.models import Health, Model, ModelList, SpoolStatus
+from spoolbatch.server.openapi import ERRORS
+from spoolbatch.server.page import PAGE
+from spoolbatch.server.responses import model_response
+
+router = APIRouter(tags=["health and page"], responses=ERRORS)
+keyed = [Depends(authorized)]
+
+
+@router.get("/", response_class=HTMLResponse)
+def page() -> HTMLResponse:
+    """The web page: jobs, workers, GPUs and the queue, refreshing itself."""
+    return HTMLResponse(PAGE)
+
+
+@router.get("/health", response_model=Health)
+def health(server: State) -> Response:
+    """Workers alive, stale and dead, their GPUs, and the queue (counts only, no job named)."""
+    return model_response(Health.model_validate(spool_health.health(server.spool)))
+
+
+@router.get("/v1/models", response_model=ModelList, dependencies=keyed)
+def models(server: State) -> Response:
+    """The models the alive workers have loaded, and the configured one."""
+    names = spool_health.models(server.spool, server.config.model)
+    return model_response(ModelList(data=[Model(id=name) for name in names]))
+
+
+@router.get("/v1/spoolbatch/status", response_model=SpoolStatus, dependencies=keyed)
+def spool_status(server: State) -> Response:
+    """What the web page shows: `spoolbatch status --json`."""
+    return model_response(SpoolStatus.model_validate(status(server.spool).to_dict()))
