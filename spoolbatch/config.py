@@ -100,6 +100,8 @@ class Config:
     max_queued_requests: int = 250_000
     max_line_bytes: int = 8 * 1024 * 1024
     max_attempts: int = 3
+    prefix_order: bool = True  # a chunk's generation requests reach the engine with shared prefixes adjacent
+    dedupe: bool = True  # a deterministic request repeated in a chunk is answered once (each line its own result)
     gpu_max_memory_pct: float = 95.0
     gpu_max_temp_c: float = 85.0
     gpu_min_chunk: int = 500

@@ -47,6 +47,8 @@ class JobInfo:
     lines_consumed: int = 0
     started_at: float | None = None
     busy_seconds: float = 0.0  # engine time summed over every worker's chunks: the job's own rate
+    deduplicated: int = 0  # lines answered with an identical deterministic line's answer (not sent to the engine)
+    prefix_cache_hit_rate: float | None = None  # share of prompt tokens the engine read from its prefix cache
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON (the state as its string)."""
@@ -58,7 +60,8 @@ def _from_checkpoint(ckpt: Checkpoint, owned: bool | None = None) -> JobInfo:
     return JobInfo(ckpt.job, status, ckpt.requests_done, ckpt.requests_failed, ckpt.total_lines,
                    round(ckpt.progress(), 4), ckpt.eta_seconds(), ckpt.model, ckpt.total_tokens,
                    ckpt.updated_at, ckpt.message, owned, ckpt.retries, lines_consumed=ckpt.lines_consumed,
-                   started_at=ckpt.started_at, busy_seconds=round(ckpt.busy_seconds, 3))
+                   started_at=ckpt.started_at, busy_seconds=round(ckpt.busy_seconds, 3),
+                   deduplicated=ckpt.deduplicated, prefix_cache_hit_rate=ckpt.prefix_cache_hit_rate)
 
 
 def _from_rejection(rejection: Rejection) -> JobInfo:

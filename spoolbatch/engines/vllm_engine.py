@@ -135,6 +135,9 @@ class VllmEngine:
             # blanks until max_tokens and never close the JSON. vLLM reads this per engine and
             # only with a named backend; llguidance covers the most of JSON Schema.
             kwargs["structured_outputs_config"] = {"backend": "guidance", "disable_any_whitespace": True}
+            # Asked for, not left to the default: prefix order (worker/ordering.py) counts on it, on
+            # the CPU build too (vLLM keeps it on there for models without MLA).
+            kwargs["enable_prefix_caching"] = True
         if self._cpu:
             kwargs["distributed_executor_backend"] = "uni"
         else:
@@ -309,8 +312,11 @@ class VllmEngine:
         try:
             prepared = ticket.prepared.get(i)
             tools = self.chat_tools() if prepared is not None else None
-            return Outcome.ok(generation_body(ticket.requests[i], output, ticket.created, self._tokenizer.decode,
-                                              prepared=prepared, tools=tools))
+            outcome = Outcome.ok(generation_body(ticket.requests[i], output, ticket.created, self._tokenizer.decode,
+                                                 prepared=prepared, tools=tools))
+            cached = getattr(output, "num_cached_tokens", None)  # prompt tokens read from the prefix cache
+            outcome.cached_tokens = cached if isinstance(cached, int) else None
+            return outcome
         except Exception as exc:  # a body we cannot build (odd logprobs) fails that request alone
             return Outcome.fail("internal_error", f"{type(exc).__name__}: {exc}")
 

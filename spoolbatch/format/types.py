@@ -33,6 +33,7 @@ class Outcome:
     error_message: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int | None = None  # prompt tokens the engine read from its prefix cache; None: not reported
 
     @classmethod
     def ok(cls, body: dict[str, Any]) -> Outcome:

@@ -34,6 +34,9 @@ class Checkpoint:
     requests_done: int = 0
     requests_failed: int = 0
     retries: int = 0
+    deduplicated: int = 0  # lines answered with an identical deterministic line's answer, not sent to the engine
+    prefix_cache_queries: int = 0  # prompt tokens of requests whose engine reported its prefix cache (vLLM)
+    prefix_cache_hits: int = 0  # of those, tokens the engine read from its prefix cache
     chunks: int = 0
     model: str | None = None
     url: str | None = None
@@ -52,6 +55,11 @@ class Checkpoint:
     def total_tokens(self) -> int:
         """Prompt plus completion tokens so far."""
         return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def prefix_cache_hit_rate(self) -> float | None:
+        """Share of prompt tokens read from the engine's prefix cache; None where the engine does not say."""
+        return round(self.prefix_cache_hits / self.prefix_cache_queries, 4) if self.prefix_cache_queries else None
 
     def progress(self) -> float:
         """Fraction of the input's lines consumed; 1.0 once completed.
@@ -79,6 +87,7 @@ class Checkpoint:
         data = asdict(self)
         data["status"] = self.status.value
         data["total_tokens"] = self.total_tokens
+        data["prefix_cache_hit_rate"] = self.prefix_cache_hit_rate
         data["progress"] = round(self.progress(), 6)
         data["eta_seconds"] = self.eta_seconds()
         return data

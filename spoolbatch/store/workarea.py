@@ -98,6 +98,9 @@ class PartSummary:
     seconds: float
     retries: int
     worker: str
+    deduplicated: int = 0  # lines answered with an identical line's answer (not sent to the engine)
+    prefix_cache_queries: int = 0  # prompt tokens of the requests whose engine reported its prefix cache
+    prefix_cache_hits: int = 0  # of those, tokens read from the cache
 
 
 class WorkArea:

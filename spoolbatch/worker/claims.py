@@ -27,6 +27,8 @@ from spoolbatch.store.joblog import JobEvent, JobLog
 from spoolbatch.store.spool import Spool
 from spoolbatch.store.workarea import ChunkRange, PartIds, PartSummary, WorkArea
 from spoolbatch.worker.executor import ChunkExecutor, Pending
+from spoolbatch.worker.ordering import cache_tokens
+from spoolbatch.worker.sending import SendPlan
 
 # Jobs remembered as started before the finished ones are forgotten.
 STARTED_PRUNE_AT = 256
@@ -58,6 +60,7 @@ class PreparedChunk:
     lines: list[bytes] = field(default_factory=list)  # the chunk's raw lines, for deadletter records
     bad: list[BadLine] = field(default_factory=list)
     pending: Pending | None = None
+    plan: SendPlan | None = None  # what the engine got: de-duplicated, in prefix order
 
 
 def _next_lines(path: os.PathLike[str], start: int, count: int) -> list[bytes]:
@@ -156,7 +159,8 @@ class Claims:
                 prepared.bad.append(parsed)
         claim.lines = []
         if prepared.requests:
-            prepared.pending = self.executor.submit(parser.model or "", prepared.requests)
+            prepared.plan = SendPlan.build(prepared.requests, order=self.config.prefix_order, dedupe=self.config.dedupe)
+            prepared.pending = self.executor.submit(parser.model or "", prepared.plan.sent)
         return prepared
 
     def commit(self, prepared: PreparedChunk) -> PartSummary:
@@ -164,10 +168,12 @@ class Claims:
         claim, chunk, bad = prepared.claim, prepared.claim.chunk, prepared.bad
         results: list[bytes] = []
         ids = PartIds()
-        prompt_tokens = completion_tokens = retries = 0
-        if prepared.pending is not None:
-            run = self.executor.collect(prepared.pending)
-            retries = run.retries
+        prompt_tokens = completion_tokens = retries = deduplicated = cache_queries = cache_hits = 0
+        if prepared.pending is not None and prepared.plan is not None:
+            sent = self.executor.collect(prepared.pending)
+            cache_queries, cache_hits = cache_tokens(sent.outcomes)
+            run = prepared.plan.spread(sent, prepared.requests)
+            retries, deduplicated = run.retries, prepared.plan.deduplicated
             for request, outcome, attempts in zip(prepared.requests, run.outcomes, run.attempts, strict=True):
                 if outcome.failed:
                     raw = prepared.lines[request.line - chunk.first_line].rstrip(b"\r\n")
@@ -185,7 +191,7 @@ class Claims:
         seconds = now - max(prepared.started, self._last_commit)
         self._last_commit = now
         summary = PartSummary(chunk.index, chunk.lines, len(results), len(bad), prompt_tokens, completion_tokens,
-                              seconds, retries, self.worker)
+                              seconds, retries, self.worker, deduplicated, cache_queries, cache_hits)
         WorkArea(self.spool.work_area(claim.job)).commit_part(
             summary, b"".join(results), b"".join(deadletter_line(claim.job, b) for b in bad), ids)
         return summary

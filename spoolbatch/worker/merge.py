@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from array import array
 from collections.abc import Callable
+from typing import Any
 
 from spoolbatch.format.lines import BadLine, LineParser, deadletter_line
 from spoolbatch.format.types import Request
@@ -33,6 +34,14 @@ def load_seen(path: os.PathLike[str], count: int) -> IdSet:
     except FileNotFoundError:
         pass
     return IdSet(ids)
+
+
+def _engine_savings(summary: PartSummary) -> dict[str, Any]:
+    """The chunk_merged event's fields on what the engine was spared: lines de-duplicated, prefix-cache hits."""
+    fields: dict[str, Any] = {"deduplicated": summary.deduplicated}
+    if summary.prefix_cache_queries:
+        fields["prefix_cache_hit_rate"] = round(summary.prefix_cache_hits / summary.prefix_cache_queries, 4)
+    return fields
 
 
 class Merger:
@@ -123,12 +132,15 @@ class Merger:
         ckpt.completion_tokens += summary.completion_tokens
         ckpt.busy_seconds += summary.seconds
         ckpt.retries += summary.retries
+        ckpt.deduplicated += summary.deduplicated
+        ckpt.prefix_cache_queries += summary.prefix_cache_queries
+        ckpt.prefix_cache_hits += summary.prefix_cache_hits
         ckpt.worker = summary.worker
         ckpt.save(self.spool.checkpoint(job))
         self._seen[job] = (ckpt.ids_count, seen)
         log.event(JobEvent.CHUNK_MERGED, job, chunk=summary.index + 1, first_line=chunk.first_line,
                   last_line=chunk.last_line, answered=answered, failed=failures,
-                  seconds=round(summary.seconds, 4), worker=summary.worker)
+                  seconds=round(summary.seconds, 4), worker=summary.worker, **_engine_savings(summary))
 
     def _duplicates(self, job: str, chunk: ChunkRange, line_numbers: list[int]) -> bytes:
         raw = chunk.read(self.spool.input(job))

@@ -33,6 +33,9 @@ class MetricsSample:
     requests_failed_total: int = 0
     prompt_tokens_total: int = 0
     completion_tokens_total: int = 0
+    requests_deduplicated_total: int = 0
+    prefix_cache_queries_total: int | None = None  # prompt tokens looked up in vLLM's prefix cache; None: not reported
+    prefix_cache_hits_total: int | None = None  # of those, found there
     gpus: Sequence[GpuDevice] = ()
     last_chunk_requests_per_second: float | None = None
     last_chunk_tokens_per_second: float | None = None
@@ -96,6 +99,12 @@ def render(sample: MetricsSample) -> str:
         [({}, s.requests_failed_total)])
     add("spoolbatch_tokens_total", "counter", "Tokens processed, by kind.",
         [({"kind": "prompt"}, s.prompt_tokens_total), ({"kind": "completion"}, s.completion_tokens_total)])
+    add("spoolbatch_requests_deduplicated_total", "counter",
+        "Requests answered with an identical deterministic request's answer, not sent to the engine.",
+        [({}, s.requests_deduplicated_total)])
+    add("spoolbatch_prefix_cache_tokens_total", "counter",
+        "Prompt tokens the engine looked up in its prefix cache (kind=query) and found there (kind=hit).",
+        [({"kind": "query"}, s.prefix_cache_queries_total), ({"kind": "hit"}, s.prefix_cache_hits_total)])
     add("spoolbatch_gpu_memory_used_bytes", "gauge", "GPU memory in use (all processes), per NVML.",
         [(lb, d.memory_used) for lb, d in gpus])
     add("spoolbatch_gpu_memory_total_bytes", "gauge", "GPU memory installed, per NVML.",

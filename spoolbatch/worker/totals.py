@@ -23,6 +23,9 @@ class Totals:
     requests_failed: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    deduplicated: int = 0
+    prefix_cache_queries: int = 0
+    prefix_cache_hits: int = 0
     last_rps: float | None = None
     last_tps: float | None = None
     # Jobs by status: recounted every JOB_COUNT_SECONDS (it reads every checkpoint), and at once
@@ -37,6 +40,9 @@ class Totals:
         self.requests_failed += report.failed
         self.prompt_tokens += report.prompt_tokens
         self.completion_tokens += report.completion_tokens
+        self.deduplicated += report.deduplicated
+        self.prefix_cache_queries += report.prefix_cache_queries
+        self.prefix_cache_hits += report.prefix_cache_hits
         if report.seconds > 0:
             self.last_rps = report.lines / report.seconds
             self.last_tps = report.completion_tokens / report.seconds
@@ -60,6 +66,9 @@ class Totals:
                              requests_failed_total=self.requests_failed,
                              prompt_tokens_total=self.prompt_tokens,
                              completion_tokens_total=self.completion_tokens, gpus=devices,
+                             requests_deduplicated_total=self.deduplicated,
+                             prefix_cache_queries_total=self.prefix_cache_queries or None,
+                             prefix_cache_hits_total=self.prefix_cache_hits if self.prefix_cache_queries else None,
                              last_chunk_requests_per_second=self.last_rps, last_chunk_tokens_per_second=self.last_tps,
                              chunk_size=beat.get("chunk_size"), heartbeat_timestamp=beat.get("last_seen"),
                              disk_free_bytes=disk.get("free_bytes"), disk_low=disk.get("low"),
