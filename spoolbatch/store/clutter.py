@@ -1,6 +1,6 @@
 """Clutter, as Maildir's clean-up of tmp/: what dead processes left that no job owns.
 
-Heartbeat and metrics files of workers dead (or stopped) for longer than a grace period;
+Heartbeat, metrics and GPU history files of workers dead (or stopped) for longer than a grace period;
 temporaries (``*.tmp``: the dot-files that atomic writes and submit leave when killed) older
 than a grace period; chunk areas and job locks that a finishing worker was killed before
 removing (no input in ``active/``, no lock held).
@@ -22,7 +22,7 @@ from spoolbatch.store.spool import Spool
 
 
 def workers(p: Pass) -> None:
-    """Heartbeat and metrics files of workers dead or stopped for longer than the grace period."""
+    """Heartbeat, metrics and GPU history files of workers dead or stopped for longer than the grace period."""
     sp = p.spool
     grace = p.policy.worker_grace_seconds
     beats = sp.names(sp.worker_file)
@@ -35,20 +35,21 @@ def workers(p: Pass) -> None:
             continue
         if p.now - last <= grace or liveness(beat, p.now) not in (Liveness.DEAD, Liveness.STOPPED):
             continue
-        files = [path, sp.worker_metrics(worker)]
+        files = [path, sp.worker_metrics(worker), sp.gpu_history(worker)]
         n, size = measure(files)
         if not p.dry_run:
             for f in files:
                 remove(f)
         p.add(Kind.WORKER, worker, n, size, str(beat.get("state") or ""))
-    for worker in sp.names(sp.worker_metrics):  # metrics of a worker whose beat is gone
-        path = sp.worker_metrics(worker)
-        with contextlib.suppress(FileNotFoundError):
-            if worker not in beats and p.now - path.stat().st_mtime > grace:
-                n, size = measure([path])
-                if not p.dry_run:
-                    remove(path)
-                p.add(Kind.WORKER, worker, n, size, "metrics only")
+    for path_of, what in ((sp.worker_metrics, "metrics only"), (sp.gpu_history, "GPU history only")):
+        for worker in sp.names(path_of):  # a worker whose beat is gone
+            path = path_of(worker)
+            with contextlib.suppress(FileNotFoundError):
+                if worker not in beats and p.now - path.stat().st_mtime > grace:
+                    n, size = measure([path])
+                    if not p.dry_run:
+                        remove(path)
+                    p.add(Kind.WORKER, worker, n, size, what)
 
 
 def _is_dir(path: Path) -> bool:

@@ -239,6 +239,10 @@ class Layout:
         """One daemon's Prometheus textfile (point node_exporter's textfile collector at ``workers/``)."""
         return self.workers / f"{worker_id}.prom"
 
+    def gpu_history(self, worker_id: str) -> Path:
+        """One daemon's GPU readings, thinned with age (store/gpuhistory.py)."""
+        return self.workers / f"{worker_id}.gpu.jsonl"
+
     # --- listing -----------------------------------------------------------------------------
     def names(self, path_of: Callable[[str], Path]) -> list[str]:
         """The names N for which ``path_of(N)`` is in its folder, in file-name order: a path method read backwards.

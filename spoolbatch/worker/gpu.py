@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -104,6 +105,8 @@ class GpuMonitor:
         self._retry_seconds = retry_seconds
         self._clock = clock
         self._unavailable: tuple[float, GpuSnapshot] | None = None  # (when to try again, what to say until then)
+        # The daemon's loop reads before each chunk and its heartbeat thread between them (gpuguard.py).
+        self._lock = threading.RLock()
 
     def _backend(self) -> NvmlBackend:
         if self._nvml is None:
@@ -114,6 +117,10 @@ class GpuMonitor:
 
     def read(self) -> GpuSnapshot:
         """A snapshot of every visible card; never raises."""
+        with self._lock:
+            return self._read()
+
+    def _read(self) -> GpuSnapshot:
         if self._unavailable is not None and self._clock() < self._unavailable[0]:
             return self._unavailable[1]
         try:
@@ -140,10 +147,11 @@ class GpuMonitor:
 
     def close(self) -> None:
         """Release NVML; a later read() initialises it again."""
-        if self._initialized and self._nvml is not None:
-            self._initialized = False
-            with contextlib.suppress(Exception):
-                self._nvml.nvmlShutdown()
+        with self._lock:
+            if self._initialized and self._nvml is not None:
+                self._initialized = False
+                with contextlib.suppress(Exception):
+                    self._nvml.nvmlShutdown()
 
     def __enter__(self) -> GpuMonitor:
         return self

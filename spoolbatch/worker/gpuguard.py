@@ -2,13 +2,17 @@
 
 Before every chunk the guard reads NVML; while ``gate`` gives a reason, no chunk starts
 (the reason goes to the heartbeat, and a ``gpu_wait`` event to the daemon's log), and once the card recovers the chunk
-size is adapted to its free memory, never above the configured ``chunk_size``.
+size is adapted to its free memory, never above the configured ``chunk_size``. Between chunks (and while idle) the
+heartbeat thread reads again once a reading is a beat old, so the heartbeat and the GPU history
+(``worker/gpuhistory.py``) follow the card during a long chunk; the heartbeat carries the gate's limits for the page.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
+from typing import Any
 
 from spoolbatch.config import Config
 from spoolbatch.store.joblog import DaemonEvent, DaemonEvents, no_events
@@ -28,12 +32,21 @@ class GpuGuard:
         self.stop = stop
         self.reserved_pct = reserved_pct
         self.events = events
+        self._read_at = 0.0
+        heartbeat.update(gpu_limits={"memory_pct": config.gpu_max_memory_pct, "temperature_c": config.gpu_max_temp_c})
+        heartbeat.on_beat.append(self._refresh)
 
     def read(self) -> GpuSnapshot:
-        """A fresh reading, also put in the heartbeat."""
+        """A fresh reading, also put in the heartbeat (with the time it was read)."""
         snapshot = self.monitor.read()
-        self.heartbeat.update(gpu=snapshot.to_dict())
+        self._read_at = time.time()
+        self.heartbeat.update(gpu=snapshot.to_dict(), gpu_read_at=round(self._read_at, 3))
         return snapshot
+
+    def _refresh(self, beat: dict[str, Any]) -> None:
+        """A heartbeat hook: read again once the last reading is a beat old."""
+        if time.time() - self._read_at >= self.heartbeat.interval:
+            self.read()
 
     def next_chunk_size(self, block: bool = True) -> int | None:
         """Wait until the card is safe (or a stop is asked), then size the next chunk.

@@ -18,6 +18,7 @@ import orjson
 
 from spoolbatch.store.fsutil import atomic_write
 from spoolbatch.store.spool import Spool
+from spoolbatch.worker.gpuhistory import GpuHistoryWriter
 
 
 def worker_id() -> str:
@@ -42,6 +43,7 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.on_beat: list[Any] = []
+        self.gpu_history = GpuHistoryWriter(spool.gpu_history(self.id))  # the page's GPU charts
 
     def update(self, **fields: Any) -> None:
         """Change some fields and write soon."""
@@ -62,6 +64,8 @@ class Heartbeat:
         for path in (self.spool.worker_file(self.id), self.spool.heartbeat):
             with contextlib.suppress(Exception):  # best effort: the next beat tries again
                 atomic_write(path, data, durable=False)
+        with contextlib.suppress(Exception):  # best effort, as the beat itself
+            self.gpu_history.record(self.snapshot())
         for hook in self.on_beat:
             with contextlib.suppress(Exception):  # a hook (metrics, watchdog) never kills the beat
                 hook(self.snapshot())
