@@ -113,14 +113,14 @@ def test_reading_commands_never_import_vllm_or_torch(spool: Spool) -> None:
 def test_status_shows_each_workers_card_chunk_and_gpu() -> None:
     from rich.console import Console
 
-    from spoolbatch.cli import _render_status
+    from spoolbatch.cli.views import status_lines
 
     worker = {"worker": "box-1", "liveness": "alive", "state": "working", "job": "big", "chunk": 7,
               "chunk_lines": [30001, 35000], "cuda_visible_devices": "1", "reason": None, "age_seconds": 0.4,
               "gpu": {"available": True, "devices": [{"index": 1, "name": "L4", "memory_pct": 81.5,
                                                       "temperature_c": 64, "utilization_pct": 97}]}}
     console = Console(record=True, width=150)
-    for item in _render_status({"spool": "s", "workers": [worker], "queue": {"jobs": 2}, "jobs": []}):
+    for item in status_lines({"spool": "s", "workers": [worker], "queue": {"jobs": 2}, "jobs": []}):
         console.print(item)
     text = console.export_text()
     assert "worker box-1: alive, working [GPU 1] job big chunk 7 (lines 30,001-35,000)" in text

@@ -9,7 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import pytest
 
-from spoolbatch.cli import versions
+from spoolbatch.cli.app import versions
 
 from .conftest import REPO
 

@@ -17,7 +17,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from spoolbatch.cli import app
-from spoolbatch.commands.tables import Col, FitTable, print_table
+from spoolbatch.cli.tables import Col, FitTable, print_table
 from spoolbatch.store.spool import Spool
 
 from .conftest import REPO, chat_line, drop, write_jsonl
@@ -160,7 +160,7 @@ def test_markup_like_ids_are_shown_as_they_are() -> None:
 
 
 def test_the_live_view_fits_80_columns_with_whole_ids_and_statuses() -> None:
-    from spoolbatch.commands.live import Limits, live_view
+    from spoolbatch.cli.live import Limits, live_view
 
     jobs = [{"job": LONG, "status": "running", "progress": 0.3, "total_lines": 200_000, "lines_consumed": 60_000,
              "requests_done": 59_987, "requests_failed": 13, "tokens": 9_100_000, "eta_seconds": 3310.0,

@@ -1,7 +1,8 @@
 """The package's layers: no module imports one of a layer above it (README's code map), and no import circle.
 
 store < format < engines < worker; commands and server sit beside the worker and never
-import it; the CLI and the demo sit on top. ``errors`` and ``config`` are the floor. Within a
+import it; the CLI (the ``cli`` package: commands by theme, and all that renders for a
+terminal) and the demo sit on top; only the CLI draws with rich. ``errors`` and ``config`` are the floor. Within a
 layer, modules import each other one way only: every import counts, those inside a function
 or under ``TYPE_CHECKING`` too (a circle hidden in a function is still a circle).
 """
@@ -17,6 +18,8 @@ LAYER = {"errors": 0, "config": 0, "backoff": 0, "store": 1, "logsetup": 1, "for
          "worker": 4, "commands": 4, "server": 5, "cli": 6, "demo": 6, "__main__": 6, "__init__": 0}
 # Peers that must not lean on each other: the commands answer without any worker code.
 APART = {("commands", "worker"), ("worker", "commands"), ("server", "worker")}
+# What a terminal shows is the CLI's: commands/ says what a command does, never how it looks.
+DRAWS = {"cli"}
 
 
 def _part(module: str) -> str:
@@ -169,6 +172,18 @@ def test_no_module_imports_a_layer_above_it() -> None:
             there = _part(target)
             if LAYER[there] > LAYER[here] or (here, there) in APART:
                 wrong.append(f"{path.relative_to(PACKAGE.parent)} imports {target}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_only_the_cli_draws() -> None:
+    wrong = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        here = _part("spoolbatch." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts))
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            if here not in DRAWS and any(n == "rich" or n.startswith("rich.") for n in names):
+                wrong.append(f"{path.relative_to(PACKAGE.parent)} imports rich")
     assert not wrong, "\n".join(wrong)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from spoolbatch.commands.live import Limits, RunProgress, job_rates, live_view
+from spoolbatch.cli.live import Limits, RunProgress, job_rates, live_view
 from spoolbatch.store.spool import Spool
 
 from .conftest import chat_line, drop

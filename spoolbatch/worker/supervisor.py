@@ -15,14 +15,31 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 
 from spoolbatch import backoff
 from spoolbatch.errors import ConfigError
 
 RESTART_BACKOFF = (1.0, 60.0)
+
+
+def worker_args(spool: Path, flags: Mapping[str, object | None], *, once: bool = False, quiet: bool = False,
+                verbose: int = 0) -> list[str]:
+    """The arguments of each worker's `spoolbatch run`: the supervisor's own options, passed on.
+
+    ``flags`` are `run`'s settings by their keyword names (``chunk_size`` becomes ``--chunk-size``;
+    None: not given). Workers share the supervisor's terminal, so they print plain lines: their
+    progress bars would draw over each other.
+    """
+    args = ["--spool", str(spool), "--plain", *(["--once"] if once else []), *(["-q"] if quiet else []),
+            *(["--verbose"] * verbose)]
+    for name, value in flags.items():
+        if value is not None:
+            args += [f"--{name.replace('_', '-')}", str(value)]
+    return args
 
 
 def parse_gpus(spec: str) -> list[str]:

@@ -18,7 +18,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from spoolbatch.commands.tables import Col, FitTable
+from spoolbatch.cli.tables import Col, FitTable
+from spoolbatch.cli.units import duration
 from spoolbatch.store.jobstate import JobState
 
 # Jobs the live view lists, running ones first; finished ones beyond this are counted, not shown.
@@ -43,18 +44,6 @@ class Limits:
 
     memory_pct: float = 95.0
     temperature_c: float = 85.0
-
-
-def duration(seconds: float | None) -> str:
-    """'42s', '3m07s', '5h02m'; '-' for unknown."""
-    if seconds is None:
-        return "-"
-    seconds = int(max(0.0, seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def _rate(value: float | None, unit: str = "") -> str:

@@ -1,0 +1,133 @@
+"""The commands on jobs already in the spool: `list`, `results`, `deadletter`, `logs`, `cancel`, `retry`."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from spoolbatch.cli.app import JsonOpt, SpoolOpt, config, err, handles_errors, out, print_json
+from spoolbatch.cli.tables import Col, FitTable, print_table
+from spoolbatch.store.spool import Spool
+
+JobArg = Annotated[str, typer.Argument(help="Job id.")]
+JobOrGroupArg = Annotated[str, typer.Argument(help="Job id or group name.")]
+
+
+@handles_errors
+def list_(spool: SpoolOpt = None, json: JsonOpt = False) -> None:
+    """Every job: queued, running, finished, refused; and the groups that submit --split made."""
+    from spoolbatch.cli.views import groups_table, jobs_table
+    from spoolbatch.commands.catalog import list_groups
+    from spoolbatch.commands.status import jobs_now
+
+    sp = Spool(config(spool).spool)
+    jobs = jobs_now(sp)
+    if json:
+        print_json([j.to_dict() for j in jobs])  # each part names its group
+        return
+    print_table(out, jobs_table({"spool": sp.root, "jobs": [j.to_dict() for j in jobs]}))
+    groups = list_groups(sp, jobs)
+    if groups:
+        print_table(out, groups_table(groups))
+
+
+def _write_lines(lines: Iterable[bytes], output: Path | None) -> int:
+    n = 0
+    if output is None:
+        for line in lines:
+            sys.stdout.buffer.write(line)
+            n += 1
+        sys.stdout.buffer.flush()
+        return n
+    from spoolbatch.store.fsutil import atomic_write
+
+    data = b"".join(lines)
+    atomic_write(output, data)
+    return data.count(b"\n")
+
+
+@handles_errors
+def results(
+    job: JobOrGroupArg,
+    spool: SpoolOpt = None,
+    errors: Annotated[bool, typer.Option("--errors", help="Print deadletter as OpenAI error lines.")] = False,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write to FILE instead of stdout.")] = None,
+    json: JsonOpt = False,
+) -> None:
+    """Committed OpenAI output lines of a job or group (JSONL)."""
+    from spoolbatch.commands import catalog as j
+
+    sp = Spool(config(spool).spool)
+    lines = j.errors(sp, job) if errors else j.results(sp, job)
+    n = _write_lines(lines, output)
+    if output is not None:
+        if json:
+            print_json({"output": str(output), "lines": n})
+        else:
+            err.print(f"wrote {n:,} lines to {output}")
+
+
+@handles_errors
+def deadletter(job: JobOrGroupArg, spool: SpoolOpt = None, json: JsonOpt = False) -> None:
+    """Bad records of a job: line, custom_id, error, attempts."""
+    from spoolbatch.commands.catalog import deadletter as records
+
+    items = list(records(Spool(config(spool).spool), job))
+    if json:
+        print_json(items)
+        return
+    cols = (Col("line", right=True), Col("custom_id"), Col("code"), Col("message", fold=True),
+            Col("attempts", right=True, drop=1))
+    rows = [(str(r["line"]), str(r.get("custom_id") or "-"), r["error"]["code"], r["error"]["message"],
+             str(r.get("attempts", 0))) for r in items]
+    print_table(out, FitTable(cols, rows, title=f"deadletter of {job}: {len(items)} record(s)"))
+
+
+@handles_errors
+def logs(job: JobArg, spool: SpoolOpt = None,
+         tail: Annotated[int | None, typer.Option("-n", "--tail", help="Only the last N lines.")] = None,
+         json: JsonOpt = False) -> None:
+    """The job's log: claim, chunks, retries, end (with --json, its events)."""
+    from spoolbatch.commands.catalog import log_events, log_lines
+
+    sp = Spool(config(spool).spool)
+    if json:
+        print_json(log_events(sp, job, tail))
+    else:
+        for line in log_lines(sp, job, tail):
+            out.print(line, markup=False)
+
+
+@handles_errors
+def cancel(job: JobArg, spool: SpoolOpt = None, json: JsonOpt = False) -> None:
+    """Remove a queued job, or stop a running one at its next chunk boundary."""
+    from spoolbatch.commands.control import CancelOutcome
+    from spoolbatch.commands.control import cancel as do_cancel
+
+    done = do_cancel(Spool(config(spool).spool), job)
+    what = {CancelOutcome.REMOVED: "removed from the queue",
+            CancelOutcome.CANCELLED_QUEUED: "removed from the queue (kept as a cancelled job)",
+            CancelOutcome.STOP_REQUESTED: "cancel requested: the daemon stops it at the next chunk boundary, "
+                                          "checkpoint kept",
+            CancelOutcome.STOP_PENDING: "cancel requested: the job stops when a daemon next picks it up "
+                                        "(no daemon holds it now)"}[done.outcome]
+    if json:
+        print_json({"job": done.job, "outcome": done.outcome.value, "result": what})
+    else:
+        out.print(f"{done.job}: {what}")
+
+
+@handles_errors
+def retry(job: JobArg, spool: SpoolOpt = None, json: JsonOpt = False) -> None:
+    """Resubmit a job's deadletter records as a new job."""
+    from spoolbatch.commands.control import retry as do_retry
+
+    new, n = do_retry(Spool(config(spool).spool), job)
+    if json:
+        print_json({"job": new, "records": n})
+    else:
+        out.print(f"queued job {new}: {n:,} record(s) from {job}")

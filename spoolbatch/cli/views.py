@@ -1,0 +1,79 @@
+"""What `status` and `list` print for a person: the workers' lines and the jobs' table.
+
+Both render plain data (what `status --json` prints), so a recording console tests them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from spoolbatch.cli.tables import Col, FitTable
+from spoolbatch.cli.units import duration, size
+from spoolbatch.store.jobstate import JobState
+
+if TYPE_CHECKING:
+    from spoolbatch.commands.catalog import GroupInfo
+
+# Columns of `status` and `list`, most important first; in a narrow terminal the highest ``drop`` goes first.
+_JOB_COLS = (Col("job"), Col("status", fold=True), Col("progress", right=True), Col("done", right=True, drop=3),
+             Col("deadletter", right=True, drop=4), Col("retries", right=True, drop=6),
+             Col("tokens", right=True, drop=5), Col("eta", right=True, drop=2))
+_BATCH_COLS = (Col("batch", drop=8), Col("metadata", drop=7, fold=True))
+_GROUP_COLS = (Col("group"), Col("status"), Col("jobs", right=True, drop=1), Col("progress", right=True),
+               Col("done", right=True, drop=2), Col("deadletter", right=True, drop=3),
+               Col("tokens", right=True, drop=4))
+
+
+def jobs_table(data: dict[str, Any]) -> FitTable:
+    """The jobs of ``data`` (``spool`` and ``jobs`` as `status --json` has them), one row each."""
+    # Batch ids and metadata once any job has a batch record (the HTTP API's, or submit --metadata).
+    batches = any(j.get("metadata") is not None for j in data["jobs"])
+    rows = []
+    for j in data["jobs"]:
+        workers = f", {j['workers']} workers" if (j.get("workers") or 0) > 1 else ""
+        extra = (j.get("batch") or "", " ".join(f"{k}={v}" for k, v in (j.get("metadata") or {}).items())) \
+            if batches else ()
+        rows.append((j["job"], j["status"] + workers + (f" ({j['reason']})" if j.get("reason") else ""),
+                     f"{100 * j['progress']:.1f}%", f"{j['requests_done']:,}", f"{j['requests_failed']:,}",
+                     f"{j.get('retries', 0):,}", f"{j['tokens']:,}",
+                     duration(j["eta_seconds"]) if j["status"] == JobState.RUNNING else "-", *extra))
+    return FitTable(_JOB_COLS + (_BATCH_COLS if batches else ()), rows, title=f"spool {data['spool']}")
+
+
+def groups_table(groups: list[GroupInfo]) -> FitTable:
+    """The groups that `submit --split` made, one row each."""
+    rows = [(g.group, g.status, str(g.jobs), f"{100 * g.progress:.1f}%", f"{g.requests_done:,}",
+             f"{g.requests_failed:,}", f"{g.tokens:,}") for g in groups]
+    return FitTable(_GROUP_COLS, rows, title="groups (submit --split): 'spoolbatch results GROUP' "
+                    "returns all their parts' lines")
+
+
+def status_lines(data: dict[str, Any]) -> list[Any]:
+    """`status` for a person: a line per worker (and its GPUs), the queue, the disk, then the jobs' table."""
+    lines: list[Any] = []
+    if not data["workers"]:
+        lines.append("workers: none has run on this spool")
+    for w in data["workers"]:
+        gpu = w.get("gpu") or {}
+        span = w.get("chunk_lines")
+        where = f" job {w['job']} chunk {w.get('chunk')}" + (f" (lines {span[0]:,}-{span[1]:,})" if span else "") \
+            if w.get("job") else ""
+        if w.get("cuda_visible_devices"):
+            where = f" [GPU {w['cuda_visible_devices']}]" + where
+        reason = f" ({w['reason']})" if w.get("reason") else ""
+        state = "" if w.get("state") == w["liveness"] else f", {w.get('state')}"
+        lines.append(f"worker {w['worker']}: {w['liveness']}{state}{where}{reason}, "
+                     f"last seen {w['age_seconds']}s ago")
+        if gpu.get("devices"):
+            for d in gpu["devices"]:
+                lines.append(f"  GPU {d['index']} {d.get('name', '')}: memory {d['memory_pct']:.1f}%, "
+                             f"{d.get('temperature_c')}°C, utilisation {d.get('utilization_pct')}%")
+        elif gpu:
+            lines.append(f"  GPU: {gpu.get('reason') or 'none'}")
+    lines.append(f"queue: {data['queue']['jobs']} job(s) waiting")
+    disk = data.get("disk")
+    if disk:
+        lines.append(f"disk: the spool uses {size(disk['used_bytes'])} in {disk['files']:,} files; "
+                     f"{size(disk['free_bytes'])} free of {size(disk['total_bytes'])}")
+    lines.append(jobs_table(data))
+    return lines
