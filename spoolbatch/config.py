@@ -25,6 +25,36 @@ ENGINE_NAMES = ("vllm", "fake", "ray")
 
 
 @dataclass(frozen=True, slots=True)
+class AdapterSource:
+    """One ``[[adapters]]`` table: a LoRA adapter (``name`` and its PEFT folder), or, without
+    ``name``, a folder whose sub-folders are adapters named after them; ``base`` is the model
+    name jobs use for the model they adapt. ``engines.adapters`` lists what they hold."""
+
+    path: str
+    base: str
+    name: str | None = None
+
+
+def _adapters(raw: Any) -> tuple[AdapterSource, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError("setting 'adapters' must be [[adapters]] tables")
+    out = []
+    for i, table in enumerate(raw):
+        where = f"[[adapters]] #{i + 1}"
+        if not isinstance(table, dict) or set(table) - {"name", "path", "base"}:
+            raise ConfigError(f"{where}: give path, base and (for one adapter, not a folder of them) name")
+        for key in ("path", "base", "name"):
+            value = table.get(key)
+            if (key != "name" or value is not None) and (not isinstance(value, str) or not value.strip()):
+                raise ConfigError(f"{where}: {key} must be a non-empty string")
+        name = table.get("name")
+        if name is not None and name == table["base"]:
+            raise ConfigError(f"{where}: name {name!r} is its base model's name; give the adapter a name of its own")
+        out.append(AdapterSource(path=table["path"], base=table["base"], name=name))
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
 class EngineSettings:
     """What the vLLM engine is built with; defaults are the README's (vLLM takes 0.85 of the card's memory)."""
 
@@ -40,6 +70,11 @@ class EngineSettings:
     media_dir: str | None = None  # file:// images are read only inside this folder
     allow_remote_media: bool = False  # fetch http(s) images (off: batch boxes often have no network)
     max_image_bytes: int = 20 * 1024 * 1024
+    # LoRA (vLLM's engine arguments, its defaults): raised to fit the adapters a job uses (engines/adapters.py)
+    adapters: tuple[AdapterSource, ...] = ()
+    max_loras: int = 1
+    max_lora_rank: int = 16
+    max_cpu_loras: int | None = None
 
 
 _ENGINE = EngineSettings()
@@ -118,6 +153,10 @@ class Config:
     media_dir: str | None = _ENGINE.media_dir
     allow_remote_media: bool = _ENGINE.allow_remote_media
     max_image_bytes: int = _ENGINE.max_image_bytes
+    adapters: tuple[AdapterSource, ...] = _ENGINE.adapters  # [[adapters]] tables in config.toml
+    max_loras: int = _ENGINE.max_loras  # adapters in one engine batch (raised to fit a job's)
+    max_lora_rank: int = _ENGINE.max_lora_rank  # the largest adapter rank the engine takes (raised to fit)
+    max_cpu_loras: int | None = _ENGINE.max_cpu_loras  # adapters kept loaded in host memory (None: max_loras)
     ray_address: str = "auto"  # --engine ray: a cluster address, "auto" (a running one, else local), "local"
     ray_concurrency: int = 1  # --engine ray: vLLM replicas, one GPU each on a GPU cluster
     api_keys: tuple[str, ...] = ()  # `serve`: Bearer keys (SPOOLBATCH_API_KEYS: comma-separated)
@@ -161,6 +200,8 @@ def _coerce(name: str, raw: Any) -> Any:
     """A setting's value from the environment (always a string) or the config file (TOML's types)."""
     if name == "webhooks":
         return _webhooks(raw)
+    if name == "adapters":
+        return _adapters(raw)
     if name == "api_keys":
         keys = raw.split(",") if isinstance(raw, str) else raw
         if not isinstance(keys, list | tuple) or not all(isinstance(k, str) for k in keys):
@@ -192,7 +233,7 @@ def _coerce(name: str, raw: Any) -> Any:
 def _check(config: Config) -> Config:
     positive = ("chunk_size", "max_requests_per_job", "max_job_bytes", "max_queued_jobs",
                 "max_queued_requests", "max_line_bytes", "max_attempts", "gpu_min_chunk", "ray_concurrency",
-                "max_image_bytes")
+                "max_image_bytes", "max_loras", "max_lora_rank")
     for name in positive:
         if getattr(config, name) < 1:
             raise ConfigError(f"setting {name!r} must be at least 1, got {getattr(config, name)}")
@@ -204,6 +245,9 @@ def _check(config: Config) -> Config:
     if config.engine not in ENGINE_NAMES:
         raise ConfigError(f"unknown engine {config.engine!r}: choose one of {', '.join(ENGINE_NAMES)}",
                           hint="set it with --engine, SPOOLBATCH_ENGINE or `engine = ...` in config.toml")
+    if config.max_cpu_loras is not None and config.max_cpu_loras < config.max_loras:
+        raise ConfigError(f"setting 'max_cpu_loras' ({config.max_cpu_loras}) must be at least 'max_loras' "
+                          f"({config.max_loras})")
     if not 0 < config.gpu_memory_utilization <= 1:
         raise ConfigError("setting 'gpu_memory_utilization' must be in (0, 1]")
     return config
@@ -227,9 +271,12 @@ def load_config(spool: Path | str | None = None, env: dict[str, str] | None = No
             if name not in known:
                 raise ConfigError(f"{path}: unknown setting {key!r}")
             values[name] = _coerce(name, raw)
+        if "adapters" in values:  # a relative folder is the config file's neighbour, wherever we run
+            values["adapters"] = tuple(dataclasses.replace(a, path=str(path.parent / Path(a.path).expanduser()))
+                                       for a in values["adapters"])
     for name in known:
         raw = env.get(f"SPOOLBATCH_{name.upper()}")
-        if raw is not None and name not in ("spool", "webhooks"):
+        if raw is not None and name not in ("spool", "webhooks", "adapters"):
             values[name] = _coerce(name, raw)
     values.update({k: v for k, v in flags.items() if v is not None})
     values["spool"] = root

@@ -1,4 +1,4 @@
-"""`spoolbatch models`: the models this machine can run, and whether each is ready."""
+"""`spoolbatch models`: the models this machine can run, the LoRA adapters on them, and whether each is ready."""
 
 from __future__ import annotations
 
@@ -8,13 +8,18 @@ from spoolbatch.cli.tables import Col, FitTable, print_table
 
 @handles_errors
 def models(spool: SpoolOpt = None, json: JsonOpt = False) -> None:
-    """Configured and cached models, and whether each is ready to run."""
-    from spoolbatch.engines.models import default_model, list_models
+    """Configured and cached models, LoRA adapters and their base models, and whether each is ready to run."""
+    from spoolbatch.commands.models import catalog
 
-    items = list_models(config(spool).model_dir)
+    found = catalog(config(spool))
     if json:
-        print_json({"default": default_model(), "models": [m.to_dict() for m in items]})
+        print_json(found.to_dict())
         return
     cols = (Col("name"), Col("kind", drop=2), Col("source", drop=3), Col("ready"), Col("path / note", fold=True))
-    rows = [(m.name, m.kind, m.source, "yes" if m.ready else "no", m.path or m.note) for m in items]
-    print_table(out, FitTable(cols, rows, title=f"models (default here: {default_model()})"))
+    rows = [(m.name, m.kind, m.source, "yes" if m.ready else "no", m.path or m.note) for m in found.models]
+    print_table(out, FitTable(cols, rows, title=f"models (default here: {found.default})"))
+    if found.adapters:
+        cols = (Col("adapter"), Col("base"), Col("rank", drop=2), Col("ready"), Col("path / note", fold=True))
+        rows = [(a.name, a.base, str(a.rank or ""), "yes" if a.ready else "no", a.note or a.path)
+                for a in found.adapters]
+        print_table(out, FitTable(cols, rows, title="LoRA adapters ([[adapters]] in config.toml)"))

@@ -16,6 +16,7 @@ from typing import BinaryIO
 import orjson
 
 from spoolbatch.config import Config
+from spoolbatch.engines.adapters import adapter_bases
 from spoolbatch.errors import BadLines, InputError, LimitExceeded
 from spoolbatch.format.lines import BadLine, LineParser
 from spoolbatch.format.preflight import check_file, count_lines
@@ -56,7 +57,7 @@ class Submitted:
 def validate(path: Path, config: Config) -> Validation:
     """Parse every line as the daemon will; keep the first bad lines (``MAX_KEPT``) for the message."""
     out = Validation()
-    parser = LineParser(max_line_bytes=config.max_line_bytes)
+    parser = LineParser(max_line_bytes=config.max_line_bytes, adapters=adapter_bases(config.adapters))
     with open(path, "rb") as f:
         for n, raw in enumerate(f, start=1):
             parsed = parser.parse(raw, n)

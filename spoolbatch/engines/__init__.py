@@ -21,10 +21,12 @@ def make_engine(name: str, config: Config, *, events: DaemonEvents | None = None
     ``events``: where an engine reports what it repaired on its own (Ray's lost replicas).
     """
     if name == "fake":
+        from spoolbatch.engines.adapters import AdapterCatalog
         from spoolbatch.engines.fake import FakeEngine
         from spoolbatch.engines.media import MediaPolicy
 
-        return FakeEngine(latency=config.fake_latency, media=MediaPolicy.of(config.engine_settings()))
+        return FakeEngine(latency=config.fake_latency, media=MediaPolicy.of(config.engine_settings()),
+                          adapters=AdapterCatalog(config.adapters))
     if name == "vllm":
         from spoolbatch.engines.vllm_engine import VllmEngine
 

@@ -7,6 +7,12 @@ real time, for crash and status tests.
 The model name is taken from the request: any model "loads". Its embeddings are float32
 unit vectors of ``EMBEDDING_DIM`` values; it honours ``dimensions`` up to that size as a
 Matryoshka model does (the first values, normalised again) and refuses more, per line.
+
+LoRA adapters (``engines.adapters``): a generation line may name an adapter of the loaded
+model; its folder is checked as the real engine would load it (a broken one fails its lines,
+``adapter_not_available``) and its answer is derived from the adapter's name too, so each
+adapter answers a prompt differently. Any other name is answered as the loaded model (the
+line parser refuses names a job may not use, ``model_not_found``).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from spoolbatch.engines.adapters import Adapter, AdapterCatalog, check_adapter
 from spoolbatch.engines.media import MediaPolicy, has_images, resolve_images
 from spoolbatch.errors import RequestError
 from spoolbatch.format import tools as fn_tools
@@ -159,17 +166,24 @@ class FakeEngine:
 
     name = "fake"
 
-    def __init__(self, latency: float = 0.0, created: int | None = None, media: MediaPolicy | None = None) -> None:
+    def __init__(self, latency: float = 0.0, created: int | None = None, media: MediaPolicy | None = None,
+                 adapters: AdapterCatalog | None = None) -> None:
         self.latency = latency
         self.created = created
         self.media = media or MediaPolicy()
+        self.adapters = adapters or AdapterCatalog()
+        self.model: str | None = None  # the loaded model (None: whatever a request names)
+        self._checked: dict[str, RequestError | None] = {}  # adapter checks of the chunk being answered
 
     def load(self, model: str) -> None:
-        """Any model name is accepted."""
+        """Any model name is accepted (an adapter's name loads its base)."""
+        adapter = self.adapters.get(model) if self.adapters else None
+        self.model = adapter.base if adapter is not None else model
 
     def run(self, requests: Sequence[Request]) -> list[Outcome]:
         """Answer each request from its own content."""
         created = self.created if self.created is not None else int(time.time())
+        self._checked = {}
         out = []
         for request in requests:
             if self.latency:
@@ -205,8 +219,12 @@ class FakeEngine:
                 resolve_images(spec.messages, self.media)
             except RequestError as exc:
                 return Outcome.fail(exc.code, str(exc))
+        try:
+            adapter = self._adapter(spec.model)
+        except RequestError as exc:
+            return Outcome.fail(exc.code, exc.message)
         prompt = _prompt_text(spec)
-        digest = _digest(prompt, str(spec.seed))
+        digest = _digest(prompt, str(spec.seed)) if adapter is None else _digest(prompt, str(spec.seed), adapter.name)
         choices = [_generate(spec, digest, i) for i in range(spec.n)]
         if spec.endpoint == RESPONSES:
             prompt_tokens = _prompt_tokens(prompt)
@@ -218,6 +236,25 @@ class FakeEngine:
         return Outcome(build(id=prefix + digest[:12].hex(), model=spec.model, created=created,
                              choices=choices, prompt_tokens=prompt_tokens),
                        prompt_tokens=prompt_tokens, completion_tokens=sum(c.completion_tokens for c in choices))
+
+    def _adapter(self, name: str) -> Adapter | None:
+        """The adapter a generation request names, None for any other model; ``RequestError`` for an
+        adapter of another model or one whose folder would not load."""
+        adapter = self.adapters.get(name) if self.adapters and name != self.model else None
+        if adapter is None:
+            return None
+        if self.model is not None and adapter.base != self.model:
+            raise RequestError("model_mismatch", f"adapter {name!r} adapts {adapter.base!r}, not the loaded model "
+                                                 f"{self.model!r}")
+        if name not in self._checked:
+            try:
+                check_adapter(adapter)
+                self._checked[name] = None
+            except RequestError as exc:
+                self._checked[name] = exc
+        if (error := self._checked[name]) is not None:
+            raise error
+        return adapter
 
     def _score(self, request: Request) -> Outcome:
         """Cosine similarity of the fake embeddings of each pair."""

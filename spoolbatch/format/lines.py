@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,7 @@ import orjson
 
 from spoolbatch.errors import RequestError
 from spoolbatch.format.bodies import stable_id
-from spoolbatch.format.endpoints import ENDPOINTS
+from spoolbatch.format.endpoints import ENDPOINTS, GENERATION
 from spoolbatch.format.types import Outcome, Request
 from spoolbatch.format.validation import parse_spec
 
@@ -46,13 +47,21 @@ class LineParser:
     ``seen`` holds the hashes of the custom_ids this parser accepted (the daemon parses a
     chunk at a time; a repeat across chunks is caught when the chunk is merged);
     ``model`` and ``url`` are the job's, or are fixed by the first valid line.
+
+    ``adapters`` maps LoRA adapter names to the base model each adapts (``engines.adapters``):
+    a generation line may name an adapter of the job's model, and a job whose first line
+    names an adapter is a job of its base. A name that is neither the job's model nor one of
+    its adapters is ``model_not_found`` when the job's model has adapters, else
+    ``model_mismatch`` (one model per job), as is an adapter of another model.
     """
 
-    def __init__(self, *, model: str | None = None, url: str | None = None, max_line_bytes: int = 8 << 20) -> None:
+    def __init__(self, *, model: str | None = None, url: str | None = None, max_line_bytes: int = 8 << 20,
+                 adapters: Mapping[str, str] | None = None) -> None:
         self.seen: set[int] = set()
         self.model = model
         self.url = url
         self.max_line_bytes = max_line_bytes
+        self.adapters: Mapping[str, str] = adapters or {}
 
     def parse(self, raw: bytes, line: int) -> Request | BadLine | None:
         """One line to a ``Request``, a ``BadLine``, or None for a blank line."""
@@ -90,6 +99,8 @@ class LineParser:
                 return BadLine(line, text, exc.code, exc.message, custom_id)
             if spec.model == self.model and url == self.url:
                 return Request(custom_id, line, url, body, spec, h)  # the hot path: every line after the first
+            if url == self.url and url in GENERATION and self.adapters.get(spec.model, "") == self.model:
+                return Request(custom_id, line, url, body, spec, h)  # a line of one of the model's adapters
         return self._refuse(obj, line, text, custom_id, h)
 
     def _refuse(self, obj: dict[str, Any], line: int, text: bytes, custom_id: str, key: int) -> Request | BadLine:
@@ -109,15 +120,27 @@ class LineParser:
             spec = parse_spec(url, body)
         except RequestError as exc:
             return bad(exc.code, exc.message)
+        adapted = self.adapters.get(spec.model) if url in GENERATION else None
         if self.model is None:
-            self.model, self.url = spec.model, url
-        elif spec.model != self.model:
-            return bad("model_mismatch", f"model {spec.model!r} differs from this job's model {self.model!r} "
-                       "(one model per job)")
+            self.model, self.url = adapted or spec.model, url
+        elif spec.model != self.model and adapted != self.model:
+            return bad(*self._other_model(spec.model, url))
         elif url != self.url:
             return bad("url_mismatch", f"url {url!r} differs from this job's endpoint {self.url!r} "
                        "(one endpoint per job)")
         return Request(custom_id=custom_id, line=line, url=url, body=body, spec=spec, key=key)
+
+    def _other_model(self, name: str, url: str) -> tuple[str, str]:
+        """The code and message of a line whose model is neither the job's nor an adapter of it."""
+        if self.adapters.get(name) == self.model:
+            return "unsupported_parameter", f"adapter {name!r} answers {', '.join(GENERATION)} lines, not {url}"
+        if name in self.adapters:
+            return "model_mismatch", (f"adapter {name!r} adapts {self.adapters[name]!r}, not this job's model "
+                                      f"{self.model!r} (one base model per job)")
+        if self.model in self.adapters.values() and name not in self.adapters.values():
+            return "model_not_found", (f"model {name!r} is neither this job's model {self.model!r} nor one of "
+                                       "its adapters (`spoolbatch models` lists them)")
+        return "model_mismatch", f"model {name!r} differs from this job's model {self.model!r} (one model per job)"
 
 
 

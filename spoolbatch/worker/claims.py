@@ -19,6 +19,7 @@ from itertools import islice
 from filelock import FileLock
 
 from spoolbatch.config import Config
+from spoolbatch.engines.adapters import adapter_bases
 from spoolbatch.format.lines import BadLine, LineParser, deadletter_line, failed_request, id_hash, result_line
 from spoolbatch.format.types import Request
 from spoolbatch.store.batches import stop_state
@@ -149,7 +150,8 @@ class Claims:
         """Read and validate the chunk's lines and hand its requests to the engine (without waiting)."""
         chunk = claim.chunk
         lines = claim.lines or chunk.read(self.spool.input(claim.job))
-        parser = LineParser(model=claim.model, url=claim.url, max_line_bytes=self.config.max_line_bytes)
+        parser = LineParser(model=claim.model, url=claim.url, max_line_bytes=self.config.max_line_bytes,
+                            adapters=adapter_bases(self.config.adapters))
         prepared = PreparedChunk(claim, time.monotonic(), lines=lines)
         for n, raw in enumerate(lines, start=chunk.first_line):
             parsed = parser.parse(raw, n)

@@ -14,6 +14,7 @@ import os
 import time
 
 from spoolbatch.config import Config
+from spoolbatch.engines.adapters import adapter_bases
 from spoolbatch.errors import InputError
 from spoolbatch.format.lines import LineParser
 from spoolbatch.format.preflight import check_file
@@ -28,9 +29,10 @@ from spoolbatch.store.spool import InboxClaim, InboxEntry, Spool
 from spoolbatch.store.workarea import ChunkRange, WorkArea
 
 
-def _first_request(path: os.PathLike[str], max_line_bytes: int) -> tuple[str | None, str | None]:
-    """The model and endpoint of the first valid line: they are the job's (one of each per job)."""
-    parser = LineParser(max_line_bytes=max_line_bytes)
+def _first_request(path: os.PathLike[str], config: Config) -> tuple[str | None, str | None]:
+    """The model and endpoint of the first valid line: they are the job's (one of each per job; a
+    line naming a LoRA adapter makes it a job of the adapter's base model)."""
+    parser = LineParser(max_line_bytes=config.max_line_bytes, adapters=adapter_bases(config.adapters))
     with open(path, "rb") as f:
         for n, raw in enumerate(f, start=1):
             if isinstance(parser.parse(raw, n), Request):
@@ -69,7 +71,7 @@ class Lifecycle:
         except InputError as exc:
             self.reject(job, name, exc)
             return None
-        model, url = _first_request(sp.input(job), self.config.max_line_bytes)
+        model, url = _first_request(sp.input(job), self.config)
         ckpt = Checkpoint(job=job, input_name=name, input_bytes=facts.size, total_lines=facts.lines,
                           started_at=time.time(), worker=self.worker, model=model, url=url)
         WorkArea(sp.work_area(job)).ensure()
