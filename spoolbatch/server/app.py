@@ -22,7 +22,7 @@ from spoolbatch.config import Config
 from spoolbatch.notify import webhooks
 from spoolbatch.server import errors, openapi
 from spoolbatch.server.deps import ServerState
-from spoolbatch.server.routes import batches, files, health, original
+from spoolbatch.server.routes import batches, files, health, original, page
 
 
 def _lifespan(config: Config) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
@@ -52,7 +52,7 @@ def create_app(config: Config) -> FastAPI:
                   description="OpenAI's Files and Batches API over a spoolbatch spool.")
     app.state.server = state
     errors.install(app)
-    for module in (health, files, batches, original):
+    for module in (health, files, batches, original, page):
         app.include_router(module.router)
     openapi.install(app)
     return app

@@ -140,7 +140,8 @@ class Merger:
         self._seen[job] = (ckpt.ids_count, seen)
         log.event(JobEvent.CHUNK_MERGED, job, chunk=summary.index + 1, first_line=chunk.first_line,
                   last_line=chunk.last_line, answered=answered, failed=failures,
-                  seconds=round(summary.seconds, 4), worker=summary.worker, **_engine_savings(summary))
+                  seconds=round(summary.seconds, 4), worker=summary.worker, prompt_tokens=summary.prompt_tokens,
+                  completion_tokens=summary.completion_tokens, **_engine_savings(summary))
 
     def _duplicates(self, job: str, chunk: ChunkRange, line_numbers: list[int]) -> bytes:
         raw = chunk.read(self.spool.input(job))

@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from spoolbatch.commands.batches import BatchView, cancel_batch, list_batches
 from spoolbatch.commands.create import create_batch
 from spoolbatch.commands.files import upload_path
+from spoolbatch.commands.jobsearch import search
 from spoolbatch.server.deps import BatchOf, State, authorized
 from spoolbatch.server.errors import about, invalid
 from spoolbatch.server.models import Batch, BatchCreate, CreatedBatch, OneStepBatch, OneStepUpload, Page
@@ -55,10 +56,18 @@ async def create(request: Request, server: State, body: CreateBody) -> Response:
 
 
 @router.get("", response_model=Page[Batch])
-def list_(server: State, limit: Annotated[int, Query(ge=1, le=100)] = 20, after: str | None = None) -> Response:
-    """Batches, newest first."""
-    return model_response(Page[Batch].of(list_batches(server.spool), lambda v: v.id, render, after=after,
-                                         limit=limit))
+def list_(server: State, limit: Annotated[int, Query(ge=1, le=100)] = 20, after: str | None = None,
+          status: Annotated[str | None, Query(description="extension: only these statuses, comma-separated")] = None,
+          q: Annotated[str | None, Query(description="extension: words of the id or of a metadata pair")] = None,
+          ) -> Response:
+    """Batches, newest first.
+
+    ``status`` and ``q`` are extensions (the web page's filter): only the batches that match.
+    """
+    views = list_batches(server.spool)
+    if status or q:
+        views = search(views, (status or "").split(","), q)
+    return model_response(Page[Batch].of(views, lambda v: v.id, render, after=after, limit=limit))
 
 
 @router.get("/{batch_id}", response_model=Batch)

@@ -1,26 +1,19 @@
-"""The spool as a whole: health (no key: for load balancers), models, the web page and what it shows."""
+"""The spool as a whole: health (no key: for load balancers), models, and `status --json`."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import Response
 
 from spoolbatch.commands import health as spool_health
 from spoolbatch.commands.status import status
 from spoolbatch.server.deps import State, authorized
 from spoolbatch.server.models import Health, Model, ModelList, SpoolStatus
 from spoolbatch.server.openapi import ERRORS
-from spoolbatch.server.page import PAGE
 from spoolbatch.server.responses import model_response
 
-router = APIRouter(tags=["health and page"], responses=ERRORS)
+router = APIRouter(tags=["health"], responses=ERRORS)
 keyed = [Depends(authorized)]
-
-
-@router.get("/", response_class=HTMLResponse)
-def page() -> HTMLResponse:
-    """The web page: jobs, workers, GPUs and the queue, refreshing itself."""
-    return HTMLResponse(PAGE)
 
 
 @router.get("/health", response_model=Health)
