@@ -26,6 +26,7 @@ FULL = [
     ("soak", ["soak.py", "--minutes", "10"]),
     ("serve", ["serve.py"]),
     ("modern_requests", ["modern_requests.py", "--requests", "1000"]),
+    ("prefix", ["prefix.py"]),
 ]
 QUICK = [
     ("overhead", ["overhead.py", "--sizes", "10000,50000"]),
@@ -38,6 +39,7 @@ QUICK = [
     ("soak", ["soak.py", "--quick"]),
     ("serve", ["serve.py", "--quick"]),
     ("modern_requests", ["modern_requests.py", "--requests", "50"]),
+    ("prefix", ["prefix.py", "--quick"]),
 ]
 
 

@@ -246,6 +246,13 @@ def test_the_key_groups_shared_prefixes_at_every_depth() -> None:
     plan = SendPlan.build(reqs, dedupe=False)
     assert [r.custom_id for r in plan.sent] == ["f", "e", "b", "d", "g", "a", "c"]
     assert prefix_key(reqs[4].spec) < prefix_key(reqs[1].spec), "a prompt sorts before its own continuations"
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    rich = request({"custom_id": "rich", "method": "POST", "url": "/v1/chat/completions",
+                    "body": {"model": "m", "messages": [{"role": "system", "content": "doc 2"},
+                                                       {"role": "user", "content": [image]}]}})
+    assert rich.spec.rich
+    mixed = SendPlan.build([reqs[0], reqs[1], rich], dedupe=False)
+    assert [r.custom_id for r in mixed.sent] == ["b", "a", "rich"], "a rich prompt meets the plain ones it shares"
     completions = [request({"custom_id": c, "method": "POST", "url": "/v1/completions",
                             "body": {"model": "m", "prompt": p}}) for c, p in (("x", "doc2 q"), ("y", "doc1 q"),
                                                                               ("z", "doc2 r"))]

@@ -25,8 +25,6 @@ from spoolbatch.format.endpoints import CHAT_LIKE, GENERATION
 from spoolbatch.format.types import Outcome, Request
 from spoolbatch.format.validation import SamplingSpec
 
-_SEP = "\x00"  # below every printable character: "ab" + _SEP sorts before "abc", so a prefix sorts first
-
 
 def _text(content: Any) -> str:
     """A message's content as text in order (an image part by its JSON, which names its URL)."""
@@ -38,25 +36,31 @@ def _text(content: Any) -> str:
     return "" if content is None else orjson.dumps(content, option=orjson.OPT_SORT_KEYS).decode()
 
 
-def _message(message: dict[str, Any]) -> str:
-    """Role, then content, then whatever else the template renders after it (tool calls, ids)."""
+def _parts(message: dict[str, Any]) -> tuple[str, ...]:
+    """Role, content, then whatever else the template renders after it (tool calls, a tool call's id)."""
     rest = {k: v for k, v in message.items() if k not in ("role", "content")}
-    tail = orjson.dumps(rest, option=orjson.OPT_SORT_KEYS).decode() if rest else ""
-    return f"{message.get('role', '')}{_SEP}{_text(message.get('content'))}{_SEP}{tail}"
+    if not rest:
+        return str(message.get("role", "")), _text(message.get("content"))
+    return (str(message.get("role", "")), _text(message.get("content")),
+            orjson.dumps(rest, option=orjson.OPT_SORT_KEYS).decode())
 
 
 def prefix_key(spec: SamplingSpec) -> tuple[str, ...]:
     """The prompt as the engine reads it, front first, for sorting (generation endpoints).
 
     The model comes first (an adapter's cache is its own), then what a chat template renders
-    before the messages (tools, template arguments, reasoning effort), then each message.
+    before the messages (tools, template arguments, reasoning effort), then each message's role
+    and text. Tuples compare element by element and strings character by character, so
+    prompts that share a prefix, whole messages or the start of one, sort side by side.
     """
     if spec.endpoint in CHAT_LIKE:
         head = ""
         if spec.tools or spec.chat_template_kwargs or spec.reasoning_effort:
             head = orjson.dumps([spec.tools, spec.chat_template_kwargs, spec.reasoning_effort],
                                 option=orjson.OPT_SORT_KEYS).decode()
-        return (spec.model, head, *map(_message, spec.messages))
+        if not spec.rich:  # every message a plain {"role", "content": str} (the common case): the strings as they are
+            return (spec.model, head, *[part for m in spec.messages for part in (m["role"], m["content"])])
+        return (spec.model, head, *[part for m in spec.messages for part in _parts(m)])
     return (spec.model, "", spec.prompt)
 
 
