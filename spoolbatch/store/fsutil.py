@@ -119,8 +119,9 @@ class AppendFile:
         self._pending: list[bytes | Path] = []
 
     def write(self, data: bytes) -> None:
-        """Queue ``data`` for the next commit."""
-        self._pending.append(data)
+        """Queue ``data`` for the next commit (nothing to write is nothing to make durable: no fsync)."""
+        if data:
+            self._pending.append(data)
 
     def write_file(self, path: Path) -> None:
         """Queue the whole of file ``path`` for the next commit, copied by the kernel

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import orjson
 
-from spoolbatch.store.fsutil import AppendFile, atomic_write, fsync_dir
+from spoolbatch.store.fsutil import AppendFile, atomic_write
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,9 +187,12 @@ class WorkArea:
                 os.unlink(self._part(index, kind))
 
     def remove(self) -> None:
-        """Delete the whole work area once the job is final."""
+        """Delete the whole work area once the job is final.
+
+        Not made durable: the final checkpoint already is, and an area a crash brings back is
+        removed again by the finish a worker redoes, or by the clean-up (an orphaned chunk area).
+        """
         with contextlib.suppress(FileNotFoundError):
             for name in os.listdir(self.root):
                 os.unlink(self.root / name)
             os.rmdir(self.root)
-            fsync_dir(self.root.parent)
