@@ -157,8 +157,8 @@
         <input id="f-q" type="search" placeholder="search id or metadata" aria-label="search">
         <button id="f-go" type="button">Search</button>
       </div>
-      <div class="scroll"><table id="jobtable"><thead><tr><th>job</th><th>status</th><th>priority</th>
-        <th>progress</th><th class="num">requests/s</th><th class="num">tokens/s</th><th class="num wide-only">elapsed</th>
+      <div class="scroll"><table id="jobtable"><thead><tr><th>job</th><th>status</th><th class="wide-only">priority</th>
+        <th>progress</th><th class="num">requests/s</th><th class="num wide-only">tokens/s</th><th class="num wide-only">elapsed</th>
         <th class="num">ETA</th><th class="wide-only">owner / metadata</th></tr></thead><tbody></tbody></table></div>
       <div class="pager"><button id="prev" type="button">Newer</button><button id="next" type="button">Older</button>
         <span id="pageinfo" class="muted"></span></div>
@@ -204,12 +204,12 @@
     const f = progress(b);
     return `<tr class="job" data-job="${esc(job)}" data-status="${esc(b.status)}">
       <td><a href="jobs/${encodeURIComponent(job)}">${esc(job)}</a>
-        <div class="sub">${esc(b.model || "")} · ${esc(b.endpoint)} · ${esc(when(b.created_at))}</div></td>
-      <td class="status">${badge(b.status)}</td><td class="prio">${esc(b.priority == null ? "" : b.priority)}</td>
+        <div class="sub">${esc([b.model, b.endpoint, when(b.created_at)].filter(Boolean).join(" · "))}</div></td>
+      <td class="status">${badge(b.status)}</td><td class="prio wide-only">${esc(b.priority == null ? "" : b.priority)}</td>
       <td>${bar(f)} <span class="pct">${N1.format(100 * f)} %</span>
         <div class="sub">${num((c.completed || 0) + (c.failed || 0))} of ${num(c.total)}${c.failed ?
           ` · <span class="bad">${num(c.failed)} failed</span>` : ""}</div></td>
-      <td class="num rps">${rate(rps, "req/s")}</td><td class="num tps">${rate(tps, "tok/s")}</td>
+      <td class="num rps">${rate(rps, "req/s")}</td><td class="num tps wide-only">${rate(tps, "tok/s")}</td>
       <td class="num wide-only">${dur(elapsed(b))}</td><td class="num eta">${dur(eta(b, rps))}</td>
       <td class="wide-only meta">${esc(metaText(b.metadata))}</td></tr>`;
   }
