@@ -9,7 +9,9 @@ from __future__ import annotations
 import base64
 import dataclasses
 import functools
+import hashlib
 import os
+import re
 import tomllib
 import types
 import typing
@@ -22,6 +24,93 @@ from spoolbatch.errors import ConfigError
 DEFAULT_GPU_MODEL = "google/gemma-3-4b-it"
 # The engines `--engine` may name; engines/ builds them (and imports this, not the other way round).
 ENGINE_NAMES = ("vllm", "fake", "ray")
+# Projects: the one a job, file or key has when nothing names another (plain inbox/, `api_keys`).
+DEFAULT_PROJECT = "default"
+PROJECT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # a folder of inbox/: no dot, never a path
+
+
+def is_project_name(name: object) -> bool:
+    """True when ``name`` may name a project (and its folder ``inbox/NAME/``)."""
+    return isinstance(name, str) and PROJECT_NAME.fullmatch(name) is not None
+
+
+def key_digest(key: str) -> bytes:
+    """The sha256 of an API key: what is kept and compared, never the key."""
+    return hashlib.sha256(key.encode()).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """One ``[[keys]]`` table (or an ``api_keys`` entry: an admin of ``default``): a key's sha256 and its project."""
+
+    sha256: bytes
+    project: str = DEFAULT_PROJECT
+    admin: bool = False  # sees every project's batches and files, and may act for any project
+
+    @property
+    def fingerprint(self) -> str:
+        """The first 8 hex digits of the key's sha256: what logs name it by."""
+        return self.sha256.hex()[:8]
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectSettings:
+    """One ``[[projects]]`` table: a project whose inbox folder exists, and its quotas (None: only the spool's)."""
+
+    name: str
+    max_queued_jobs: int | None = None
+    max_queued_requests: int | None = None
+    max_queued_prompt_tokens: int | None = None  # estimated at submit (about 4 characters a token)
+
+
+def _project(where: str, value: Any) -> str:
+    if not is_project_name(value):
+        raise ConfigError(f"{where}: project must be letters, digits, '-' or '_' (up to 64), got {value!r}")
+    return str(value)
+
+
+def _keys(raw: Any) -> tuple[ApiKey, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError("setting 'keys' must be [[keys]] tables")
+    out = []
+    for i, table in enumerate(raw):
+        where = f"[[keys]] #{i + 1}"
+        if not isinstance(table, dict) or set(table) - {"key", "key_sha256", "project", "admin"} \
+                or ("key" in table) == ("key_sha256" in table):
+            raise ConfigError(f"{where}: give key or key_sha256 (not both), project, and optionally admin")
+        if "key" in table:
+            if not isinstance(table["key"], str) or not table["key"].strip():
+                raise ConfigError(f"{where}: key must be a non-empty string")
+            digest = key_digest(table["key"].strip())
+        else:
+            text = table["key_sha256"]
+            if not isinstance(text, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", text.strip()):
+                raise ConfigError(f"{where}: key_sha256 must be 64 hex digits (sha256sum of the key)")
+            digest = bytes.fromhex(text.strip())
+        admin = table.get("admin", False)
+        if not isinstance(admin, bool):
+            raise ConfigError(f"{where}: admin must be true or false")
+        out.append(ApiKey(digest, _project(where, table.get("project")), admin))
+    return tuple(out)
+
+
+def _projects(raw: Any) -> tuple[ProjectSettings, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError("setting 'projects' must be [[projects]] tables")
+    out: dict[str, ProjectSettings] = {}
+    quotas = ("max_queued_jobs", "max_queued_requests", "max_queued_prompt_tokens")
+    for i, table in enumerate(raw):
+        where = f"[[projects]] #{i + 1}"
+        if not isinstance(table, dict) or set(table) - {"name", *quotas}:
+            raise ConfigError(f"{where}: give name and optionally {', '.join(quotas)}")
+        name = _project(where, table.get("name"))
+        for q in quotas:
+            if q in table and (isinstance(table[q], bool) or not isinstance(table[q], int) or table[q] < 0):
+                raise ConfigError(f"{where}: {q} must be a whole number, 0 or more")
+        if name in out:
+            raise ConfigError(f"{where}: project {name!r} is listed twice")
+        out[name] = ProjectSettings(name, *(table.get(q) for q in quotas))
+    return tuple(out.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +248,9 @@ class Config:
     max_cpu_loras: int | None = _ENGINE.max_cpu_loras  # adapters kept loaded in host memory (None: max_loras)
     ray_address: str = "auto"  # --engine ray: a cluster address, "auto" (a running one, else local), "local"
     ray_concurrency: int = 1  # --engine ray: vLLM replicas, one GPU each on a GPU cluster
-    api_keys: tuple[str, ...] = ()  # `serve`: Bearer keys (SPOOLBATCH_API_KEYS: comma-separated)
+    api_keys: tuple[str, ...] = ()  # `serve`: Bearer keys (SPOOLBATCH_API_KEYS: comma-separated), admins of `default`
+    keys: tuple[ApiKey, ...] = ()  # `serve`: [[keys]] tables, each key scoped to one project
+    projects: tuple[ProjectSettings, ...] = ()  # [[projects]] tables: inbox folders and quotas
     webhooks: tuple[Webhook, ...] = ()  # `serve`: [[webhooks]] tables in config.toml
     webhook_backoff: float = 5.0  # `serve`: seconds before a failed delivery's first retry (doubling, up to 1 h)
     # Months unattended: retention, clean-up, logs, disk.
@@ -171,6 +262,14 @@ class Config:
     log_keep: int = 3  # rotated parts kept (NAME.1 .. NAME.N)
     daemon_log_file: bool | None = None  # logs/daemon.log; None: yes, except under systemd (the journal has it)
     disk_min_free_bytes: int = 100 * 1024 * 1024  # no chunk starts with less free (or less than it will write)
+
+    def api_key_table(self) -> tuple[ApiKey, ...]:
+        """Every key the server takes: ``api_keys`` (admins of ``default``), then ``[[keys]]``."""
+        return tuple(ApiKey(key_digest(k), DEFAULT_PROJECT, True) for k in self.api_keys) + self.keys
+
+    def project(self, name: str) -> ProjectSettings | None:
+        """The ``[[projects]]`` table of ``name``, if there is one."""
+        return next((p for p in self.projects if p.name == name), None)
 
     def engine_settings(self) -> EngineSettings:
         """The subset of settings the vLLM engine is built from."""
@@ -202,6 +301,10 @@ def _coerce(name: str, raw: Any) -> Any:
         return _webhooks(raw)
     if name == "adapters":
         return _adapters(raw)
+    if name == "keys":
+        return _keys(raw)
+    if name == "projects":
+        return _projects(raw)
     if name == "api_keys":
         keys = raw.split(",") if isinstance(raw, str) else raw
         if not isinstance(keys, list | tuple) or not all(isinstance(k, str) for k in keys):
@@ -276,7 +379,7 @@ def load_config(spool: Path | str | None = None, env: dict[str, str] | None = No
                                        for a in values["adapters"])
     for name in known:
         raw = env.get(f"SPOOLBATCH_{name.upper()}")
-        if raw is not None and name not in ("spool", "webhooks", "adapters"):
+        if raw is not None and name not in ("spool", "webhooks", "adapters", "keys", "projects"):
             values[name] = _coerce(name, raw)
     values.update({k: v for k, v in flags.items() if v is not None})
     values["spool"] = root

@@ -127,6 +127,20 @@ class LimitExceeded(InputError):
         self.maximum = maximum
 
 
+class QuotaExceeded(LimitExceeded):
+    """A project's queue is over one of its quotas (``[[projects]]`` in config.toml); the API answers 429."""
+
+    def __init__(self, project: str, limit: str, value: int, maximum: int, *, path: str | None = None,
+                 hint: str | None = None) -> None:
+        super().__init__(limit, value, maximum, path=path, hint=hint)
+        message = f"project {project!r} is over its {limit} quota ({value:,} > {maximum:,})"
+        self.args = (f"{path}: {message}" if path else message,)
+        self.message = self.args[0]
+        self.reason = message
+        self.code = "token_limit_exceeded" if "token" in limit else "quota_exceeded"  # OpenAI's code for tokens
+        self.project = project
+
+
 class EngineError(SpoolbatchError):
     """The inference engine could not be loaded or failed as a whole.
 

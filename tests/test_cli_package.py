@@ -26,8 +26,8 @@ def test_the_console_script_names_a_function_that_exists() -> None:
 def test_help_lists_the_commands_in_their_order() -> None:
     group = typer.main.get_command(app)
     assert list(getattr(group, "commands", {})) == [
-        "init", "submit", "run", "status", "list", "results", "deadletter", "logs", "cancel", "retry", "models",
-        "serve", "gc"]
+        "init", "submit", "run", "status", "list", "results", "deadletter", "logs", "cancel", "retry", "usage",
+        "models", "serve", "gc"]
 
 
 @pytest.mark.parametrize(("n", "text"), [(0, "0 bytes"), (1, "1 byte"), (999, "999 bytes"), (1000, "1.0 kB"),

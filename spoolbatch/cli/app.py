@@ -30,6 +30,9 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 SpoolOpt = Annotated[Path | None, typer.Option("--spool", envvar="SPOOLBATCH_SPOOL",
                                               help="Spool root (default ./spool).", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
+ProjectOpt = Annotated[str | None, typer.Option(
+    "--project", help="Only this project's jobs (a project is a folder of inbox/; plain inbox/ is default).",
+    show_default=False)]
 VerboseOpt = Annotated[int, typer.Option(
     "--verbose", "-v", count=True,
     help="Log more: -v adds the libraries' INFO lines (vLLM, Ray, uvicorn's access log) and spoolbatch's DEBUG; "

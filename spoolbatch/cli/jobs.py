@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from spoolbatch.cli.app import JsonOpt, SpoolOpt, config, err, handles_errors, out, print_json
+from spoolbatch.cli.app import JsonOpt, ProjectOpt, SpoolOpt, config, err, handles_errors, out, print_json
 from spoolbatch.cli.tables import Col, FitTable, print_table
 from spoolbatch.store.spool import Spool
 
@@ -18,21 +18,28 @@ JobOrGroupArg = Annotated[str, typer.Argument(help="Job id or group name.")]
 
 
 @handles_errors
-def list_(spool: SpoolOpt = None, json: JsonOpt = False) -> None:
+def list_(spool: SpoolOpt = None, project: ProjectOpt = None, json: JsonOpt = False) -> None:
     """Every job: queued, running, finished, refused; and the groups that submit --split made."""
     from spoolbatch.cli.views import groups_table, jobs_table
-    from spoolbatch.commands.catalog import list_groups
+    from spoolbatch.commands.catalog import in_project, list_groups
     from spoolbatch.commands.status import jobs_now
 
     sp = Spool(config(spool).spool)
-    jobs = jobs_now(sp)
+    jobs = in_project(jobs_now(sp), project)
     if json:
         print_json([j.to_dict() for j in jobs])  # each part names its group
         return
     print_table(out, jobs_table({"spool": sp.root, "jobs": [j.to_dict() for j in jobs]}))
-    groups = list_groups(sp, jobs)
+    names = {j.job for j in jobs}
+    groups = [g for g in list_groups(sp, jobs) if project is None or g.group in names or _all_mine(sp, g.group, names)]
     if groups:
         print_table(out, groups_table(groups))
+
+
+def _all_mine(sp: Spool, group: str, names: set[str]) -> bool:
+    from spoolbatch.commands.catalog import group_jobs
+
+    return set(group_jobs(sp, group)) <= names
 
 
 def _write_lines(lines: Iterable[bytes], output: Path | None) -> int:
@@ -56,12 +63,14 @@ def results(
     spool: SpoolOpt = None,
     errors: Annotated[bool, typer.Option("--errors", help="Print deadletter as OpenAI error lines.")] = False,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Write to FILE instead of stdout.")] = None,
+    project: ProjectOpt = None,
     json: JsonOpt = False,
 ) -> None:
-    """Committed OpenAI output lines of a job or group (JSONL)."""
+    """Committed OpenAI output lines of a job or group (JSONL); with --project, only one of that project's."""
     from spoolbatch.commands import catalog as j
 
     sp = Spool(config(spool).spool)
+    j.check_project(sp, job, project)
     lines = j.errors(sp, job) if errors else j.results(sp, job)
     n = _write_lines(lines, output)
     if output is not None:

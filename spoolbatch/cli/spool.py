@@ -13,14 +13,23 @@ from spoolbatch.store.spool import Spool
 
 
 @handles_errors
-def init(spool: SpoolOpt = None, json: JsonOpt = False) -> None:
-    """Create the spool directories (idempotent)."""
-    sp = Spool(config(spool).spool)
+def init(spool: SpoolOpt = None, project: Annotated[list[str] | None, typer.Option(
+        "--project", help="Also make inbox/NAME/, where a dropped file is project NAME's (repeatable).")] = None,
+         json: JsonOpt = False) -> None:
+    """Create the spool directories (idempotent), and a folder in the inbox for each project."""
+    settings = config(spool)
+    sp = Spool(settings.spool)
+    names = list(dict.fromkeys([*(p.name for p in settings.projects), *(project or [])]))
+    for name in names:
+        sp.project_inbox(name)  # a bad name is refused before anything is made
     sp.init()
+    folders = [str(sp.ensure_project_inbox(name)) for name in names]
     if json:
-        print_json({"spool": str(sp.root), "created": True})
+        print_json({"spool": str(sp.root), "created": True, "projects": dict(zip(names, folders, strict=True))})
     else:
-        out.print(f"spool ready at {sp.root} (drop jobs into {sp.inbox}/)")
+        out.print(f"spool ready at {sp.root} (drop jobs into {sp.inbox}/)", markup=False)
+        for name, folder in zip(names, folders, strict=True):
+            out.print(f"  project {name}: drop its jobs into {folder}/", markup=False)
 
 
 @handles_errors

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -9,6 +10,7 @@ import typer
 
 from spoolbatch.cli.app import JsonOpt, SpoolOpt, config, handles_errors, out, print_json
 from spoolbatch.cli.units import duration
+from spoolbatch.config import is_project_name
 from spoolbatch.errors import BadLines, ConfigError
 
 
@@ -28,6 +30,9 @@ def submit(
         "--metadata", help="KEY=VALUE batch metadata (repeatable; 16 pairs, as OpenAI's).")] = None,
     completion_window: Annotated[str | None, typer.Option(
         "--completion-window", help="Expire what has not run after this long: N s/m/h/d, 10s to 7d.")] = None,
+    project: Annotated[str | None, typer.Option(
+        "--project", help="The project the job belongs to (it waits in inbox/NAME/); over its quotas: exit 5.",
+        show_default=False)] = None,
     json: JsonOpt = False,
 ) -> None:
     """Validate a job file and queue it atomically."""
@@ -43,6 +48,10 @@ def submit(
                 raise ConfigError(f"--metadata {item!r}: give KEY=VALUE")
             pairs[key] = value
         batch = BatchSpec(completion_window=completion_window, metadata=pairs)
+    if project is not None:
+        if not is_project_name(project):
+            raise ConfigError(f"--project {project[:80]!r}: a project name is letters, digits, '-' and '_'")
+        batch = dataclasses.replace(batch or BatchSpec(), project=project)
     try:
         result = do_submit(file, config(spool), name=name, split=split, allow_bad_lines=allow_bad_lines,
                            batch=batch)

@@ -20,8 +20,9 @@ from typing import Any
 
 import orjson
 
-from spoolbatch.commands.catalog import JobInfo, errors, job_info, list_jobs, queued_entry
+from spoolbatch.commands.catalog import JobInfo, errors, in_project, job_info, list_jobs, queued_entry
 from spoolbatch.commands.control import cancel
+from spoolbatch.config import DEFAULT_PROJECT
 from spoolbatch.errors import SpoolbatchError
 from spoolbatch.format.bodies import stable_id
 from spoolbatch.format.lines import LineParser
@@ -80,6 +81,11 @@ class BatchView:
     def id(self) -> str:
         """The batch id."""
         return batch_id(self.info.job)
+
+    @property
+    def project(self) -> str:
+        """The project it belongs to."""
+        return self.info.project or DEFAULT_PROJECT
 
     @property
     def state(self) -> JobState:
@@ -174,17 +180,17 @@ def get_batch(spool: Spool, job: str) -> BatchView:
     return _view(spool, by_clock(spool, job_info(spool, job, probe_owner=False)))
 
 
-def cancel_batch(spool: Spool, job: str) -> BatchView:
+def cancel_batch(spool: Spool, job: str, project: str | None = None) -> BatchView:
     """Cancel a batch (at once when queued, at the next chunk boundary when running); the batch as it is then."""
     if not get_batch(spool, job).state.final:
         with contextlib.suppress(SpoolbatchError):  # it ended meanwhile: the answer is what it is now
-            cancel(spool, job)
+            cancel(spool, job, project)
     return get_batch(spool, job)
 
 
-def list_batches(spool: Spool) -> list[BatchView]:
-    """Every batch of the spool, newest first."""
-    views = [_view(spool, info) for info in jobs_by_clock(spool, list_jobs(spool))]
+def list_batches(spool: Spool, project: str | None = None) -> list[BatchView]:
+    """Every batch of the spool (of ``project``, when given), newest first."""
+    views = [_view(spool, info) for info in jobs_by_clock(spool, in_project(list_jobs(spool), project))]
     views.sort(key=lambda v: (v.created_at, v.job), reverse=True)
     return views
 

@@ -15,7 +15,7 @@ import orjson
 
 from spoolbatch.errors import JobNotFound
 from spoolbatch.format.lines import error_line
-from spoolbatch.store.batches import BatchRecord, batch_id
+from spoolbatch.store.batches import BatchRecord, batch_id, project_of
 from spoolbatch.store.checkpoint import Checkpoint
 from spoolbatch.store.joblog import read_log, render
 from spoolbatch.store.jobstate import JobState
@@ -49,6 +49,7 @@ class JobInfo:
     busy_seconds: float = 0.0  # engine time summed over every worker's chunks: the job's own rate
     deduplicated: int = 0  # lines answered with an identical deterministic line's answer (not sent to the engine)
     prefix_cache_hit_rate: float | None = None  # share of prompt tokens the engine read from its prefix cache
+    project: str | None = None  # its project: its inbox folder while queued, then its checkpoint's or record's
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON (the state as its string)."""
@@ -61,11 +62,30 @@ def _from_checkpoint(ckpt: Checkpoint, owned: bool | None = None) -> JobInfo:
                    round(ckpt.progress(), 4), ckpt.eta_seconds(), ckpt.model, ckpt.total_tokens,
                    ckpt.updated_at, ckpt.message, owned, ckpt.retries, lines_consumed=ckpt.lines_consumed,
                    started_at=ckpt.started_at, busy_seconds=round(ckpt.busy_seconds, 3),
-                   deduplicated=ckpt.deduplicated, prefix_cache_hit_rate=ckpt.prefix_cache_hit_rate)
+                   deduplicated=ckpt.deduplicated, prefix_cache_hit_rate=ckpt.prefix_cache_hit_rate,
+                   project=ckpt.project)
 
 
 def _from_rejection(rejection: Rejection) -> JobInfo:
     return JobInfo(rejection.job, JobState.REJECTED, reason=rejection.reason, updated_at=rejection.at)
+
+
+def in_project(jobs: list[JobInfo], project: str | None) -> list[JobInfo]:
+    """The jobs of ``project`` (all of them for None)."""
+    return jobs if project is None else [j for j in jobs if j.project == project]
+
+
+def check_project(spool: Spool, name: str, project: str | None) -> None:
+    """``JobNotFound`` unless the job (or every job of the group) ``name`` belongs to ``project`` (None: any)."""
+    if project is None:
+        return
+    for job in group_jobs(spool, name):
+        try:
+            owner = job_info(spool, job, probe_owner=False).project
+        except JobNotFound:
+            continue  # a group's part removed by the clean-up: it holds nothing
+        if owner != project:
+            raise JobNotFound(name)
 
 
 def list_jobs(spool: Spool) -> list[JobInfo]:
@@ -74,7 +94,7 @@ def list_jobs(spool: Spool) -> list[JobInfo]:
     jobs: dict[str, JobInfo] = {}
     for queued in spool.inbox_entries():
         job = sanitize_job_id(queued.name)
-        jobs[job] = JobInfo(job, JobState.QUEUED, updated_at=queued.mtime)
+        jobs[job] = JobInfo(job, JobState.QUEUED, updated_at=queued.mtime, project=queued.project)
     for entry in spool.jobs(Stage.CHECKPOINTED):
         ckpt = Checkpoint.load(entry.path)
         if ckpt is not None:
@@ -95,7 +115,8 @@ def list_jobs(spool: Spool) -> list[JobInfo]:
 
 def _with_batch(spool: Spool, info: JobInfo) -> JobInfo:
     record = BatchRecord.load(spool, info.job)
-    return replace(info, batch=batch_id(info.job), metadata=record.metadata if record else None)
+    return replace(info, batch=batch_id(info.job), metadata=record.metadata if record else None,
+                   project=info.project or project_of(record))
 
 
 def queued_entry(spool: Spool, job: str) -> InboxEntry | None:
@@ -119,7 +140,7 @@ def job_info(spool: Spool, job: str, *, probe_owner: bool = True) -> JobInfo:
     if info is None and spool.input(job).exists():
         info = JobInfo(job, JobState.CLAIMED, owned=spool.job_is_owned(job) if probe_owner else None)
     if info is None and (entry := queued_entry(spool, job)) is not None:
-        info = JobInfo(job, JobState.QUEUED, updated_at=entry.mtime)
+        info = JobInfo(job, JobState.QUEUED, updated_at=entry.mtime, project=entry.project)
     if info is None:
         raise JobNotFound(job)
     return _with_batch(spool, info)

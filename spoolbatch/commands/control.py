@@ -7,8 +7,9 @@ import time
 from dataclasses import dataclass
 from enum import StrEnum
 
-from spoolbatch.commands.catalog import deadletter
+from spoolbatch.commands.catalog import deadletter, job_info
 from spoolbatch.commands.submit import write_job
+from spoolbatch.config import DEFAULT_PROJECT
 from spoolbatch.errors import JobNotFound, SpoolbatchError
 from spoolbatch.format.preflight import count_lines
 from spoolbatch.store.checkpoint import Checkpoint
@@ -34,11 +35,16 @@ class Cancelled:
     outcome: CancelOutcome
 
 
-def cancel(spool: Spool, job: str) -> Cancelled:
-    """Remove a queued job, or stop a running one at its next chunk boundary; what happened."""
+def cancel(spool: Spool, job: str, project: str | None = None) -> Cancelled:
+    """Remove a queued job, or stop a running one at its next chunk boundary; what happened.
+
+    ``project``: only a queued file of that project's folder is the job (two folders may hold one name).
+    """
     spool.require()
     with spool.claim_lock():
         for entry in spool.inbox_entries():
+            if project is not None and entry.project != project:
+                continue
             if sanitize_job_id(entry.name) == job or entry.name == job:
                 if not entry.path.is_file() or entry.path.is_symlink():
                     os.unlink(entry.path)
@@ -64,10 +70,10 @@ def _cancel_queued(spool: Spool, entry: InboxEntry) -> str:
     lines = count_lines(path)[1]
     os.rename(path, spool.archived_input(job))
     fsync_dir(spool.done)
-    fsync_dir(spool.inbox)
+    fsync_dir(path.parent)
     now = time.time()
     Checkpoint(job=job, status=JobState.CANCELLED, input_name=name, total_lines=lines, created_at=now,
-               finished_at=now, message="cancelled while queued").save(spool.checkpoint(job))
+               finished_at=now, message="cancelled while queued", project=entry.project).save(spool.checkpoint(job))
     return job
 
 
@@ -79,5 +85,5 @@ def retry(spool: Spool, job: str) -> tuple[str, int]:
     lines = [r["request"].encode() for r in records if "request_base64" not in r]
     if not lines:
         raise SpoolbatchError(f"job {job!r}'s deadletter records are not valid text; fix them by hand")
-    new = write_job(spool, f"{job}.retry", lines)
+    new = write_job(spool, f"{job}.retry", lines, job_info(spool, job, probe_owner=False).project or DEFAULT_PROJECT)
     return new, len(lines)

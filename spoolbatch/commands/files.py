@@ -4,6 +4,9 @@ An upload is a file in ``files/`` with its record; a batch's own files are virtu
 name the job): the input is the job's input wherever it is now, the output its committed
 results, the errors its deadletter as OpenAI error lines plus the requests a cancel or an expiry
 left unrun. Unknown ids, and ids of another kind, raise ``FileNotFound``; nothing here knows HTTP.
+
+``project`` (None: every project) limits what an id finds: an upload of another project, or a
+file of another project's batch, is ``FileNotFound`` exactly as an unknown id is.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any, BinaryIO
 
 from spoolbatch.commands.batches import BatchView, error_lines, get_batch
 from spoolbatch.commands.catalog import results
+from spoolbatch.config import DEFAULT_PROJECT
 from spoolbatch.errors import FileNotFound, InputError, JobNotFound
 from spoolbatch.store import files as filestore
 from spoolbatch.store.spool import Spool
@@ -30,40 +34,49 @@ def parse(file_id: str) -> tuple[str, str]:
     return parsed
 
 
-def upload_path(spool: Spool, file_id: str) -> Path:
+def _sees(project: str | None, owner: str | None) -> bool:
+    return project is None or (owner or DEFAULT_PROJECT) == project
+
+
+def _upload(spool: Spool, file_id: str, name: str, project: str | None) -> filestore.FileRecord:
+    record = filestore.FileRecord.load(spool, name)
+    if record is None or not _sees(project, record.project):
+        raise FileNotFound(file_id)
+    return record
+
+
+def upload_path(spool: Spool, file_id: str, project: str | None = None) -> Path:
     """The content of an uploaded file (the input of a batch created from it), or ``FileNotFound``."""
     kind, name = parse(file_id)
-    if kind != "upload" or filestore.FileRecord.load(spool, name) is None:
+    if kind != "upload":
         raise FileNotFound(file_id)
+    _upload(spool, file_id, name, project)
     return spool.file_content(name)
 
 
 def add_upload(spool: Spool, tmp: Path | None, filename: str, size: int, lines: int,
-               purpose: str = "batch") -> filestore.FileRecord:
+               purpose: str = "batch", project: str = DEFAULT_PROJECT) -> filestore.FileRecord:
     """Commit a finished upload at ``tmp`` (in the spool's ``files/``; None: the body had no file) as a new file."""
     if purpose != "batch":
         raise InputError(f"purpose {purpose[:40]!r} is not supported; use 'batch'.", code="invalid_purpose")
     if tmp is None:
         raise InputError("The body has no 'file' part.", code="missing_file")
-    record = filestore.FileRecord(filestore.new_file_id(), filename, size, lines, "batch", time.time())
+    record = filestore.FileRecord(filestore.new_file_id(), filename, size, lines, "batch", time.time(), project)
     filestore.commit(spool, tmp, record)
     return record
 
 
-def list_files(spool: Spool) -> list[filestore.FileRecord]:
-    """Every upload, newest first (a batch's own files are listed by its batch)."""
-    return filestore.list_files(spool)
+def list_files(spool: Spool, project: str | None = None) -> list[filestore.FileRecord]:
+    """Every upload (of ``project``, when given), newest first (a batch's own files are listed by its batch)."""
+    return [r for r in filestore.list_files(spool) if _sees(project, r.project)]
 
 
-def file_object(spool: Spool, file_id: str) -> dict[str, Any]:
+def file_object(spool: Spool, file_id: str, project: str | None = None) -> dict[str, Any]:
     """The OpenAI file object of an upload or of a batch's input, output or error file."""
     kind, name = parse(file_id)
     if kind == "upload":
-        record = filestore.FileRecord.load(spool, name)
-        if record is None:
-            raise FileNotFound(file_id)
-        return record.to_openai()
-    view = _batch(spool, file_id, name)
+        return _upload(spool, file_id, name, project).to_openai()
+    view = _batch(spool, file_id, name, project)
     ckpt = view.checkpoint
     size = {"output": ckpt.results_bytes if ckpt else 0, "errors": ckpt.deadletter_bytes if ckpt else 0,
             "input": ckpt.input_bytes if ckpt else 0}[kind]
@@ -72,14 +85,13 @@ def file_object(spool: Spool, file_id: str) -> dict[str, Any]:
             "status": "processed", "expires_at": None, "status_details": None}
 
 
-def file_content(spool: Spool, file_id: str) -> Iterator[bytes]:
+def file_content(spool: Spool, file_id: str, project: str | None = None) -> Iterator[bytes]:
     """The bytes of a file, in blocks or lines, streamed; ``FileNotFound`` is raised before the first."""
     kind, name = parse(file_id)
     if kind == "upload":
-        if filestore.FileRecord.load(spool, name) is None:
-            raise FileNotFound(file_id)
+        _upload(spool, file_id, name, project)
         return _blocks_of(spool.file_content(name), file_id)
-    _batch(spool, file_id, name)
+    _batch(spool, file_id, name, project)
     if kind == "output":
         return results(spool, name)
     if kind == "errors":
@@ -90,20 +102,25 @@ def file_content(spool: Spool, file_id: str) -> Iterator[bytes]:
     return _read(f)
 
 
-def delete_file(spool: Spool, file_id: str) -> None:
+def delete_file(spool: Spool, file_id: str, project: str | None = None) -> None:
     """Remove an upload; a batch's own files go when the batch does (``InputError``)."""
     kind, name = parse(file_id)
     if kind != "upload":
+        _batch(spool, file_id, name, project)  # another project's batch: not found, as an unknown id
         raise InputError("A batch's own files go when the batch does.", code="batch_file")
+    _upload(spool, file_id, name, project)
     if not filestore.delete(spool, name):
         raise FileNotFound(file_id)
 
 
-def _batch(spool: Spool, file_id: str, job: str) -> BatchView:
+def _batch(spool: Spool, file_id: str, job: str, project: str | None) -> BatchView:
     try:
-        return get_batch(spool, job)
+        view = get_batch(spool, job)
     except JobNotFound:
         raise FileNotFound(file_id) from None
+    if not _sees(project, view.project):
+        raise FileNotFound(file_id)
+    return view
 
 
 def _blocks_of(path: Path, file_id: str) -> Iterator[bytes]:

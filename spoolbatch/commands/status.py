@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from spoolbatch.commands.batches import jobs_by_clock
-from spoolbatch.commands.catalog import JobInfo, list_jobs
+from spoolbatch.commands.catalog import JobInfo, in_project, list_jobs
+from spoolbatch.commands.usage import UsageRow, usage
 from spoolbatch.store.diskspace import DiskUsage, spool_usage
 from spoolbatch.store.jobstate import JobState
 from spoolbatch.store.liveness import Liveness, liveness, pid_exists, read_workers
@@ -28,6 +29,7 @@ class SpoolStatus:
     workers: list[dict[str, Any]]
     jobs: list[JobInfo]
     disk: DiskUsage | None = None
+    usage: list[UsageRow] = dataclasses.field(default_factory=list)  # per project and UTC day
 
     @property
     def alive(self) -> bool:
@@ -41,13 +43,17 @@ class SpoolStatus:
             counts[j.status.value] = counts.get(j.status.value, 0) + 1
         return {"spool": self.spool, "alive": self.alive, "workers": self.workers,
                 "queue": {"jobs": counts.get(JobState.QUEUED.value, 0), "by_status": counts},
-                "jobs": [j.to_dict() for j in self.jobs], "disk": self.disk.to_dict() if self.disk else None}
+                "jobs": [j.to_dict() for j in self.jobs], "disk": self.disk.to_dict() if self.disk else None,
+                "usage": [u.to_dict() for u in self.usage]}
 
 
-def status(spool: Spool, job: str | None = None) -> SpoolStatus:
-    """Gather the spool's status (one job's, when ``job`` is given)."""
+def status(spool: Spool, job: str | None = None, project: str | None = None) -> SpoolStatus:
+    """Gather the spool's status (one job's, when ``job`` is given; one project's, when ``project`` is).
+
+    A project's status names no other project's job: a worker on one shows only its state and GPU.
+    """
     spool.require()
-    jobs = jobs_now(spool)
+    jobs = mine = in_project(jobs_now(spool), project)
     if job is not None:
         from spoolbatch.errors import JobNotFound
 
@@ -55,7 +61,19 @@ def status(spool: Spool, job: str | None = None) -> SpoolStatus:
         if not jobs:
             raise JobNotFound(job)
     workers = read_workers(spool)
-    return SpoolStatus(str(spool.root), workers, with_workers(jobs, workers), spool_usage(spool))
+    if project is not None:
+        workers = hide_other_jobs(workers, {j.job for j in mine})
+    return SpoolStatus(str(spool.root), workers, with_workers(jobs, workers), spool_usage(spool),
+                       usage(spool, project))
+
+
+# What a heartbeat says about the job its worker answers.
+JOB_FIELDS = ("job", "chunk", "chunk_lines", "progress", "model", "last_chunk", "scheduled", "reason")
+
+
+def hide_other_jobs(workers: list[dict[str, Any]], visible: set[str]) -> list[dict[str, Any]]:
+    """The workers with what they say of a job outside ``visible`` blanked (its id, progress, model)."""
+    return [w if not w.get("job") or w["job"] in visible else w | dict.fromkeys(JOB_FIELDS) for w in workers]
 
 
 def jobs_now(spool: Spool, now: float | None = None) -> list[JobInfo]:

@@ -15,9 +15,10 @@ from typing import BinaryIO
 
 import orjson
 
-from spoolbatch.config import Config
+from spoolbatch.config import DEFAULT_PROJECT, Config
 from spoolbatch.engines.adapters import adapter_bases
-from spoolbatch.errors import BadLines, InputError, LimitExceeded
+from spoolbatch.errors import BadLines, InputError, LimitExceeded, QuotaExceeded
+from spoolbatch.format.estimate import prompt_tokens
 from spoolbatch.format.lines import BadLine, LineParser
 from spoolbatch.format.preflight import check_file, count_lines
 from spoolbatch.store.batches import BatchRecord, BatchSpec
@@ -39,6 +40,7 @@ class Validation:
     bad_count: int = 0
     model: str | None = None
     url: str | None = None
+    prompt_tokens: int = 0  # estimated (format/estimate.py), over the valid requests
 
 
 @dataclass(slots=True)
@@ -69,6 +71,7 @@ def validate(path: Path, config: Config) -> Validation:
                     out.bad.append(replace(parsed, raw=b""))  # the line itself may be megabytes
                 continue
             out.requests += 1
+            out.prompt_tokens += prompt_tokens(parsed.body)
     out.model, out.url = parser.model, parser.url
     return out
 
@@ -83,7 +86,32 @@ def queued(spool: Spool) -> tuple[int, int]:
     return jobs, requests
 
 
-def _check_queue(spool: Spool, config: Config, jobs: int, requests: int, shown: str) -> None:
+def queued_in_project(spool: Spool, config: Config, project: str, *, tokens: bool = True) -> tuple[int, int, int]:
+    """(jobs, requests, estimated prompt tokens) of ``project`` waiting in the inbox.
+
+    A job's tokens are its record's estimate; a file dropped with `cp` has none and is read
+    (only with ``tokens``: when the project has a token quota).
+    """
+    jobs = requests = total = 0
+    for entry in spool.inbox_entries():
+        if entry.project != project or not entry.path.is_file() or entry.path.is_symlink():
+            continue
+        jobs += 1
+        requests += count_lines(entry.path)[1]
+        if tokens:
+            record = BatchRecord.load(spool, sanitize_job_id(entry.name))
+            if record is not None and record.prompt_tokens_estimate:
+                total += record.prompt_tokens_estimate
+            else:
+                try:
+                    total += validate(entry.path, config).prompt_tokens
+                except OSError:  # claimed meanwhile
+                    jobs -= 1
+    return jobs, requests, total
+
+
+def _check_queue(spool: Spool, config: Config, jobs: int, requests: int, shown: str,
+                 project: str = DEFAULT_PROJECT, tokens: int = 0) -> None:
     have_jobs, have_requests = queued(spool)
     hint = "wait for the daemon to drain the queue, or raise the limit in config.toml"
     if have_jobs + jobs > config.max_queued_jobs:
@@ -91,6 +119,17 @@ def _check_queue(spool: Spool, config: Config, jobs: int, requests: int, shown: 
     if have_requests + requests > config.max_queued_requests:
         raise LimitExceeded("queued requests", have_requests + requests, config.max_queued_requests,
                             path=shown, hint=hint)
+    quota = config.project(project)
+    if quota is None or (quota.max_queued_jobs is None and quota.max_queued_requests is None
+                         and quota.max_queued_prompt_tokens is None):
+        return
+    hint = f"wait for project {project!r}'s queued jobs to run, or raise its quota in [[projects]] in config.toml"
+    have = queued_in_project(spool, config, project, tokens=quota.max_queued_prompt_tokens is not None)
+    for limit, maximum, value in (("queued jobs", quota.max_queued_jobs, have[0] + jobs),
+                                  ("queued requests", quota.max_queued_requests, have[1] + requests),
+                                  ("queued prompt tokens", quota.max_queued_prompt_tokens, have[2] + tokens)):
+        if maximum is not None and value > maximum:
+            raise QuotaExceeded(project, limit, value, maximum, path=shown, hint=hint)
 
 
 def _parts(f: BinaryIO, max_lines: int, max_bytes: int) -> Iterator[list[bytes]]:
@@ -108,9 +147,10 @@ def _parts(f: BinaryIO, max_lines: int, max_bytes: int) -> Iterator[list[bytes]]
         yield part
 
 
-def _place(spool: Spool, job: str, write: Iterator[bytes] | list[bytes]) -> None:
-    """Write the job into a dotfile in the inbox, fsync, rename into place."""
-    _place_at(spool.queued_input(job), write)
+def _place(spool: Spool, job: str, write: Iterator[bytes] | list[bytes], project: str = DEFAULT_PROJECT) -> None:
+    """Write the job into a dotfile in its project's inbox, fsync, rename into place."""
+    spool.ensure_project_inbox(project)
+    _place_at(spool.queued_input(job, project), write)
 
 
 def _place_at(target: Path, write: Iterator[bytes] | list[bytes]) -> None:
@@ -158,7 +198,8 @@ def submit(path: Path, config: Config, *, name: str | None = None, split: bool =
            link: bool = False) -> Submitted:
     """Validate ``path`` and place it in the inbox (or its parts, with ``split``).
 
-    ``batch`` records the job's batch fields (window, metadata, endpoint) before it is placed.
+    ``batch`` records the job's batch fields (window, metadata, endpoint, project) before it is
+    placed; a job of a project other than ``default`` waits in ``inbox/PROJECT/`` and always has a record.
     A file with bad lines raises ``InputError``, or with ``reject_bad_lines`` (the HTTP API) is
     recorded as a refused job, a failed batch whose errors name each bad line. ``link`` places
     a hard link to ``path`` instead of a copy where it can (an upload in the spool, which nothing
@@ -184,17 +225,19 @@ def submit(path: Path, config: Config, *, name: str | None = None, split: bool =
     if batch is not None and batch.endpoint and result.url and batch.endpoint != result.url:
         raise InputError(f"the endpoint {batch.endpoint!r} does not match the lines' url {result.url!r}",
                          path=shown, code="endpoint_mismatch")
+    project = (batch.project if batch is not None else None) or DEFAULT_PROJECT
     with spool.claim_lock():
         if not split or (facts.lines <= config.max_requests_per_job and facts.size <= config.max_job_bytes):
-            _check_queue(spool, config, 1, facts.lines, shown)
+            _check_queue(spool, config, 1, facts.lines, shown, project, result.prompt_tokens)
             job = spool.unique_job_id(base)
             _record(spool, job, batch, allow_bad_lines, result)
-            _place_file(spool.queued_input(job), path, link)
+            spool.ensure_project_inbox(project)
+            _place_file(spool.queued_input(job, project), path, link)
             seconds, basis = estimate(spool, result)
             return Submitted([job], result.requests, validation=result, estimate_seconds=seconds,
                              estimate_basis=basis)
         parts = -(-facts.lines // config.max_requests_per_job)
-        _check_queue(spool, config, parts, facts.lines, shown)
+        _check_queue(spool, config, parts, facts.lines, shown, project, result.prompt_tokens)
         group = spool.unique_job_id(base)
         jobs: list[str] = []
         taken: set[str] = {group}
@@ -202,23 +245,26 @@ def submit(path: Path, config: Config, *, name: str | None = None, split: bool =
             for i, part in enumerate(_parts(f, config.max_requests_per_job, config.max_job_bytes), start=1):
                 job = spool.unique_job_id(f"{sanitize_job_id(group)}.part{i:03d}", taken)
                 taken.add(job)
-                _record(spool, job, batch, allow_bad_lines, None)
-                _place(spool, job, part)
+                share = -(-result.prompt_tokens * len(part) // max(1, facts.lines))  # the part's share
+                _record(spool, job, batch, allow_bad_lines, None, share)
+                _place(spool, job, part, project)
                 jobs.append(job)
         atomic_write(spool.group(group), orjson.dumps({"group": group, "source": path.name, "jobs": jobs,
-                                                       "requests": result.requests}, option=orjson.OPT_INDENT_2))
+                                                       "requests": result.requests, "project": project},
+                                                      option=orjson.OPT_INDENT_2))
     seconds, basis = estimate(spool, result)
     return Submitted(jobs, result.requests, group=group, validation=result, estimate_seconds=seconds,
                      estimate_basis=basis)
 
 
 def _record(spool: Spool, job: str, batch: BatchSpec | None, allow_bad_lines: bool,
-            result: Validation | None) -> None:
+            result: Validation | None, prompt_tokens: int = 0) -> None:
     """Write the batch record before the job is placed: a worker that claims it finds its window."""
     if batch is not None:
         spool.ensure_api_dirs()
         BatchRecord.new(job, batch, allow_bad_lines=allow_bad_lines, requests=result.requests if result else 0,
-                        model=result.model if result else None).save(spool)
+                        model=result.model if result else None,
+                        prompt_tokens=result.prompt_tokens if result else prompt_tokens).save(spool)
 
 
 def _reject(spool: Spool, path: Path, base: str, result: Validation, batch: BatchSpec, link: bool) -> Submitted:
@@ -230,16 +276,19 @@ def _reject(spool: Spool, path: Path, base: str, result: Validation, batch: Batc
         job = spool.unique_job_id(base)
         spool.ensure_api_dirs()
         BatchRecord.new(job, batch, errors=errors, requests=result.requests + result.bad_count,
-                        model=result.model).save(spool)
+                        model=result.model, prompt_tokens=result.prompt_tokens).save(spool)
         _place_file(spool.rejected_file(job), path, link)
         write_reason(spool, job, path.name, "invalid_lines", reason,
                      "fix the lines, or create the batch with allow_bad_lines")
     return Submitted([job], result.requests, validation=result, rejected=True)
 
 
-def write_job(spool: Spool, name: str, lines: list[bytes]) -> str:
-    """Place ``lines`` as a new job named after ``name`` (used by `retry`)."""
+def write_job(spool: Spool, name: str, lines: list[bytes], project: str = DEFAULT_PROJECT) -> str:
+    """Place ``lines`` as a new job named after ``name`` in ``project`` (used by `retry`)."""
     with spool.claim_lock():
         job = spool.unique_job_id(name)
-        _place(spool, job, [ln if ln.endswith(b"\n") else ln + b"\n" for ln in lines])
+        if project != DEFAULT_PROJECT:
+            _record(spool, job, BatchSpec(project=project), False, None)
+        _place(spool, job, [ln if ln.endswith(b"\n") else ln + b"\n" for ln in lines], project)
     return job
+

@@ -5,14 +5,34 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from spoolbatch.commands.catalog import job_info
+from spoolbatch.commands.status import hide_other_jobs
+from spoolbatch.errors import SpoolbatchError
 from spoolbatch.store.gpuhistory import KEEP_SECONDS, read_history
 from spoolbatch.store.liveness import read_workers
 from spoolbatch.store.spool import Spool
 
 
-def workers(spool: Spool, now: float | None = None) -> dict[str, Any]:
-    """Every worker's heartbeat (with its liveness and age) and the number of files waiting in the inbox."""
-    return {"workers": read_workers(spool, now), "queue": {"jobs": len(spool.inbox_entries())}}
+def workers(spool: Spool, now: float | None = None, project: str | None = None) -> dict[str, Any]:
+    """Every worker's heartbeat (with its liveness and age) and the number of files waiting in the inbox.
+
+    With ``project``, what a worker says of another project's job is blanked, and only the project's
+    files in the inbox are counted.
+    """
+    beats = read_workers(spool, now)
+    entries = spool.inbox_entries()
+    if project is not None:
+        jobs = {w["job"] for w in beats if w.get("job")}
+        beats = hide_other_jobs(beats, {j for j in jobs if _project_of(spool, j) == project})
+        entries = [e for e in entries if e.project == project]
+    return {"workers": beats, "queue": {"jobs": len(entries)}}
+
+
+def _project_of(spool: Spool, job: str) -> str | None:
+    try:
+        return job_info(spool, str(job), probe_owner=False).project
+    except SpoolbatchError:  # gone, or a name that is no job's
+        return None
 
 
 def is_worker(spool: Spool, worker: str) -> bool:

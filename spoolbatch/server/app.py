@@ -21,6 +21,7 @@ import spoolbatch
 from spoolbatch.config import Config
 from spoolbatch.notify import webhooks
 from spoolbatch.server import errors, openapi
+from spoolbatch.server.audit import AuditTrail
 from spoolbatch.server.deps import ServerState
 from spoolbatch.server.routes import batches, files, health, original, page
 
@@ -47,6 +48,8 @@ def create_app(config: Config) -> FastAPI:
     state = ServerState(config)
     state.spool.require()
     state.spool.ensure_api_dirs()
+    for project in {p.name for p in config.projects} | {k.project for k in config.keys}:
+        state.spool.ensure_project_inbox(project)  # `cp` into inbox/PROJECT/ works for every configured project
     app = FastAPI(title="spoolbatch", version=spoolbatch.__version__, docs_url=None, redoc_url=None,
                   openapi_url="/openapi.json", lifespan=_lifespan(config),
                   description="OpenAI's Files and Batches API over a spoolbatch spool.")
@@ -55,4 +58,5 @@ def create_app(config: Config) -> FastAPI:
     for module in (health, files, batches, original, page):
         app.include_router(module.router)
     openapi.install(app)
+    app.add_middleware(AuditTrail, audit=state.audit)  # outermost but for errors: sees every answer
     return app

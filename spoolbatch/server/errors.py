@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from spoolbatch.errors import FileNotFound, InputError, JobNotFound, LimitExceeded, SpoolbatchError
+from spoolbatch.errors import FileNotFound, InputError, JobNotFound, LimitExceeded, QuotaExceeded, SpoolbatchError
 
 log = logging.getLogger("spoolbatch.serve")
 QUEUE_LIMITS = ("queued jobs", "queued requests")
@@ -56,6 +56,8 @@ def from_library(exc: SpoolbatchError, param: str | None = None) -> ApiError:
     if isinstance(exc, FileNotFound):
         return ApiError(404, f"No such File object: {exc.file_id[:120]!r}.", param=param or "file_id",
                         code="not_found")
+    if isinstance(exc, QuotaExceeded):  # a project's quota: OpenAI's 429, the limit named in the message
+        return ApiError(429, exc.reason + (f"; {exc.hint}" if exc.hint else ""), code=exc.code)
     if isinstance(exc, LimitExceeded) and exc.limit in QUEUE_LIMITS:
         return ApiError(429, exc.reason + (f"; {exc.hint}" if exc.hint else ""), code="queue_full")
     if isinstance(exc, InputError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from spoolbatch.config import Config
-from spoolbatch.server.auth import check_bind
+from spoolbatch.server.auth import check_bind, has_keys
 from spoolbatch.store import files as filestore
 from spoolbatch.store.spool import Spool
 
@@ -22,9 +22,9 @@ def serve(config: Config, host: str = "127.0.0.1", port: int = 8080) -> None:
     spool.ensure_api_dirs()
     filestore.sweep(spool)
     app = create_app(config)
-    if not config.api_keys:
+    if not has_keys(config):
         print(f"spoolbatch serve: no API keys, so loopback clients only ({host}:{port}); a request carrying a "
               "proxy header is refused: a reverse proxy needs api_keys", file=sys.stderr, flush=True)
     # Without keys, the client's address is the connection's own: no header may rewrite it.
     uvicorn.run(app, host=host, port=port, log_config=None, server_header=False,  # logging: `serve` routes it
-                proxy_headers=bool(config.api_keys))
+                proxy_headers=has_keys(config))

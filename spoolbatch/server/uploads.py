@@ -19,6 +19,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 
 from spoolbatch.commands.files import add_upload
+from spoolbatch.config import DEFAULT_PROJECT
 from spoolbatch.server.errors import ApiError
 from spoolbatch.store.files import FileRecord
 from spoolbatch.store.fsutil import FILE_MODE
@@ -179,12 +180,14 @@ async def receive_upload(request: Request, spool: Spool, *, max_bytes: int, max_
     return upload
 
 
-async def receive_file(request: Request, spool: Spool, *, max_bytes: int, max_lines: int) -> tuple[FileRecord, Upload]:
-    """A multipart upload received and committed as a file (``commands.files.add_upload``); its other fields."""
+async def receive_file(request: Request, spool: Spool, *, max_bytes: int, max_lines: int,
+                       project: str = DEFAULT_PROJECT) -> tuple[FileRecord, Upload]:
+    """A multipart upload received and committed as a file of ``project`` (``commands.files.add_upload``);
+    its other fields."""
     upload = await receive_upload(request, spool, max_bytes=max_bytes, max_lines=max_lines)
     try:
         record = await run_in_threadpool(add_upload, spool, upload.tmp, upload.filename, upload.bytes, upload.lines,
-                                         upload.fields.get("purpose", "batch"))
+                                         upload.fields.get("purpose", "batch"), project)
         upload.tmp = None  # moved into place
         return record, upload
     finally:

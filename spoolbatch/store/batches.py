@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from spoolbatch.config import DEFAULT_PROJECT, is_project_name
 from spoolbatch.errors import InputError
 from spoolbatch.store.fsutil import atomic_write
 from spoolbatch.store.jobstate import JobState
@@ -84,16 +85,21 @@ class BatchSpec:
     metadata: dict[str, str] = field(default_factory=dict)
     input_file_id: str | None = None
     output_expires_after: dict[str, Any] | None = None
+    project: str | None = None  # the project it belongs to (the caller's key's, `submit --project`); None: default
 
     def __post_init__(self) -> None:
         self.metadata = check_metadata(self.metadata)
         if self.completion_window is not None:
             parse_window(self.completion_window)
+        if self.project is not None and not is_project_name(self.project):
+            raise InputError(f"project {self.project[:80]!r} is not a project name (letters, digits, '-' and '_')",
+                             code="invalid_project")
 
 
 @dataclass(slots=True)
 class BatchRecord:
-    """The API's fields of one job, written before the job is placed and never changed after."""
+    """The API's fields of one job, written before the job is placed and never changed after (but for
+    ``project``, which the claim makes the folder's: ``settle_project``)."""
 
     job: str
     endpoint: str | None = None
@@ -107,6 +113,8 @@ class BatchRecord:
     errors: list[dict[str, Any]] = field(default_factory=list)  # validation errors of a batch refused whole
     requests: int = 0  # valid requests at creation (0: a `submit --split` part, counted when claimed)
     model: str | None = None
+    project: str | None = None  # the project it belongs to (None: a record from before projects, ``default``)
+    prompt_tokens_estimate: int = 0  # estimated at submit (format/estimate.py), for the project's token quota
 
     @property
     def id(self) -> str:
@@ -116,13 +124,14 @@ class BatchRecord:
     @classmethod
     def new(cls, job: str, spec: BatchSpec, *, allow_bad_lines: bool = False, now: float | None = None,
             errors: list[dict[str, Any]] | None = None, requests: int = 0,
-            model: str | None = None) -> BatchRecord:
+            model: str | None = None, prompt_tokens: int = 0) -> BatchRecord:
         """A record for ``job`` created now from ``spec``."""
         now = time.time() if now is None else now
         window = spec.completion_window
         return cls(job, spec.endpoint, spec.input_file_id, window, dict(spec.metadata), now,
                    now + parse_window(window) if window else None, spec.output_expires_after, allow_bad_lines,
-                   errors or [], requests, model)
+                   errors or [], requests, model, project=spec.project or DEFAULT_PROJECT,
+                   prompt_tokens_estimate=prompt_tokens)
 
     def save(self, spool: Spool) -> None:
         """Write the record atomically and durably."""
@@ -137,6 +146,29 @@ class BatchRecord:
             return None
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def settle_project(spool: Spool, job: str, project: str) -> None:
+    """Make ``job``'s record name ``project``, the folder its file was claimed from (the folder wins).
+
+    Called with the job lock held, before the first checkpoint: a file dropped into
+    ``inbox/PROJECT/`` with `cp` has no record, and gets one holding only its project.
+    """
+    record = BatchRecord.load(spool, job)
+    if record is None and project == DEFAULT_PROJECT:
+        return
+    if record is None:
+        record = BatchRecord(job, created_at=time.time())
+    elif (record.project or DEFAULT_PROJECT) == project:
+        return
+    record.project = project
+    spool.ensure_api_dirs()
+    record.save(spool)
+
+
+def project_of(record: BatchRecord | None) -> str:
+    """The project of a job by its record (``default`` without one)."""
+    return (record.project if record is not None else None) or DEFAULT_PROJECT
 
 
 def cancel_requested_at(spool: Spool, job: str) -> float | None:

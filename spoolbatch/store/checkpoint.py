@@ -50,6 +50,10 @@ class Checkpoint:
     resumes: int = 0
     worker: str | None = None
     message: str | None = None  # why it ended before its last line (cancelled, expired); `status` shows it
+    project: str | None = None  # the project it belongs to (None: a checkpoint from before projects, ``default``)
+    # Per UTC day (YYYY-MM-DD): what merges that day added, [requests, prompt tokens, completion tokens,
+    # engine seconds] (``count_usage``); the days add up to the totals above (`spoolbatch usage` reads them).
+    usage_days: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def total_tokens(self) -> int:
@@ -60,6 +64,16 @@ class Checkpoint:
     def prefix_cache_hit_rate(self) -> float | None:
         """Share of prompt tokens read from the engine's prefix cache; None where the engine does not say."""
         return round(self.prefix_cache_hits / self.prefix_cache_queries, 4) if self.prefix_cache_queries else None
+
+    def count_usage(self, when: float, requests: int, prompt_tokens: int, completion_tokens: int,
+                    seconds: float) -> None:
+        """Add one merged chunk's figures to its UTC day's (``when``, a Unix time)."""
+        day = time.strftime("%Y-%m-%d", time.gmtime(when))
+        row = self.usage_days.setdefault(day, [0, 0, 0, 0.0])
+        row[0] += requests
+        row[1] += prompt_tokens
+        row[2] += completion_tokens
+        row[3] = round(row[3] + seconds, 6)
 
     def progress(self) -> float:
         """Fraction of the input's lines consumed; 1.0 once completed.

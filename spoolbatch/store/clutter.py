@@ -62,7 +62,8 @@ def _is_dir(path: Path) -> bool:
 
 def _folders(spool: Spool) -> list[Path]:
     areas = [spool.work_area(job) for job in spool.names(spool.work_area)]
-    return [spool.root, *spool.dirs(), *spool.api_dirs(), *(area for area in areas if _is_dir(area))]
+    return [spool.root, *spool.dirs(), *(folder for _, folder in spool.project_inboxes()), *spool.api_dirs(),
+            *(area for area in areas if _is_dir(area))]
 
 
 def temporaries(p: Pass) -> None:

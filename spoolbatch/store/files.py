@@ -71,6 +71,7 @@ class FileRecord:
     lines: int
     purpose: str = "batch"
     created_at: float = 0.0
+    project: str | None = None  # the project whose key uploaded it (None: an upload from before projects, default)
 
     def to_openai(self) -> dict[str, Any]:
         """The OpenAI file object."""
@@ -85,7 +86,8 @@ class FileRecord:
             data = orjson.loads(spool.file_meta(file_id).read_bytes())
         except (FileNotFoundError, NotADirectoryError, orjson.JSONDecodeError):
             return None
-        return cls(**{k: data[k] for k in ("id", "filename", "bytes", "lines", "purpose", "created_at")})
+        return cls(**{k: data[k] for k in ("id", "filename", "bytes", "lines", "purpose", "created_at")},
+                   project=data.get("project"))
 
 
 def commit(spool: Spool, tmp: Path, record: FileRecord) -> None:

@@ -22,6 +22,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import BinaryIO
 
+from spoolbatch.config import DEFAULT_PROJECT, is_project_name
 from spoolbatch.errors import SpoolError
 from spoolbatch.store.fsutil import unique_suffix
 
@@ -29,6 +30,8 @@ IGNORED_SUFFIXES = (".tmp", ".part")
 MAX_ID_LEN = 100
 JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # what ids look like; ``is_job_id`` is the full test
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+# Ids whose job log would be one of the spool's own logs (logs/daemon.log, logs/audit.log): never given out.
+RESERVED_JOB_IDS = frozenset({"daemon", "audit"})
 
 
 def sanitize_job_id(name: str) -> str:
@@ -54,12 +57,13 @@ def is_ignored(name: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class InboxEntry:
-    """One file waiting in the inbox."""
+    """One file waiting in the inbox: ``inbox/NAME`` (project ``default``) or ``inbox/PROJECT/NAME``."""
 
-    name: str
+    name: str  # its path under inbox/: ``NAME`` or ``PROJECT/NAME``
     path: Path
     size: int
     mtime: float
+    project: str = DEFAULT_PROJECT  # the folder it waits in
 
 
 class Stage(StrEnum):
@@ -137,10 +141,27 @@ class Layout:
         """
         return (self.files, self.batches, self.outbox)
 
+    def project_inbox(self, project: str | None) -> Path:
+        """Where a project's jobs wait: ``inbox/PROJECT/``, and plain ``inbox/`` for ``default``."""
+        if project is None or project == DEFAULT_PROJECT:
+            return self.inbox
+        if not is_project_name(project):
+            raise SpoolError(f"{project[:80]!r} is not a project name (letters, digits, '-' and '_')")
+        return self.inbox / project
+
+    def project_inboxes(self) -> list[tuple[str, Path]]:
+        """(project, folder) of each project folder in the inbox, by name (a link is not one)."""
+        found = []
+        with contextlib.suppress(FileNotFoundError), os.scandir(self.inbox) as it:
+            for entry in it:
+                if is_project_name(entry.name) and entry.is_dir(follow_symlinks=False):
+                    found.append((entry.name, Path(entry.path)))
+        return sorted(found)
+
     # --- the files of a job ----------------------------------------------------------------
-    def queued_input(self, job: str) -> Path:
-        """Where `submit` and the HTTP API place a new job in the inbox."""
-        return self.inbox / f"{job}.jsonl"
+    def queued_input(self, job: str, project: str | None = None) -> Path:
+        """Where `submit` and the HTTP API place a new job in the inbox (its project's folder)."""
+        return self.project_inbox(project) / f"{job}.jsonl"
 
     def input(self, job: str) -> Path:
         """The claimed input of a running job."""
@@ -189,6 +210,10 @@ class Layout:
     def daemon_log(self) -> Path:
         """The daemons' shared log."""
         return self.logs / "daemon.log"
+
+    def audit_log(self) -> Path:
+        """The server's audit trail (store/audit.py): every change and every refused key."""
+        return self.logs / "audit.log"
 
     def tombstone(self, job: str) -> Path:
         """A finished job's checkpoint while the clean-up removes the job (the job is gone)."""
@@ -288,19 +313,29 @@ class Layout:
         return [entry.job for entry in self.jobs(Stage.ACTIVE)]
 
     def inbox_entries(self) -> list[InboxEntry]:
-        """Waiting files, oldest first; ignored names are left out, odd ones included."""
-        entries = []
+        """Waiting files, oldest first, in ``inbox/`` and its project folders (``inbox/PROJECT/``, one
+        level); ignored names are left out, odd ones included (a folder that is no project's too)."""
+        entries: list[InboxEntry] = []
         try:
-            with os.scandir(self.inbox) as it:
-                for entry in it:
-                    if is_ignored(entry.name):
-                        continue
-                    st = entry.stat(follow_symlinks=False)
-                    entries.append(InboxEntry(entry.name, Path(entry.path), st.st_size, st.st_mtime))
+            self._scan_inbox(self.inbox, DEFAULT_PROJECT, "", entries)
         except FileNotFoundError:
             raise SpoolError(f"{self.inbox} is missing", hint="run `spoolbatch init`") from None
         entries.sort(key=lambda e: (e.mtime, e.name))
         return entries
+
+    def _scan_inbox(self, folder: Path, project: str, prefix: str, entries: list[InboxEntry]) -> None:
+        with os.scandir(folder) as it:
+            for entry in it:
+                if is_ignored(entry.name):
+                    continue
+                if not prefix and is_project_name(entry.name) and entry.is_dir(follow_symlinks=False):
+                    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                        self._scan_inbox(Path(entry.path), entry.name, entry.name + "/", entries)
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    st = entry.stat(follow_symlinks=False)
+                    entries.append(InboxEntry(prefix + entry.name, Path(entry.path), st.st_size, st.st_mtime,
+                                              project))
 
     def queued_entry(self, job: str) -> InboxEntry | None:
         """The inbox file that will become ``job``, if it is queued."""

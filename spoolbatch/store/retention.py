@@ -200,11 +200,11 @@ def groups(p: Pass) -> None:
 
 
 def logs(p: Pass) -> None:
-    """Logs of jobs that no longer exist at all, older than the retention (the daemon log stays)."""
+    """Logs of jobs that no longer exist at all, older than the retention (the daemon and audit logs stay)."""
     sp = p.spool
-    daemon = sp.daemon_log()
+    own = (sp.daemon_log(), sp.audit_log())
     for job in sp.names(sp.log):
-        if sp.log(job) == daemon or job in p.gone or sp.job_exists(job):
+        if sp.log(job) in own or job in p.gone or sp.job_exists(job):
             continue
         files = log_files(sp, job)
         with contextlib.suppress(FileNotFoundError):

@@ -24,7 +24,7 @@ from filelock import FileLock, Timeout
 from spoolbatch.errors import SpoolError
 from spoolbatch.store import formatversion
 from spoolbatch.store.fsutil import fsync_dir
-from spoolbatch.store.layout import InboxEntry, JobEntry, Layout, Stage, sanitize_job_id
+from spoolbatch.store.layout import RESERVED_JOB_IDS, InboxEntry, JobEntry, Layout, Stage, sanitize_job_id
 
 OddHook = Callable[[InboxEntry, str], None]
 __all__ = ["InboxClaim", "InboxEntry", "JobEntry", "OddHook", "Spool", "Stage", "sanitize_job_id"]
@@ -36,7 +36,8 @@ class InboxClaim:
 
     job: str
     lock: FileLock
-    original_name: str = ""  # its name in the inbox
+    original_name: str = ""  # its name in the inbox (``PROJECT/NAME`` in a project's folder)
+    project: str | None = None  # the folder it came from (None: not from the inbox)
 
     def release(self) -> None:
         """Give up ownership (the lock file stays; locks are per open file, not per path)."""
@@ -71,6 +72,14 @@ class Spool(Layout):
         finally:
             os.umask(old)
 
+    def ensure_project_inbox(self, project: str | None) -> Path:
+        """The inbox folder of ``project``, created (private) if it is missing."""
+        folder = self.project_inbox(project)
+        if not folder.is_dir():
+            folder.mkdir(mode=0o700, exist_ok=True)
+            fsync_dir(self.inbox)
+        return folder
+
     def ensure_api_dirs(self) -> None:
         """Create the HTTP API's folders in a spool made before they existed (private, idempotent)."""
         for path in self.api_dirs():
@@ -92,8 +101,12 @@ class Spool(Layout):
 
         ``own_inbox_name`` is the inbox file being claimed: it does not collide with itself.
         """
-        queued = self.queued_input(job)
-        return (queued.name != own_inbox_name and (queued.exists() or queued.is_symlink())) or any(
+        for project, folder in ((None, self.inbox), *self.project_inboxes()):
+            queued = folder / f"{job}.jsonl"
+            name = queued.name if project is None else f"{project}/{queued.name}"
+            if name != own_inbox_name and (queued.exists() or queued.is_symlink()):
+                return True
+        return any(
             p.exists() or p.is_symlink() for p in (self.input(job), self.checkpoint(job),
             self.rejected_file(job), self.rejected_reason(job), self.results(job), self.group(job),
             self.tombstone(job), self.rejected_tombstone(job),
@@ -103,7 +116,7 @@ class Spool(Layout):
         """The sanitised id for ``name``, with ``-2``, ``-3``... when it is already used."""
         base = sanitize_job_id(name)
         job, n = base, 1
-        while self.job_exists(job, own_inbox_name) or (taken and job in taken):
+        while job in RESERVED_JOB_IDS or self.job_exists(job, own_inbox_name) or (taken and job in taken):
             n += 1
             job = f"{base}-{n}"
         return job
@@ -181,8 +194,8 @@ class Spool(Layout):
                     lock.release()
                     continue
                 fsync_dir(self.active)
-                fsync_dir(self.inbox)
-                return InboxClaim(job, lock, original_name=entry.name), settling
+                fsync_dir(entry.path.parent)
+                return InboxClaim(job, lock, original_name=entry.name, project=entry.project), settling
         return None, settling
 
     # --- moves at the end of a job --------------------------------------------------------

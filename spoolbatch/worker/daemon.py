@@ -23,7 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from spoolbatch.config import Config
+from spoolbatch.config import DEFAULT_PROJECT, Config
 from spoolbatch.engines import make_engine
 from spoolbatch.engines.base import Engine
 from spoolbatch.errors import DiskFull
@@ -213,7 +213,7 @@ class Daemon:
         }
         last: dict[str, Any] | None = None
         if summary is not None:
-            self.totals.add(summary)
+            self.totals.add(summary, ckpt.project or DEFAULT_PROJECT)
             last = {"requests": summary.lines, "seconds": round(summary.seconds, 3),
                     "requests_per_second": round(summary.lines / summary.seconds, 1) if summary.seconds else None,
                     "completion_tokens": summary.completion_tokens}

@@ -19,7 +19,7 @@ from spoolbatch.errors import InputError
 from spoolbatch.format.lines import LineParser
 from spoolbatch.format.preflight import check_file
 from spoolbatch.format.types import Request
-from spoolbatch.store.batches import stop_state
+from spoolbatch.store.batches import BatchRecord, project_of, settle_project, stop_state
 from spoolbatch.store.checkpoint import Checkpoint
 from spoolbatch.store.fsutil import AppendFile
 from spoolbatch.store.joblog import JobEvent, JobLog
@@ -58,6 +58,8 @@ class Lifecycle:
     def setup(self, claim: InboxClaim) -> Checkpoint | None:
         """Check a file just claimed from the inbox and write its first checkpoint (releases its lock)."""
         try:
+            if claim.project is not None:  # first of all: the folder it came from is its project
+                settle_project(self.spool, claim.job, claim.project)
             return self.setup_locked(claim.job, claim.original_name or f"{claim.job}.jsonl")
         finally:
             claim.release()
@@ -73,7 +75,8 @@ class Lifecycle:
             return None
         model, url = _first_request(sp.input(job), self.config)
         ckpt = Checkpoint(job=job, input_name=name, input_bytes=facts.size, total_lines=facts.lines,
-                          started_at=time.time(), worker=self.worker, model=model, url=url)
+                          started_at=time.time(), worker=self.worker, model=model, url=url,
+                          project=project_of(BatchRecord.load(sp, job)))
         WorkArea(sp.work_area(job)).ensure()
         ckpt.save(sp.checkpoint(job))
         self.log(job).event(JobEvent.CLAIMED, job, file=name, lines=facts.lines, bytes=facts.size, model=model,
@@ -96,6 +99,7 @@ class Lifecycle:
         job = self.spool.unique_job_id(entry.name, own_inbox_name=entry.name)
         if not self.spool.reject_entry(entry, job):
             return None
+        settle_project(self.spool, job, entry.project)
         reason = f"{entry.name}: {what}; spoolbatch does not follow links or read special files"
         write_reason(self.spool, job, entry.name, "not_a_regular_file", reason)
         return f"refused {job}: {reason}"

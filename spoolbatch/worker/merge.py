@@ -10,6 +10,7 @@ already used turns its result into a ``duplicate_custom_id`` deadletter record h
 from __future__ import annotations
 
 import os
+import time
 from array import array
 from collections.abc import Callable
 from typing import Any
@@ -136,6 +137,8 @@ class Merger:
         ckpt.prefix_cache_queries += summary.prefix_cache_queries
         ckpt.prefix_cache_hits += summary.prefix_cache_hits
         ckpt.worker = summary.worker
+        ckpt.count_usage(time.time(), answered + failures, summary.prompt_tokens, summary.completion_tokens,
+                         summary.seconds)
         ckpt.save(self.spool.checkpoint(job))
         self._seen[job] = (ckpt.ids_count, seen)
         log.event(JobEvent.CHUNK_MERGED, job, chunk=summary.index + 1, first_line=chunk.first_line,

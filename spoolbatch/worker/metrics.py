@@ -36,6 +36,8 @@ class MetricsSample:
     requests_deduplicated_total: int = 0
     prefix_cache_queries_total: int | None = None  # prompt tokens looked up in vLLM's prefix cache; None: not reported
     prefix_cache_hits_total: int | None = None  # of those, found there
+    # project -> (requests, prompt tokens, completion tokens, engine seconds) of the chunks this worker answered
+    projects: Mapping[str, tuple[int, int, int, float]] = field(default_factory=dict)
     gpus: Sequence[GpuDevice] = ()
     last_chunk_requests_per_second: float | None = None
     last_chunk_tokens_per_second: float | None = None
@@ -105,6 +107,14 @@ def render(sample: MetricsSample) -> str:
     add("spoolbatch_prefix_cache_tokens_total", "counter",
         "Prompt tokens the engine looked up in its prefix cache (kind=query) and found there (kind=hit).",
         [({"kind": "query"}, s.prefix_cache_queries_total), ({"kind": "hit"}, s.prefix_cache_hits_total)])
+    projects = sorted(s.projects.items())
+    add("spoolbatch_project_requests_total", "counter", "Requests answered or failed in a project's chunks.",
+        [({"project": p}, v[0]) for p, v in projects])
+    add("spoolbatch_project_tokens_total", "counter", "Tokens of a project's requests, by kind.",
+        [(lb, v) for p, u in projects for lb, v in (({"project": p, "kind": "prompt"}, u[1]),
+                                                    ({"project": p, "kind": "completion"}, u[2]))])
+    add("spoolbatch_project_gpu_seconds_total", "counter", "Seconds the engine spent on a project's chunks.",
+        [({"project": p}, float(v[3])) for p, v in projects])
     add("spoolbatch_gpu_memory_used_bytes", "gauge", "GPU memory in use (all processes), per NVML.",
         [(lb, d.memory_used) for lb, d in gpus])
     add("spoolbatch_gpu_memory_total_bytes", "gauge", "GPU memory installed, per NVML.",

@@ -26,6 +26,8 @@ class Totals:
     deduplicated: int = 0
     prefix_cache_queries: int = 0
     prefix_cache_hits: int = 0
+    # project -> [requests, prompt tokens, completion tokens, engine seconds] of its chunks this worker answered
+    by_project: dict[str, list[float]] = field(default_factory=dict)
     last_rps: float | None = None
     last_tps: float | None = None
     # Jobs by status: recounted every JOB_COUNT_SECONDS (it reads every checkpoint), and at once
@@ -34,8 +36,14 @@ class Totals:
     _jobs_at: float = float("-inf")
     _census: dict[str, Any] = field(default_factory=dict)  # store.census's cache: unchanged checkpoints not reread
 
-    def add(self, report: PartSummary) -> None:
-        """Count one committed chunk."""
+    def add(self, report: PartSummary, project: str | None = None) -> None:
+        """Count one committed chunk (of a job of ``project``)."""
+        if project is not None:
+            row = self.by_project.setdefault(project, [0, 0, 0, 0.0])
+            row[0] += report.done + report.failed
+            row[1] += report.prompt_tokens
+            row[2] += report.completion_tokens
+            row[3] += report.seconds
         self.requests_done += report.done
         self.requests_failed += report.failed
         self.prompt_tokens += report.prompt_tokens
@@ -67,6 +75,8 @@ class Totals:
                              prompt_tokens_total=self.prompt_tokens,
                              completion_tokens_total=self.completion_tokens, gpus=devices,
                              requests_deduplicated_total=self.deduplicated,
+                             projects={p: (int(r[0]), int(r[1]), int(r[2]), round(r[3], 3))
+                                       for p, r in self.by_project.items()},
                              prefix_cache_queries_total=self.prefix_cache_queries or None,
                              prefix_cache_hits_total=self.prefix_cache_hits if self.prefix_cache_queries else None,
                              last_chunk_requests_per_second=self.last_rps, last_chunk_tokens_per_second=self.last_tps,

@@ -13,7 +13,7 @@ from spoolbatch.commands.batches import BatchView, cancel_batch, list_batches
 from spoolbatch.commands.create import create_batch
 from spoolbatch.commands.files import upload_path
 from spoolbatch.commands.jobsearch import search
-from spoolbatch.server.deps import BatchOf, State, authorized
+from spoolbatch.server.deps import BatchOf, Caller, State, authorized
 from spoolbatch.server.errors import about, invalid
 from spoolbatch.server.models import Batch, BatchCreate, CreatedBatch, OneStepBatch, OneStepUpload, Page
 from spoolbatch.server.openapi import ERRORS, body_of
@@ -44,27 +44,31 @@ CreateBody = Annotated[BatchCreate | None, Depends(create_body)]
 
 
 @router.post("", response_model=CreatedBatch | OneStepBatch, openapi_extra=CREATE_BODY)
-async def create(request: Request, server: State, body: CreateBody) -> Response:
-    """Create a batch of an uploaded file (JSON), or upload and create in one step (multipart)."""
+async def create(request: Request, server: State, caller: Caller, body: CreateBody) -> Response:
+    """Create a batch of an uploaded file (JSON), or upload and create in one step (multipart), in the
+    caller's project (over its quotas: 429)."""
     if body is None:
-        return await one_step(request, server)
+        return await one_step(request, server, caller)
     with about("input_file_id"):
-        path = upload_path(server.spool, body.input_file_id)
-        created = await run_in_threadpool(create_batch, server.config, path, body.spec(),
+        path = upload_path(server.spool, body.input_file_id, caller.scope)
+        spec = body.spec()
+        spec.project = caller.project
+        created = await run_in_threadpool(create_batch, server.config, path, spec,
                                           allow_bad_lines=body.allow_bad_lines)
     return model_response(CreatedBatch.model_validate(created.to_openai()))
 
 
 @router.get("", response_model=Page[Batch])
-def list_(server: State, limit: Annotated[int, Query(ge=1, le=100)] = 20, after: str | None = None,
+def list_(server: State, caller: Caller, limit: Annotated[int, Query(ge=1, le=100)] = 20,
+          after: str | None = None,
           status: Annotated[str | None, Query(description="extension: only these statuses, comma-separated")] = None,
           q: Annotated[str | None, Query(description="extension: words of the id or of a metadata pair")] = None,
           ) -> Response:
-    """Batches, newest first.
+    """Batches (the caller's project's), newest first.
 
     ``status`` and ``q`` are extensions (the web page's filter): only the batches that match.
     """
-    views = list_batches(server.spool)
+    views = list_batches(server.spool, caller.scope)
     if status or q:
         views = search(views, (status or "").split(","), q)
     return model_response(Page[Batch].of(views, lambda v: v.id, render, after=after, limit=limit))
@@ -79,4 +83,4 @@ async def retrieve(batch: BatchOf) -> Response:
 @router.post("/{batch_id}/cancel", response_model=Batch)
 def cancel(batch: BatchOf, server: State) -> Response:
     """Cancel a batch: at once when queued, at the next chunk boundary when running."""
-    return model_response(render(cancel_batch(server.spool, batch.job)))
+    return model_response(render(cancel_batch(server.spool, batch.job, batch.project)))

@@ -7,7 +7,7 @@ from fastapi.responses import Response
 
 from spoolbatch.commands import health as spool_health
 from spoolbatch.commands.status import status
-from spoolbatch.server.deps import State, authorized
+from spoolbatch.server.deps import Caller, State, authorized
 from spoolbatch.server.models import Health, Model, ModelList, SpoolStatus
 from spoolbatch.server.openapi import ERRORS
 from spoolbatch.server.responses import model_response
@@ -30,6 +30,6 @@ def models(server: State) -> Response:
 
 
 @router.get("/v1/spoolbatch/status", response_model=SpoolStatus, dependencies=keyed)
-def spool_status(server: State) -> Response:
-    """What the web page shows: `spoolbatch status --json`."""
-    return model_response(SpoolStatus.model_validate(status(server.spool).to_dict()))
+def spool_status(server: State, caller: Caller) -> Response:
+    """What the web page shows: `spoolbatch status --json`, of the caller's project (an admin's: all of them)."""
+    return model_response(SpoolStatus.model_validate(status(server.spool, project=caller.scope).to_dict()))

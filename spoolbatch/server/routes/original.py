@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from spoolbatch.commands.batches import cancel_batch, error_lines
 from spoolbatch.commands.catalog import log_lines, results
 from spoolbatch.commands.create import create_batch, one_step_endpoint
+from spoolbatch.server.auth import Principal
 from spoolbatch.server.deps import BatchOf, ServerState, State, authorized
 from spoolbatch.server.errors import about, invalid
 from spoolbatch.server.models import Batch, BatchLogs, OneStepBatch, OneStepForm
@@ -25,10 +26,11 @@ router = APIRouter(prefix="/v1/batches", tags=["the replaced server's routes"], 
                    responses=ERRORS)
 
 
-async def one_step(request: Request, server: ServerState) -> Response:
-    """Upload a file and create its batch: the endpoint and model come from its lines unless given."""
+async def one_step(request: Request, server: ServerState, caller: Principal) -> Response:
+    """Upload a file and create its batch in the caller's project: the endpoint and model come from its lines
+    unless given."""
     record, upload = await receive_file(request, server.spool, max_bytes=server.config.max_job_bytes,
-                                        max_lines=server.config.max_requests_per_job)
+                                        max_lines=server.config.max_requests_per_job, project=caller.project)
     path = server.spool.file_content(record.id)
     try:
         form = OneStepForm.model_validate(upload.fields)
@@ -38,7 +40,9 @@ async def one_step(request: Request, server: ServerState) -> Response:
     except ValidationError as exc:
         raise invalid(exc.errors()) from None
     with about("input_file_id"):
-        created = await run_in_threadpool(create_batch, server.config, path, body.spec(),
+        spec = body.spec()
+        spec.project = caller.project
+        created = await run_in_threadpool(create_batch, server.config, path, spec,
                                           allow_bad_lines=body.allow_bad_lines)
     return model_response(OneStepBatch.model_validate(created.to_one_step()))
 
@@ -64,4 +68,4 @@ def batch_logs(batch: BatchOf, server: State, tail: int | None = None) -> Respon
 @router.delete("/{batch_id}", response_model=Batch)
 def delete_batch(batch: BatchOf, server: State) -> Response:
     """Cancel the batch (the replaced server's verb for it)."""
-    return model_response(Batch.model_validate(cancel_batch(server.spool, batch.job).to_openai()))
+    return model_response(Batch.model_validate(cancel_batch(server.spool, batch.job, batch.project).to_openai()))

@@ -19,7 +19,7 @@ from spoolbatch.commands.batches import get_batch
 from spoolbatch.commands.control import retry
 from spoolbatch.commands.story import story
 from spoolbatch.server import page as assets
-from spoolbatch.server.deps import BatchOf, State, authorized
+from spoolbatch.server.deps import BatchOf, Caller, State, authorized
 from spoolbatch.server.errors import ApiError
 from spoolbatch.server.models import Batch
 from spoolbatch.server.openapi import ERRORS
@@ -74,9 +74,10 @@ def _limits(server: State) -> dict[str, float]:
 
 
 @router.get("/v1/spoolbatch/workers", response_model=Workers, dependencies=keyed)
-def workers(server: State) -> Response:
-    """Every worker's heartbeat (state, what it waits for, job, GPUs, liveness), the inbox, the gate's limits."""
-    found = spool_workers.workers(server.spool)
+def workers(server: State, caller: Caller) -> Response:
+    """Every worker's heartbeat (state, what it waits for, job, GPUs, liveness), the inbox, the gate's limits
+    (a key of one project sees no other project's job)."""
+    found = spool_workers.workers(server.spool, project=caller.scope)
     return model_response(Workers(workers=found["workers"], queue=found["queue"],
                                   limits=GateLimits.model_validate(_limits(server))))
 
