@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 from spoolbatch.cli import app as cli
 from spoolbatch.commands.usage import parse_since, usage
 from spoolbatch.config import load_config
-from spoolbatch.errors import ConfigError
+from spoolbatch.errors import ConfigError, InputError
 from spoolbatch.store.audit import read_audit
 from spoolbatch.store.batches import BatchRecord
 from spoolbatch.store.checkpoint import Checkpoint
@@ -129,6 +129,10 @@ def test_keys_and_projects_in_the_config(spool: Spool) -> None:
     assert [k.fingerprint for k in table] == [fp(KEY_ROOT), fp(KEY_A), fp(KEY_B), fp(KEY_ADMIN)]
     assert KEY_A not in repr(config.keys) and KEY_ADMIN not in repr(config.keys)  # only hashes are kept
     assert config.project("team-a") is not None and config.project("team-a").max_queued_jobs == 2  # type: ignore[union-attr]
+    from spoolbatch.server.auth import check_bind
+
+    (spool.root / "config.toml").write_text(CONFIG.replace(f'api_keys = ["{KEY_ROOT}"]', ""))
+    check_bind(load_config(spool.root, env={}), "0.0.0.0")  # [[keys]] alone are keys: any address may be served
     for bad in ('[[keys]]\nkey = "k"\n', '[[keys]]\nkey = "k"\nkey_sha256 = "00"\nproject = "a"\n',
                 '[[keys]]\nkey_sha256 = "abc"\nproject = "a"\n', '[[keys]]\nkey = "k"\nproject = "../x"\n',
                 '[[keys]]\nkey = "k"\nproject = "a"\nadmin = "yes"\n',
@@ -385,6 +389,8 @@ def test_the_inbox_lists_project_folders_only(spool: Spool, tmp_path: Path) -> N
     assert spool.unique_job_id("one.jsonl") == "one-2"  # an id queued in a project's folder is taken
     assert spool.unique_job_id("audit.jsonl") == "audit-2" and spool.unique_job_id("daemon") == "daemon-2"
     assert parse_since("2026-01-02") == "2026-01-02"
+    with pytest.raises(InputError):
+        parse_since("2026-02-30")
     assert parse_since("1d", now=86400 * 3 + 5) == "1970-01-04" and parse_since("3d", now=86400 * 3 + 5) == "1970-01-02"
 
 
@@ -404,3 +410,24 @@ def test_gc_keeps_the_audit_log_and_sweeps_project_folders(spool: Spool) -> None
     report = gc(config)
     assert [(r.kind, r.name) for r in report.removed] == [(Kind.TEMPORARY, "inbox/team-a/.job.host.3.4.tmp")]
     assert [e["id"] for e in read_audit(spool)] == ["file-x"]
+
+
+def test_usage_by_day_and_the_week_status_shows(spool: Spool) -> None:
+    from spoolbatch.commands.status import status
+    from spoolbatch.store.jobstate import JobState
+
+    old = Checkpoint(job="old", status=JobState.COMPLETED, project="team-a", requests_done=3, prompt_tokens=30,
+                     completion_tokens=9, busy_seconds=1.5, usage_days={"2020-01-01": [3, 30, 9, 1.5]})
+    old.save(spool.checkpoint("old"))
+    then = time.mktime((2020, 1, 1, 12, 0, 0, 0, 0, -1))
+    os.utime(spool.checkpoint("old"), (then, then))
+    # from before days were kept: no project, no days: default's, on the day it was last written
+    Checkpoint(job="legacy", status=JobState.COMPLETED, requests_done=2, requests_failed=1, prompt_tokens=5,
+               completion_tokens=7, busy_seconds=0.5).save(spool.checkpoint("legacy"))
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    rows = usage(spool)
+    assert [(r.project, r.day, r.requests, r.prompt_tokens, r.completion_tokens, r.gpu_seconds) for r in rows] == [
+        ("team-a", "2020-01-01", 3, 30, 9, 1.5), ("default", today, 3, 5, 7, 0.5)]
+    assert usage(spool, since="2020-01-02") == rows[1:] and usage(spool, "team-a") == rows[:1]
+    assert status(spool).to_dict()["usage"] == [rows[1].to_dict()]  # the last 7 days
+    assert status(spool, project="team-a").to_dict()["usage"] == []

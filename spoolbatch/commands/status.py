@@ -12,7 +12,7 @@ from typing import Any
 
 from spoolbatch.commands.batches import jobs_by_clock
 from spoolbatch.commands.catalog import JobInfo, in_project, list_jobs
-from spoolbatch.commands.usage import UsageRow, usage
+from spoolbatch.commands.usage import UsageRow, recent_usage
 from spoolbatch.store.diskspace import DiskUsage, spool_usage
 from spoolbatch.store.jobstate import JobState
 from spoolbatch.store.liveness import Liveness, liveness, pid_exists, read_workers
@@ -64,7 +64,7 @@ def status(spool: Spool, job: str | None = None, project: str | None = None) -> 
     if project is not None:
         workers = hide_other_jobs(workers, {j.job for j in mine})
     return SpoolStatus(str(spool.root), workers, with_workers(jobs, workers), spool_usage(spool),
-                       usage(spool, project))
+                       recent_usage(spool, project))
 
 
 # What a heartbeat says about the job its worker answers.

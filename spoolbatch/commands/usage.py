@@ -4,10 +4,14 @@ The figures are the jobs' checkpoints' own: each merge adds its chunk's requests
 engine seconds to the checkpoint's totals and to the day it was merged (``Checkpoint.usage_days``),
 so the days of a job add up to its totals. A checkpoint written before days were kept counts
 whole on the day it was last updated. Jobs removed by the clean-up leave the figures with them.
+
+From a day on (``since``), a checkpoint last written before that day is not read: a merge
+rewrites it, so it has nothing to add. `status` shows the last ``RECENT_DAYS`` days that way.
 """
 
 from __future__ import annotations
 
+import calendar
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -20,6 +24,7 @@ from spoolbatch.store.spool import Spool, Stage
 
 _DAYS_BACK = re.compile(r"([0-9]{1,4})d")
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+RECENT_DAYS = 7  # what `status --json` (and the web page) shows: today and the six days before
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +80,14 @@ def usage(spool: Spool, project: str | None = None, since: str | None = None) ->
     """Each project's usage per day, by day then project (only ``project``'s, from day ``since`` on, when given)."""
     spool.require()
     sums: dict[tuple[str, str], list[float]] = {}
+    cutoff = calendar.timegm(time.strptime(since, "%Y-%m-%d")) if since is not None else None
     for entry in spool.jobs(Stage.CHECKPOINTED):
-        ckpt = Checkpoint.load(entry.path)
+        try:
+            if cutoff is not None and entry.stat().st_mtime < cutoff:
+                continue  # written last before that day: none of its days is from then on
+            ckpt = Checkpoint.load(entry.path)
+        except FileNotFoundError:  # removed by the clean-up meanwhile
+            continue
         if ckpt is None:
             continue
         owner = ckpt.project or project_of(BatchRecord.load(spool, ckpt.job))
@@ -90,3 +101,8 @@ def usage(spool: Spool, project: str | None = None, since: str | None = None) ->
                 row[i] += value
     return [UsageRow(owner, day, int(r[0]), int(r[1]), int(r[2]), round(r[3], 3))
             for (day, owner), r in sorted(sums.items())]
+
+
+def recent_usage(spool: Spool, project: str | None = None, now: float | None = None) -> list[UsageRow]:
+    """The usage of the last ``RECENT_DAYS`` UTC days (what `status` shows), of ``project`` when given."""
+    return usage(spool, project, parse_since(f"{RECENT_DAYS}d", now))
