@@ -224,6 +224,8 @@ class Config:
     max_queued_requests: int = 250_000
     max_line_bytes: int = 8 * 1024 * 1024
     max_attempts: int = 3
+    max_wait: float = 3600.0  # seconds a job may go without a new chunk before it counts as high priority; 0: never
+    fair_share: bool = True  # jobs of equal priority take chunks round-robin across owners; false: oldest first
     prefix_order: bool = True  # a chunk's generation requests reach the engine with shared prefixes adjacent
     dedupe: bool = True  # a deterministic request repeated in a chunk is answered once (each line its own result)
     gpu_max_memory_pct: float = 95.0
@@ -342,7 +344,7 @@ def _check(config: Config) -> Config:
             raise ConfigError(f"setting {name!r} must be at least 1, got {getattr(config, name)}")
     for name in ("poll_interval", "heartbeat_interval", "settle_seconds", "fake_latency", "retention_days",
                  "gc_interval", "worker_grace_seconds", "temp_grace_seconds", "log_max_bytes", "log_keep",
-                 "disk_min_free_bytes"):
+                 "disk_min_free_bytes", "max_wait"):
         if getattr(config, name) < 0:
             raise ConfigError(f"setting {name!r} must not be negative")
     if config.engine not in ENGINE_NAMES:

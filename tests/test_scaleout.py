@@ -7,14 +7,18 @@ import random
 import signal
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from spoolbatch.commands.submit import submit
+from spoolbatch.config import load_config
+from spoolbatch.store.batches import BatchSpec
 from spoolbatch.store.spool import Spool
 
-from .conftest import REPO, assert_exactly_once, chat_line, daemon_cmd, drop, job_events, wait_for
+from .conftest import REPO, assert_exactly_once, chat_line, daemon_cmd, drop, job_events, wait_for, write_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -72,18 +76,26 @@ def test_sigterm_to_the_supervisor_stops_every_worker_cleanly(spool: Spool) -> N
     assert not spool.job_is_owned("big")
 
 
-def test_workers_sharing_a_job_killed_at_random_lose_and_repeat_nothing(spool: Spool, start_daemon: Any) -> None:
+def test_workers_sharing_a_job_killed_at_random_lose_and_repeat_nothing(spool: Spool, start_daemon: Any,
+                                                                       tmp_path: Path) -> None:
     rng = random.Random(6)
     n = 1500
     records: list[object] = [chat_line(i) for i in range(n)]
     for i in range(5, n, 97):
         records[i] = chat_line(i, model="other")  # model_mismatch: deadletter
     drop(spool, "shared.jsonl", records)
+    # Mixed priorities: an urgent job overtakes the shared one, a low one waits behind it, during the kills.
+    others = {1: ("rush", "urgent", 300), 2: ("later", "low", 200)}
+    config = load_config(spool.root, env={})
     args = ("--chunk-size", "25", "--fake-latency", "0.003")
     procs = [start_daemon(*args) for _ in range(3)]
     kills = 0
     deadline = time.monotonic() + 60
     while kills < 9 and time.monotonic() < deadline:
+        if kills in others:
+            name, priority, lines = others[kills]
+            path = write_jsonl(tmp_path / f"{name}.jsonl", [chat_line(i) for i in range(lines)])
+            submit(path, config, batch=BatchSpec(priority=priority))
         time.sleep(rng.uniform(0.2, 0.9))
         victim = rng.randrange(len(procs))
         procs[victim].send_signal(signal.SIGKILL)
@@ -100,3 +112,5 @@ def test_workers_sharing_a_job_killed_at_random_lose_and_repeat_nothing(spool: S
     bad = {f"req-{i}" for i in range(5, n, 97)}
     assert assert_exactly_once(spool, "shared", {f"req-{i}" for i in range(n)}) == (n - len(bad), len(bad))
     assert len(chunk_workers(spool, "shared")) >= 3
+    for name, _priority, lines in others.values():
+        assert assert_exactly_once(spool, name, {f"req-{i}" for i in range(lines)}) == (lines, 0)

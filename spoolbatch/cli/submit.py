@@ -33,21 +33,25 @@ def submit(
     project: Annotated[str | None, typer.Option(
         "--project", help="The project the job belongs to (it waits in inbox/NAME/); over its quotas: exit 5.",
         show_default=False)] = None,
+    priority: Annotated[str | None, typer.Option(
+        "--priority", help="low, normal (the default), high, urgent, or a number from -1000 to 1000: "
+                           "the most urgent job takes the next chunk.")] = None,
     json: JsonOpt = False,
 ) -> None:
     """Validate a job file and queue it atomically."""
     from spoolbatch.commands.submit import submit as do_submit
     from spoolbatch.store.batches import BatchSpec, batch_id
+    from spoolbatch.store.priority import parse_priority, priority_label
 
     batch = None
-    if metadata or completion_window:
+    if metadata or completion_window or priority is not None:
         pairs = {}
         for item in metadata or []:
             key, sep, value = item.partition("=")
             if not sep or not key:
                 raise ConfigError(f"--metadata {item!r}: give KEY=VALUE")
             pairs[key] = value
-        batch = BatchSpec(completion_window=completion_window, metadata=pairs)
+        batch = BatchSpec(completion_window=completion_window, metadata=pairs, priority=priority)
     if project is not None:
         if not is_project_name(project):
             raise ConfigError(f"--project {project[:80]!r}: a project name is letters, digits, '-' and '_'")
@@ -65,6 +69,7 @@ def submit(
     if json:
         print_json({"jobs": result.jobs, "batches": [batch_id(j) for j in result.jobs], "group": result.group,
                     "metadata": batch.metadata if batch else None, "requests": result.requests,
+                    "priority": priority_label(parse_priority(priority)) if priority is not None else "normal",
                     "bad_lines": v.bad_count if v else 0,
                     "bad": [_bad_line(b.line, b.code, b.message) for b in v.bad] if v else [],
                     "model": v.model if v else None, "url": v.url if v else None,
@@ -74,7 +79,8 @@ def submit(
         else f"job {result.jobs[0]}"
     out.print(f"queued {what}: {result.requests:,} requests for {v.model if v else '?'} ({v.url if v else '?'})")
     if batch is not None and not result.group:
-        out.print(f"  batch {batch_id(result.jobs[0])}" + (f", metadata {batch.metadata}" if batch.metadata else ""))
+        out.print(f"  batch {batch_id(result.jobs[0])}" + (f", metadata {batch.metadata}" if batch.metadata else "")
+                  + (f", priority {priority_label(parse_priority(priority))}" if priority is not None else ""))
     if v and v.bad_count:
         out.print(f"  {v.bad_count:,} bad line(s) will go to deadletter:", markup=False)
         for b in v.bad[:BadLines.shown]:

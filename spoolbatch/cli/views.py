@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 # Columns of `status` and `list`, most important first; in a narrow terminal the highest ``drop`` goes first.
 _JOB_COLS = (Col("job"), Col("status", fold=True), Col("progress", right=True), Col("done", right=True, drop=3),
              Col("deadletter", right=True, drop=4), Col("retries", right=True, drop=6),
-             Col("tokens", right=True, drop=5), Col("eta", right=True, drop=2))
+             Col("tokens", right=True, drop=5), Col("eta", right=True, drop=2), Col("priority", drop=1))
 _BATCH_COLS = (Col("batch", drop=8), Col("metadata", drop=7, fold=True))
 _GROUP_COLS = (Col("group"), Col("status"), Col("jobs", right=True, drop=1), Col("progress", right=True),
                Col("done", right=True, drop=2), Col("deadletter", right=True, drop=3),
@@ -36,7 +36,8 @@ def jobs_table(data: dict[str, Any]) -> FitTable:
         rows.append((j["job"], j["status"] + workers + (f" ({j['reason']})" if j.get("reason") else ""),
                      f"{100 * j['progress']:.1f}%", f"{j['requests_done']:,}", f"{j['requests_failed']:,}",
                      f"{j.get('retries', 0):,}", f"{j['tokens']:,}",
-                     duration(j["eta_seconds"]) if j["status"] == JobState.RUNNING else "-", *extra))
+                     duration(j["eta_seconds"]) if j["status"] == JobState.RUNNING else "-",
+                     str(j.get("priority", "normal")), *extra))
     return FitTable(_JOB_COLS + (_BATCH_COLS if batches else ()), rows, title=f"spool {data['spool']}")
 
 
@@ -61,6 +62,10 @@ def status_lines(data: dict[str, Any]) -> list[Any]:
         if w.get("cuda_visible_devices"):
             where = f" [GPU {w['cuda_visible_devices']}]" + where
         reason = f" ({w['reason']})" if w.get("reason") else ""
+        if (why := w.get("scheduled")) and w.get("job"):  # why the worker took this job (worker/schedule.py)
+            said = why["reason"] if why["reason"].startswith("priority") else \
+                f"priority {why['effective_priority']}: {why['reason']}"
+            reason += f" [{said}]"
         state = "" if w.get("state") == w["liveness"] else f", {w.get('state')}"
         lines.append(f"worker {w['worker']}: {w['liveness']}{state}{where}{reason}, "
                      f"last seen {w['age_seconds']}s ago")

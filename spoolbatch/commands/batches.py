@@ -32,6 +32,7 @@ from spoolbatch.store.checkpoint import Checkpoint
 from spoolbatch.store.files import error_file_id, input_file_id, output_file_id
 from spoolbatch.store.fsutil import count_lines
 from spoolbatch.store.jobstate import JobState
+from spoolbatch.store.priority import NORMAL, priority_label
 from spoolbatch.store.rejections import Rejection
 from spoolbatch.store.spool import Spool
 
@@ -149,6 +150,7 @@ class BatchView:
                       "output_tokens_details": {"reasoning_tokens": 0},
                       "total_tokens": ckpt.total_tokens if ckpt else 0},
             "metadata": rec.metadata if rec else None,
+            "priority": priority_label(rec.job_priority if rec else NORMAL),  # extension: store/priority.py
         }
 
 

@@ -19,6 +19,7 @@ from spoolbatch.store.batches import BatchRecord, batch_id, project_of
 from spoolbatch.store.checkpoint import Checkpoint
 from spoolbatch.store.joblog import read_log, render
 from spoolbatch.store.jobstate import JobState
+from spoolbatch.store.priority import priority_label
 from spoolbatch.store.rejections import Rejection
 from spoolbatch.store.spool import InboxEntry, Spool, Stage, sanitize_job_id
 
@@ -50,6 +51,7 @@ class JobInfo:
     deduplicated: int = 0  # lines answered with an identical deterministic line's answer (not sent to the engine)
     prefix_cache_hit_rate: float | None = None  # share of prompt tokens the engine read from its prefix cache
     project: str | None = None  # its project: its inbox folder while queued, then its checkpoint's or record's
+    priority: str | int = "normal"  # its batch's priority (store/priority.py): a name, or a number without one
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON (the state as its string)."""
@@ -116,7 +118,8 @@ def list_jobs(spool: Spool) -> list[JobInfo]:
 def _with_batch(spool: Spool, info: JobInfo) -> JobInfo:
     record = BatchRecord.load(spool, info.job)
     return replace(info, batch=batch_id(info.job), metadata=record.metadata if record else None,
-                   project=info.project or project_of(record))
+                   project=info.project or project_of(record),
+                   priority=priority_label(record.job_priority) if record else "normal")
 
 
 def queued_entry(spool: Spool, job: str) -> InboxEntry | None:

@@ -27,6 +27,7 @@ from spoolbatch.errors import InputError
 from spoolbatch.format.endpoints import ENDPOINTS
 from spoolbatch.store import files as filestore
 from spoolbatch.store.batches import DEFAULT_WINDOW, BatchSpec, check_metadata, parse_window
+from spoolbatch.store.priority import parse_priority
 
 T = TypeVar("T")
 X = TypeVar("X")
@@ -70,10 +71,12 @@ class OutputExpiresAfter(BaseModel):
 
 Window = Annotated[StrictStr, AfterValidator(_library(parse_window))]
 Metadata = Annotated[dict[str, str] | None, BeforeValidator(_library(check_metadata))]
+Priority = Annotated[StrictInt | StrictStr | None,
+                     AfterValidator(_library(lambda v: v if v is None else parse_priority(v)))]
 
 
 class BatchCreate(BaseModel):
-    """The body of ``POST /v1/batches`` (JSON): OpenAI's create, and our ``allow_bad_lines``."""
+    """The body of ``POST /v1/batches`` (JSON): OpenAI's create, and our ``allow_bad_lines`` and ``priority``."""
 
     input_file_id: Annotated[StrictStr, AfterValidator(_file_id)]
     endpoint: Annotated[StrictStr, AfterValidator(_endpoint)]
@@ -81,12 +84,14 @@ class BatchCreate(BaseModel):
     metadata: Metadata = None
     output_expires_after: OutputExpiresAfter | None = None
     allow_bad_lines: StrictBool = False
+    priority: Priority = None  # extension: low, normal, high, urgent or a number (else metadata's ``priority``)
 
     def spec(self) -> BatchSpec:
         """What the library records of it."""
         expires = self.output_expires_after.model_dump() if self.output_expires_after else None
         return BatchSpec(endpoint=self.endpoint, completion_window=self.completion_window,
-                         metadata=self.metadata or {}, input_file_id=self.input_file_id, output_expires_after=expires)
+                         metadata=self.metadata or {}, input_file_id=self.input_file_id, output_expires_after=expires,
+                         priority=self.priority)
 
 
 def _blank_none(value: Any) -> Any:
@@ -239,6 +244,7 @@ class Batch(BaseModel):
     request_counts: RequestCounts
     usage: Usage
     metadata: dict[str, str] | None = None
+    priority: str | int = "normal"  # extension: the priority it runs at (store/priority.py)
 
 
 class CreatedBatch(Batch):

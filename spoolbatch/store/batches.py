@@ -22,6 +22,7 @@ from spoolbatch.errors import InputError
 from spoolbatch.store.fsutil import atomic_write
 from spoolbatch.store.jobstate import JobState
 from spoolbatch.store.layout import is_job_id
+from spoolbatch.store.priority import NORMAL, parse_priority
 from spoolbatch.store.removal import Kind, Pass, measure, remove
 from spoolbatch.store.spool import Spool
 
@@ -86,11 +87,16 @@ class BatchSpec:
     input_file_id: str | None = None
     output_expires_after: dict[str, Any] | None = None
     project: str | None = None  # the project it belongs to (the caller's key's, `submit --project`); None: default
+    priority: int | str | None = None  # extension: a name or number (store/priority.py); None: metadata's, else normal
 
     def __post_init__(self) -> None:
         self.metadata = check_metadata(self.metadata)
         if self.completion_window is not None:
             parse_window(self.completion_window)
+        if self.priority is not None:
+            self.priority = parse_priority(self.priority)
+        elif "priority" in self.metadata:
+            parse_priority(self.metadata["priority"])  # refused at creation, not ignored when scheduled
         if self.project is not None and not is_project_name(self.project):
             raise InputError(f"project {self.project[:80]!r} is not a project name (letters, digits, '-' and '_')",
                              code="invalid_project")
@@ -115,11 +121,22 @@ class BatchRecord:
     model: str | None = None
     project: str | None = None  # the project it belongs to (None: a record from before projects, ``default``)
     prompt_tokens_estimate: int = 0  # estimated at submit (format/estimate.py), for the project's token quota
+    priority: int | None = None  # as created; None: metadata's ``priority``, else normal (``job_priority``)
 
     @property
     def id(self) -> str:
         """The batch id."""
         return batch_id(self.job)
+
+    @property
+    def job_priority(self) -> int:
+        """The priority the job runs at: the create body's, else metadata's ``priority``, else normal."""
+        if self.priority is not None:
+            return int(self.priority)
+        try:
+            return parse_priority(self.metadata["priority"]) if "priority" in self.metadata else NORMAL
+        except InputError:  # a record written before metadata's priority was checked
+            return NORMAL
 
     @classmethod
     def new(cls, job: str, spec: BatchSpec, *, allow_bad_lines: bool = False, now: float | None = None,
@@ -131,7 +148,8 @@ class BatchRecord:
         return cls(job, spec.endpoint, spec.input_file_id, window, dict(spec.metadata), now,
                    now + parse_window(window) if window else None, spec.output_expires_after, allow_bad_lines,
                    errors or [], requests, model, project=spec.project or DEFAULT_PROJECT,
-                   prompt_tokens_estimate=prompt_tokens)
+                   prompt_tokens_estimate=prompt_tokens,
+                   priority=None if spec.priority is None else parse_priority(spec.priority))
 
     def save(self, spool: Spool) -> None:
         """Write the record atomically and durably."""

@@ -33,6 +33,8 @@ class JobEvent(StrEnum):
     CONTINUED = "continued"  # chunk, first_line, worker: a worker took its first fresh chunk of a job begun before
     RESUMED = "resumed"  # chunk, first_line, last_line, worker: a chunk whose worker stopped was taken over
     CHUNK_MERGED = "chunk_merged"  # chunk, first_line, last_line, answered, failed, seconds, worker
+    OVERTAKEN = "overtaken"  # by, chunk, priority, by_priority, reason, worker: a worker left it (after its chunk
+    #                          ``chunk``) for a more urgent job; it stays running and goes on where it stopped
     CHUNK_FAILED = "chunk_failed"  # chunk, error, worker: the chunk stays claimable and is retried
     DISK_FULL = "disk_full"  # chunk, error, worker: nothing is lost; work waits for space
     STOPPING = "stopping"  # line, worker: the daemon stops at a chunk boundary
@@ -153,6 +155,9 @@ def describe(event: dict[str, Any]) -> str:
         case JobEvent.CHUNK_MERGED:
             return (f"chunk {e['chunk']}: lines {e['first_line']:,}-{e['last_line']:,}, {e['answered']:,} answered, "
                     f"{e['failed']:,} to deadletter, {e['seconds']:.2f}s ({e['worker']})")
+        case JobEvent.OVERTAKEN:
+            return (f"overtaken after chunk {e['chunk']} by job {e['by']} (priority {e['by_priority']} over "
+                    f"{e['priority']}) on {e['worker']}; still in progress, it goes on where it stopped")
         case JobEvent.CHUNK_FAILED:
             return f"job {e['job']} failed, will be retried: {e['error']}"
         case JobEvent.DISK_FULL:

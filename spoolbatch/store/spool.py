@@ -161,8 +161,9 @@ class Spool(Layout):
         return False
 
     def claim_inbox(self, settle_seconds: float, now: float | None = None,
-                    on_odd: OddHook | None = None) -> tuple[InboxClaim | None, int]:
-        """Move the oldest settled inbox file to ``active/`` and return it with its job lock held.
+                    on_odd: OddHook | None = None, only: str | None = None) -> tuple[InboxClaim | None, int]:
+        """Move the oldest settled inbox file (or the one named ``only``) to ``active/`` and return it
+        with its job lock held.
 
         The caller sets the job up and releases the lock; from then on any worker may take
         chunks of it. Also returns how many inbox files are still settling, so that
@@ -173,6 +174,8 @@ class Spool(Layout):
         settling = 0
         with self.claim_lock():
             for entry in self.inbox_entries():
+                if only is not None and entry.name != only:
+                    continue
                 try:
                     st = os.lstat(entry.path)
                 except FileNotFoundError:

@@ -35,7 +35,7 @@ from spoolbatch.store.jobstate import FINAL
 from spoolbatch.store.spool import InboxEntry, Spool
 from spoolbatch.store.workarea import PartSummary
 from spoolbatch.worker import gcpolicy, sdnotify
-from spoolbatch.worker.claims import ChunkClaim, Claims, PreparedChunk, order_jobs
+from spoolbatch.worker.claims import ChunkClaim, Claims, PreparedChunk
 from spoolbatch.worker.diskguard import DiskGuard, Statvfs
 from spoolbatch.worker.executor import ChunkExecutor, describe
 from spoolbatch.worker.gpu import GpuMonitor
@@ -45,7 +45,10 @@ from spoolbatch.worker.lifecycle import Lifecycle
 from spoolbatch.worker.maintenance import Maintenance
 from spoolbatch.worker.merge import Merger
 from spoolbatch.worker.metrics import write_metrics
+from spoolbatch.worker.schedule import Candidate, Choice, Scheduler
 from spoolbatch.worker.totals import Totals
+
+RERANKS = 3  # rankings per chunk at most, when files keep coming into the inbox meanwhile
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +91,8 @@ class Daemon:
         self.lifecycle = Lifecycle(self.spool, config, worker=self.heartbeat.id, echo=echo)
         self.claims = Claims(self.spool, config, self.executor, self.lifecycle.log, worker=self.heartbeat.id)
         self.merger = Merger(self.spool, self.lifecycle.log)
+        self.scheduler = Scheduler(self.spool, config, self.lifecycle.log, worker=self.heartbeat.id)
+        self._choices: dict[tuple[str, int], Choice] = {}  # (job, chunk index) claimed -> why (until it runs)
         self._ahead: PreparedChunk | None = None  # the next chunk, already handed to the engine
         self.heartbeat.on_beat.append(self._on_beat)
         # Called after every merged chunk with the job's checkpoint and the chunk's figures
@@ -152,11 +157,12 @@ class Daemon:
         return self._stop.is_set()
 
     # --- the steps under a job's lock -----------------------------------------------------
-    def take_chunk(self, job: str, size: int) -> ChunkClaim | None:
+    def take_chunk(self, job: str, size: int, still: Callable[[], bool] | None = None) -> ChunkClaim | None:
         """Bring ``job`` up to date and claim a chunk of it, under its job lock.
 
         Sets it up if a crash left its input in ``active/`` without a checkpoint, merges
-        the parts other workers committed, finishes it when it is over, else claims.
+        the parts other workers committed, finishes it when it is over, else claims, unless
+        ``still`` (asked last, just before the claim) says the choice of ``job`` is out of date.
         """
         sp = self.spool
         if not sp.input(job).exists():
@@ -172,7 +178,11 @@ class Daemon:
             if self._finish_if_over(job, ckpt):
                 self._jobs_changed()
                 return None
-            return self.claims.claim(job, ckpt, size)
+            if still is None:
+                return self.claims.claim(job, ckpt, size)
+            # `submit` and the API place files under the claim lock: none comes between the look and the claim.
+            with sp.claim_lock():
+                return self.claims.claim(job, ckpt, size) if still() else None
         finally:
             lock.release()
 
@@ -223,42 +233,92 @@ class Daemon:
             hook(ckpt, last)
 
     def _next_chunk(self, *, model: str | None = None, block: bool = True) -> tuple[ChunkClaim | None, int]:
-        """A chunk to answer: of a job already running (the loaded model's first), else of a new one.
+        """A chunk to answer: of the job the scheduler ranks first that has one (worker/schedule.py).
 
-        ``model`` (a look-ahead) limits the search to running jobs of that model, and with
-        ``block=False`` an unsafe GPU means no chunk rather than a wait.
+        ``model`` (a look-ahead) takes only a running job of that model, and none when a job of
+        another model or a file still in the inbox ranks before it (the next iteration takes that
+        one); with ``block=False`` an unsafe GPU means no chunk rather than a wait.
         """
         size = self.guard.next_chunk_size(block=block)  # waits while the GPU is unsafe
         if size is None:
             return None, 0
-        jobs = order_jobs(self.spool, model or self.executor.model, only_model=model)
-        if not self.disk.wait(self.disk.need(size, jobs[0] if jobs else None), block=block):
+        loaded = model or self.executor.model
+        now = self.clock()
+        ranked = self.scheduler.rank(now, loaded)
+        first = next((c.job for c in ranked if c.entry is None), None)
+        if not self.disk.wait(self.disk.need(size, first), block=block):
             return None, 0  # stopping, or (a look-ahead) short of space now
-        tried = set()
-        for job in jobs:
-            if self._stop.is_set():
-                return None, 0
-            tried.add(job)
-            chunk = self.take_chunk(job, size)
+        tried: set[str] = set()
+        for _ in range(RERANKS):
+            chunk, again = self._chunk_of_first(ranked, size, model, tried, now, loaded)
             if chunk is not None:
                 return chunk, 0
+            if not again:
+                break
+            now = self.clock()
+            ranked = self.scheduler.rank(now, loaded)
         while model is None and not self._stop.is_set():
             claim, settling = self.spool.claim_inbox(self.config.settle_seconds, now=self.clock(),
                                                      on_odd=self._refuse_odd)
             if claim is None:
                 # Another worker may have moved a job from the inbox to active/ between the listing
                 # above and this scan: help with it now (a `--once` worker would otherwise leave).
-                for job in order_jobs(self.spool, self.executor.model):
-                    if job not in tried and (chunk := self.take_chunk(job, size)) is not None:
-                        return chunk, settling
+                for late in self.scheduler.rank(self.clock(), loaded):
+                    if late.entry is None and late.job not in tried and \
+                            (chunk := self.take_chunk(late.job, size)) is not None:
+                        return self._scheduled(chunk, ranked, now, loaded), settling
                 return None, settling
             ready = self.lifecycle.setup(claim)
             self._jobs_changed()
             if ready is not None:
                 chunk = self.take_chunk(claim.job, size)
                 if chunk is not None:
-                    return chunk, settling
+                    return self._scheduled(chunk, ranked, now, loaded), settling
         return None, 0
+
+    def _chunk_of_first(self, ranked: list[Candidate], size: int, model: str | None, tried: set[str], now: float,
+                        loaded: str | None) -> tuple[ChunkClaim | None, bool]:
+        """A chunk of the first candidate that has one; and whether to rank again (a job came since the
+        ranking, into the inbox or claimed from it: it may be more urgent than the one about to get a chunk)."""
+        seen = self.scheduler.ranking.seen
+
+        def unchanged() -> bool:
+            return self.scheduler.ranking.unchanged(seen)
+
+        for candidate in ranked:
+            if self._stop.is_set():
+                return None, False
+            if model is not None and (candidate.entry is not None or candidate.model != model):
+                if candidate.fresh:
+                    return None, False  # a more urgent job, or another model's, comes first
+                continue
+            if candidate.entry is not None:
+                claim, _ = self.spool.claim_inbox(self.config.settle_seconds, now=now, on_odd=self._refuse_odd,
+                                                  only=candidate.entry.name)
+                if claim is not None:
+                    ready = self.lifecycle.setup(claim)
+                    self._jobs_changed()
+                    chunk = self.take_chunk(claim.job, size) if ready is not None else None
+                else:  # another worker claimed it meanwhile: a chunk of it once that one has set it up
+                    tried.add(candidate.job)
+                    chunk = self.take_chunk(candidate.job, size)
+            else:
+                tried.add(candidate.job)
+                chunk = self.take_chunk(candidate.job, size, still=unchanged)
+                if chunk is None and not unchanged():
+                    return None, True
+            if chunk is not None:
+                return self._scheduled(chunk, ranked, now, loaded, candidate), False
+        return None, False
+
+    def _scheduled(self, claim: ChunkClaim, ranked: list[Candidate], now: float, loaded: str | None,
+                   candidate: Candidate | None = None) -> ChunkClaim:
+        """Note why this chunk was taken: the heartbeat shows it while it runs, the metrics count it."""
+        choice = self.scheduler.chose(claim.job, claim.chunk.index + 1, ranked, now, loaded, candidate)
+        if len(self._choices) > 8:  # claims that never ran (a failed commit): forget them
+            self._choices.clear()
+        self._choices[(claim.job, claim.chunk.index)] = choice
+        return claim
 
     def _look_ahead(self, current: PreparedChunk) -> None:
         """Claim and submit the next chunk of the same model while the current one is answered.
@@ -283,11 +343,14 @@ class Daemon:
                 return LoopResult(False, settling)
             current = self.claims.prepare(claim)
         job, chunk = current.claim.job, current.claim.chunk
+        choice = self._choices.pop((job, chunk.index), None)
         self.heartbeat.update(state="working", job=job, chunk=chunk.index + 1, reason=None,
-                              chunk_lines=[chunk.first_line, chunk.last_line])
+                              chunk_lines=[chunk.first_line, chunk.last_line],
+                              scheduled=choice.to_dict() if choice is not None else None)
         try:
             self._look_ahead(current)
             summary = self.claims.commit(current)
+            self.totals.chunk_run(choice.priority if choice is not None else "normal")
             ckpt = self.merge(job)
             if ckpt is not None:
                 self._progress(ckpt, summary)
@@ -316,7 +379,7 @@ class Daemon:
         finally:
             current.claim.release()
         if self._ahead is None:
-            self.heartbeat.update(state="idle", job=None, chunk=None, chunk_lines=None)
+            self.heartbeat.update(state="idle", job=None, chunk=None, chunk_lines=None, scheduled=None)
         return LoopResult(True, settling, job)
 
     def _sleep(self, seconds: float) -> None:

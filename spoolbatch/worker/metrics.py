@@ -38,6 +38,7 @@ class MetricsSample:
     prefix_cache_hits_total: int | None = None  # of those, found there
     # project -> (requests, prompt tokens, completion tokens, engine seconds) of the chunks this worker answered
     projects: Mapping[str, tuple[int, int, int, float]] = field(default_factory=dict)
+    chunks_by_priority: Mapping[str, int] = field(default_factory=dict)  # priority label -> chunks run
     gpus: Sequence[GpuDevice] = ()
     last_chunk_requests_per_second: float | None = None
     last_chunk_tokens_per_second: float | None = None
@@ -115,6 +116,8 @@ def render(sample: MetricsSample) -> str:
                                                     ({"project": p, "kind": "completion"}, u[2]))])
     add("spoolbatch_project_gpu_seconds_total", "counter", "Seconds the engine spent on a project's chunks.",
         [({"project": p}, float(v[3])) for p, v in projects])
+    add("spoolbatch_chunks_total", "counter", "Chunks answered, by the priority of their job.",
+        [({"priority": p}, n) for p, n in sorted(s.chunks_by_priority.items())])
     add("spoolbatch_gpu_memory_used_bytes", "gauge", "GPU memory in use (all processes), per NVML.",
         [(lb, d.memory_used) for lb, d in gpus])
     add("spoolbatch_gpu_memory_total_bytes", "gauge", "GPU memory installed, per NVML.",

@@ -28,6 +28,7 @@ class Totals:
     prefix_cache_hits: int = 0
     # project -> [requests, prompt tokens, completion tokens, engine seconds] of its chunks this worker answered
     by_project: dict[str, list[float]] = field(default_factory=dict)
+    chunks_by_priority: dict[str, int] = field(default_factory=dict)  # priority label -> chunks answered
     last_rps: float | None = None
     last_tps: float | None = None
     # Jobs by status: recounted every JOB_COUNT_SECONDS (it reads every checkpoint), and at once
@@ -55,6 +56,11 @@ class Totals:
             self.last_rps = report.lines / report.seconds
             self.last_tps = report.completion_tokens / report.seconds
 
+    def chunk_run(self, priority: str | int) -> None:
+        """Count one answered chunk of a job of ``priority`` (its label)."""
+        label = str(priority)
+        self.chunks_by_priority[label] = self.chunks_by_priority.get(label, 0) + 1
+
     def jobs_changed(self) -> None:
         """A job changed state: the next sample recounts the jobs instead of reusing the last count."""
         self._jobs_at = float("-inf")
@@ -75,6 +81,7 @@ class Totals:
                              prompt_tokens_total=self.prompt_tokens,
                              completion_tokens_total=self.completion_tokens, gpus=devices,
                              requests_deduplicated_total=self.deduplicated,
+                             chunks_by_priority=dict(self.chunks_by_priority),
                              projects={p: (int(r[0]), int(r[1]), int(r[2]), round(r[3], 3))
                                        for p, r in self.by_project.items()},
                              prefix_cache_queries_total=self.prefix_cache_queries or None,
