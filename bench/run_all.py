@@ -26,6 +26,7 @@ FULL = [
     ("soak", ["soak.py", "--minutes", "10"]),
     ("serve", ["serve.py"]),
     ("modern_requests", ["modern_requests.py", "--requests", "1000"]),
+    ("priority", ["priority.py"]),
     ("prefix", ["prefix.py"]),
 ]
 QUICK = [
@@ -39,6 +40,7 @@ QUICK = [
     ("soak", ["soak.py", "--quick"]),
     ("serve", ["serve.py", "--quick"]),
     ("modern_requests", ["modern_requests.py", "--requests", "50"]),
+    ("priority", ["priority.py", "--quick"]),
     ("prefix", ["prefix.py", "--quick"]),
 ]
 
