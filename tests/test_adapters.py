@@ -242,6 +242,7 @@ def test_a_mixed_job_runs_on_one_model_with_each_line_on_its_adapter(spool: Spoo
     assert ckpt is not None and ckpt.model == "m"
 
 
+@pytest.mark.slow
 def test_a_mixed_job_resumes_exactly_once_after_kill_9(spool: Spool, loras: Path, start_daemon: Any) -> None:
     (spool.root / "config.toml").write_text(f'chunk_size = 6\n[[adapters]]\npath = "{loras}"\nbase = "m"\n')
     models = ["sql", "m", "chat"]
@@ -284,3 +285,15 @@ def test_models_lists_adapters_with_their_base(spool: Spool, lconfig: Config, lo
         [("broken", "m", False), ("chat", "m", True), ("sql", "m", True)]
     table = CliRunner().invoke(app, ["models", "--spool", str(spool.root)], env={"COLUMNS": "200"})
     assert table.exit_code == 0 and "LoRA adapters" in table.output and "sql" in table.output
+
+
+def test_the_examples_are_a_config_and_a_job_that_go_together(spool: Spool, tmp_path: Path) -> None:
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    config = load_config(spool.root, env={"SPOOLBATCH_CONFIG": str(examples / "adapters.toml")})
+    assert [(a.name, a.base) for a in config.adapters] == [("sql-lora", "SmolLM2-135M-Instruct"),
+                                                          (None, "SmolLM2-135M-Instruct")]
+    bases = {"sql-lora": "SmolLM2-135M-Instruct", "support-lora": "SmolLM2-135M-Instruct"}  # the folder's one
+    parser = LineParser(adapters=bases)
+    parsed = [parser.parse(raw, n) for n, raw in enumerate((examples / "adapters.jsonl").read_bytes().splitlines(), 1)]
+    assert all(isinstance(r, Request) for r in parsed) and parser.model == "SmolLM2-135M-Instruct"
+    assert {r.spec.model for r in parsed if isinstance(r, Request)} == {*bases, "SmolLM2-135M-Instruct"}

@@ -264,7 +264,16 @@ class RayEngine:
     # -- the Engine protocol ---------------------------------------------------------------
 
     def load(self, model: str, *, endpoint: str | None = None) -> None:
-        """Start the replicas if needed and make ``model`` their loaded model."""
+        """Start the replicas if needed and make ``model`` their loaded model (an adapter's name: its base).
+
+        LoRA adapters travel in the settings each replica is built with and are read by its own
+        engine from their paths, which every node must see (shared storage, as for models).
+        """
+        if self.settings.adapters:
+            from spoolbatch.engines.adapters import AdapterCatalog
+
+            adapter = AdapterCatalog(self.settings.adapters).get(model)
+            model = adapter.base if adapter is not None else model
         ray = self._connect()
         if model == self._model and endpoint == self._endpoint and len(self._replicas) == self.concurrency:
             return

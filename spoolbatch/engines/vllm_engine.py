@@ -10,6 +10,9 @@ current one keeps the engine's batch full across chunk boundaries (see
 ``ChunkExecutor.submit``). Embeddings take the same path on a pooling runner, one engine
 request per input (``vllm_pooling``); score and rerank run on ``LLM.score``
 (``vllm_scoring``). vLLM's outputs become OpenAI bodies (and logprobs) in ``vllm_output``.
+A generation line may name a LoRA adapter of the loaded model: its request carries the
+adapter's ``LoRARequest``, and the first chunk that names adapters starts the model again once
+with LoRA on (``vllm_lora``).
 
 Whether an error is one request's or the engine's is told once (``_failed``, with
 ``engines.failures``): engine-wide failures raise ``EngineError`` with ``out_of_memory`` and
@@ -28,7 +31,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spoolbatch.config import EngineSettings
+from spoolbatch.engines.adapters import LoraSettings
 from spoolbatch.engines.failures import engine_error, is_request_shaped
+from spoolbatch.engines.vllm_lora import Loras
 from spoolbatch.engines.vllm_output import generation_body
 from spoolbatch.engines.vllm_pooling import embedding_outcome, pooling_inputs
 from spoolbatch.engines.vllm_sampling import sampling_params
@@ -77,6 +82,8 @@ class VllmEngine:
         self._finished: dict[str, Any] = {}  # finished outputs not collected yet
         self._params: dict[tuple[Any, ...], Any] = {}  # SamplingParams by what they were built from
         self._chat: Any = None  # vllm_tools.ChatTools for the loaded model, made on first use
+        self._loras = Loras(self.settings)  # LoRA adapters: off until a chunk names one (vllm_lora)
+        self.starts = 0  # engines started (a model loaded, LoRA turned on, a restart after a failure)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -93,6 +100,7 @@ class VllmEngine:
         """
         from spoolbatch.engines.models import model_kind, resolve_model
 
+        model = self._loras.base_of(model)  # an adapter's name loads its base model
         path = resolve_model(model, self.settings.model_dir)
         if endpoint is not None:
             runner = POOLING if endpoint in POOLED else GENERATE
@@ -103,6 +111,8 @@ class VllmEngine:
         if self._llm is not None and self._path == path and self._runner == runner:
             self._model = model
             return
+        if self._path != path or runner != GENERATE:
+            self._loras.active = None  # a model starts without LoRA, until a chunk names adapters of it
         self.close()
         self._start(path, runner)
         self._model = model
@@ -135,6 +145,11 @@ class VllmEngine:
             # blanks until max_tokens and never close the JSON. vLLM reads this per engine and
             # only with a named backend; llguidance covers the most of JSON Schema.
             kwargs["structured_outputs_config"] = {"backend": "guidance", "disable_any_whitespace": True}
+            kwargs.update(self._loras.engine_args())
+            if self._cpu and self._loras.active is not None:
+                from spoolbatch.engines.cpu_lora import leave_rows_without_adapter
+
+                leave_rows_without_adapter()
             # Asked for, not left to the default: prefix order (worker/ordering.py) counts on it, on
             # the CPU build too (vLLM keeps it on there for models without MLA).
             kwargs["enable_prefix_caching"] = True
@@ -151,6 +166,7 @@ class VllmEngine:
                               hint="check the model name, `spoolbatch models`, and free memory") from exc
         self._path = path
         self._runner = runner
+        self.starts += 1
         self._tokenizer = self._llm.get_tokenizer()
         self.max_model_len = int(self._llm.llm_engine.model_config.max_model_len)
         self.vocab_size = int(self._llm.llm_engine.model_config.get_vocab_size())
@@ -244,14 +260,19 @@ class VllmEngine:
         ticket.pooling = all(r.spec.endpoint == EMBEDDINGS for r in requests)
         if self._llm is None or self._runner != (POOLING if ticket.pooling else GENERATE):
             self.load(self._model or requests[0].spec.model, endpoint=EMBEDDINGS if ticket.pooling else CHAT)
+        loras = {} if ticket.pooling else self._adapters(ticket)
+        order = self._loras.order(requests, self._model) if loras else range(len(requests))
         engine = self._llm.llm_engine
         inputs = self._pooling_inputs() if ticket.pooling else self._generation_inputs(ticket)
-        for i, request in enumerate(requests):
+        for i in order:
+            if ticket.outcomes[i] is not None:  # its adapter is unknown or did not load
+                continue
+            request = requests[i]
             added: list[str] = []
             try:
                 for n, (prompt, params) in enumerate(inputs(i, request)):
                     rid = f"sb{ticket.number}-{i}-{n}" if ticket.pooling else f"sb{ticket.number}-{i}"
-                    engine.add_request(rid, prompt, params)
+                    engine.add_request(rid, prompt, params, lora_request=loras.get(i))
                     added.append(rid)
             except Exception as exc:
                 if added:
@@ -263,6 +284,69 @@ class VllmEngine:
                 ticket.waiting[rid] = i
                 self._open[rid] = ticket.number
         return ticket
+
+    def _adapters(self, ticket: Ticket) -> dict[int, Any]:
+        """The ``LoRARequest`` of each request that names an adapter (``vllm_lora``).
+
+        A request whose adapter is unknown or does not load gets its failed outcome here. The
+        first chunk that names adapters of a model loaded without LoRA restarts it with LoRA on.
+        """
+        requests = ticket.requests
+        if all(r.spec.model == self._model for r in requests):
+            return {}
+        adapters, failed = self._loras.named(requests, self._model)
+        if self._model is not None and (settings := self._loras.restart_for(adapters, self._model)) is not None:
+            self._restart_with_lora(settings)
+        loaded, refused = self._loras.load(self._llm.llm_engine, adapters) if adapters else ({}, {})
+        out: dict[int, Any] = {}
+        for i, request in enumerate(requests):
+            error = failed.get(i) or refused.get(request.spec.model)
+            if error is not None:
+                ticket.outcomes[i] = Outcome.fail(error.code, error.message)
+            elif request.spec.model in loaded:
+                out[i] = loaded[request.spec.model]
+        return out
+
+    def _restart_with_lora(self, settings: LoraSettings) -> None:
+        """Start the loaded model again with LoRA ``settings``; what chunks enqueued before hold is finished
+        first, and their answers wait for ``collect``."""
+        log.info("starting %s again with LoRA on (max_loras %d, max_lora_rank %d, max_cpu_loras %d)", self._path,
+                 settings.max_loras, settings.max_lora_rank, settings.max_cpu_loras)
+        self._drain()
+        finished, self._finished = self._finished, {}  # close() clears what it holds
+        path, runner = self._path, self._runner
+        self._loras.active = settings
+        self.close()
+        try:
+            if path is not None and runner is not None:
+                self._start(path, runner)
+        finally:
+            self._finished = finished
+
+    def _step(self, engine: Any) -> list[str]:
+        """One engine step; the outputs it finished wait in ``_finished``; their request ids."""
+        done = []
+        for output in engine.step():
+            if output.finished:
+                self._finished[output.request_id] = output
+                self._open.pop(output.request_id, None)
+                done.append(output.request_id)
+        return done
+
+    def _drain(self) -> None:
+        """Step the engine until every request in it is finished (their answers wait for ``collect``)."""
+        engine = self._llm.llm_engine
+        try:
+            while self._open:
+                if not engine.has_unfinished_requests():
+                    raise EngineError(f"vLLM lost {len(self._open)} request(s)")
+                self._step(engine)
+        except EngineError:
+            self.abort()
+            raise
+        except Exception as exc:
+            self.abort()
+            raise engine_error(exc, "vLLM failed") from exc
 
     def _failed(self, exc: Exception) -> Outcome:
         """The failed outcome of a request that raised ``exc``.
@@ -288,11 +372,7 @@ class VllmEngine:
             while left:
                 if engine is None or not engine.has_unfinished_requests():
                     raise EngineError(f"vLLM lost {left} request(s) of a chunk")
-                for output in engine.step():
-                    if output.finished:
-                        self._finished[output.request_id] = output
-                        self._open.pop(output.request_id, None)
-                        left -= output.request_id in ticket.waiting
+                left -= sum(rid in ticket.waiting for rid in self._step(engine))
         except EngineError:
             self.abort()
             raise

@@ -289,12 +289,13 @@ class Health(BaseModel):
 
 
 class Model(BaseModel):
-    """A model a worker has loaded, or the configured one."""
+    """A model a worker has loaded, or the configured one, or a LoRA adapter with its base model as ``parent``."""
 
     id: str
     object: Literal["model"] = "model"
     created: int = 0
     owned_by: str = "spoolbatch"
+    parent: str | None = None  # as vLLM's server lists adapters
 
 
 class ModelList(BaseModel):

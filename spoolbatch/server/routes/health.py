@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
 from spoolbatch.commands import health as spool_health
+from spoolbatch.commands.models import served
 from spoolbatch.commands.status import status
 from spoolbatch.server.deps import Caller, State, authorized
 from spoolbatch.server.models import Health, Model, ModelList, SpoolStatus
@@ -24,9 +25,9 @@ def health(server: State) -> Response:
 
 @router.get("/v1/models", response_model=ModelList, dependencies=keyed)
 def models(server: State) -> Response:
-    """The models the alive workers have loaded, and the configured one."""
-    names = spool_health.models(server.spool, server.config.model)
-    return model_response(ModelList(data=[Model(id=name) for name in names]))
+    """The models the alive workers have loaded, the configured one, and LoRA adapters with their base as parent."""
+    listed = served(server.spool, server.config)
+    return model_response(ModelList(data=[Model(id=m.id, parent=m.parent) for m in listed]))
 
 
 @router.get("/v1/spoolbatch/status", response_model=SpoolStatus, dependencies=keyed)
