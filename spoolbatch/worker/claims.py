@@ -71,18 +71,6 @@ def _next_lines(path: os.PathLike[str], start: int, count: int) -> list[bytes]:
         return list(islice(f, count))
 
 
-def order_jobs(spool: Spool, loaded_model: str | None, only_model: str | None = None) -> list[str]:
-    """Active jobs in the order a worker should claim from them: its loaded model first, then oldest."""
-    keyed = []
-    for job in spool.running_jobs():
-        ckpt = Checkpoint.load(spool.checkpoint(job))
-        if only_model is not None and (ckpt is None or ckpt.model != only_model):
-            continue
-        created = ckpt.created_at if ckpt else 0.0
-        keyed.append((0 if ckpt and ckpt.model == loaded_model else 1, created, job))
-    return [job for _, _, job in sorted(keyed)]
-
-
 class Claims:
     """One worker's chunk claims: claim, prepare, commit."""
 
