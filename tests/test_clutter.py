@@ -47,7 +47,7 @@ def test_dead_workers_are_shown_dead_then_removed_after_the_grace(spool: Spool, 
     beat(spool, "stopped-1", host=me, pid=os.getpid(), age=3 * DAY, state="stopped")  # stopped 3 days ago: goes
     beat(spool, "me-1", host=me, pid=os.getpid(), age=0)  # alive: stays
     aged(spool.workers / "ghost-9.prom", 2)  # metrics without a heartbeat: goes
-    seen = {w["worker"]: w["liveness"] for w in status(spool).workers}
+    seen = {w.beat.worker: w.liveness for w in status(spool).workers}
     assert seen == {"far-1": "dead", "far-2": "dead", "stopped-1": "stopped", "me-1": "alive"}
     report = gc(config)
     assert sorted(r.name for r in report.removed if r.kind == Kind.WORKER) == ["far-1", "ghost-9", "stopped-1"]
@@ -181,10 +181,11 @@ def test_no_daemon_log_file_under_systemd_unless_asked(spool: Spool, config: Con
     JobLog(None, echo=False)("nowhere")  # writes nothing, raises nothing
 
 
-def test_the_workers_job_count_rereads_only_changed_checkpoints(spool: Spool, config: Config,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_workers_job_count_reads_the_index_and_only_changed_running_checkpoints(
+        spool: Spool, config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
     from spoolbatch.store import census
     from spoolbatch.store.checkpoint import Checkpoint
+    from spoolbatch.store.jobindex import JobIndex
     from spoolbatch.store.jobstate import JobState
 
     for name in ("a", "b", "c"):
@@ -192,20 +193,20 @@ def test_the_workers_job_count_rereads_only_changed_checkpoints(spool: Spool, co
     daemon = Daemon(config, echo=False)
     while daemon.loop_once().worked:
         pass
-    cache: census.CensusCache = {}
-    assert census.count_jobs(spool, cache)[JobState.COMPLETED] == 3
     loads: list[Path] = []
     real = Checkpoint.load
     monkeypatch.setattr(Checkpoint, "load", classmethod(lambda cls, p: (loads.append(p), real(p))[1]))
-    assert census.count_jobs(spool, cache)[JobState.COMPLETED] == 3 and loads == []
-    ckpt = real(spool.checkpoint("b"))
-    assert ckpt is not None
-    ckpt.status = JobState.CANCELLED
-    ckpt.save(spool.checkpoint("b"))
-    spool.checkpoint("c").unlink()
+    cache: census.CensusCache = {}
+    assert census.count_jobs(spool, cache)[JobState.COMPLETED] == 3 and loads == []  # ended jobs: the index
+    Checkpoint(job="d").save(spool.checkpoint("d"))  # a running job: its checkpoint, read once while unchanged
+    spool.input("d").write_bytes(b"{}\n")
+    assert census.count_jobs(spool, cache)[JobState.RUNNING] == 1 and loads == [spool.checkpoint("d")]
+    assert census.count_jobs(spool, cache)[JobState.RUNNING] == 1 and len(loads) == 1
+    JobIndex(spool).ended("b", JobState.CANCELLED)
+    JobIndex(spool).removed(["c"])
     counts = census.count_jobs(spool, cache)
-    assert (counts[JobState.COMPLETED], counts[JobState.CANCELLED]) == (1, 1) and loads == [spool.checkpoint("b")]
-    assert sorted(cache) == ["a", "b"]
+    assert (counts[JobState.COMPLETED], counts[JobState.CANCELLED], counts[JobState.RUNNING]) == (1, 1, 1)
+    assert sorted(cache) == ["d"] and len(loads) == 1
 
 
 def test_a_long_running_worker_forgets_the_jobs_it_finished(spool: Spool, config: Config,

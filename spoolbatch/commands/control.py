@@ -12,6 +12,7 @@ from spoolbatch.commands.submit import write_job
 from spoolbatch.config import DEFAULT_PROJECT
 from spoolbatch.errors import JobNotFound, SpoolbatchError
 from spoolbatch.format.preflight import count_lines
+from spoolbatch.store import jobindex
 from spoolbatch.store.checkpoint import Checkpoint
 from spoolbatch.store.fsutil import atomic_write, fsync_dir
 from spoolbatch.store.jobstate import JobState
@@ -74,6 +75,7 @@ def _cancel_queued(spool: Spool, entry: InboxEntry) -> str:
     now = time.time()
     Checkpoint(job=job, status=JobState.CANCELLED, input_name=name, total_lines=lines, created_at=now,
                finished_at=now, message="cancelled while queued", project=entry.project).save(spool.checkpoint(job))
+    jobindex.ended(spool, job, JobState.CANCELLED, now, entry.mtime, entry.project)
     return job
 
 

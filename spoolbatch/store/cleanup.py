@@ -5,13 +5,17 @@ the spool: first it finishes what a killed clean-up or cancel left, then the ret
 jobs (store/retention.py: expired jobs, refused files, groups, logs), the sweeps that live
 with their stores (batch records, uploads, the webhook outbox), and the clutter
 (store/clutter.py: dead workers' files, stale temporaries, orphaned chunk areas and locks).
+Last it brings the spool's job index up to date with what is left (store/jobindex.py: the jobs
+removed are marked so, and dropped a day later) and measures what the spool's files take
+(store/diskspace.py), the figure `status` shows.
 """
 
 from __future__ import annotations
 
 import time
 
-from spoolbatch.store import batches, clutter, files, outbox, retention
+from spoolbatch.store import batches, clutter, diskspace, files, outbox, retention
+from spoolbatch.store.jobindex import JobIndex
 from spoolbatch.store.removal import DAY, Kind, Pass, Policy, Removed, Report
 from spoolbatch.store.spool import Spool
 
@@ -33,4 +37,7 @@ def collect(spool: Spool, policy: Policy, *, now: float | None = None, dry_run: 
     clutter.temporaries(p)
     clutter.orphans(p)
     retention.logs(p)
+    if not dry_run:
+        JobIndex(spool).reconcile(p.now)
+        diskspace.measure(spool, p.now)
     return p.report

@@ -16,6 +16,7 @@ import errno
 import os
 import re
 import stat
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -27,6 +28,7 @@ from spoolbatch.errors import SpoolError
 from spoolbatch.store.fsutil import unique_suffix
 
 IGNORED_SUFFIXES = (".tmp", ".part")
+INBOX_REUSE_SECONDS = 1.0  # how long an unchanged inbox's listing is given again (``Layout.inbox_entries``)
 MAX_ID_LEN = 100
 JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # what ids look like; ``is_job_id`` is the full test
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -64,6 +66,29 @@ class InboxEntry:
     size: int
     mtime: float
     project: str = DEFAULT_PROJECT  # the folder it waits in
+
+
+@dataclass(frozen=True, slots=True)
+class _InboxListing:
+    """The inbox as listed: its folders' keys (``inbox/`` first, then each project's), when, what."""
+
+    keys: tuple[tuple[int, int], ...]
+    at: float  # time.monotonic()
+    entries: list[InboxEntry]
+    folders: list[tuple[str, Path]]
+
+
+def _folder_keys(folders: list[Path]) -> tuple[tuple[int, int], ...]:
+    """Each folder's (modification time in ns, inode); (0, 0) for one that is not there."""
+    keys = []
+    for folder in folders:
+        try:
+            st = os.stat(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            keys.append((0, 0))
+        else:
+            keys.append((st.st_mtime_ns, st.st_ino))
+    return tuple(keys)
 
 
 class Stage(StrEnum):
@@ -125,6 +150,10 @@ class Layout:
         self.format_file = self.root / "spool.json"
         self.gc_lock = self.root / ".gc.lock"
         self.gc_stamp = self.root / ".gc.last"
+        self._listing: _InboxListing | None = None  # the inbox as last listed (``inbox_entries``)
+        self.job_index = self.root / "jobs.index"  # the order of the jobs workers took (store/jobindex.py)
+        self.job_index_lock = self.root / ".jobs.index.lock"
+        self.usage_file = self.root / ".usage.json"  # what the spool's files take, as last measured
         self._claim_lock = self.root / ".claim.lock"
 
     # --- folders ---------------------------------------------------------------------------
@@ -151,6 +180,10 @@ class Layout:
 
     def project_inboxes(self) -> list[tuple[str, Path]]:
         """(project, folder) of each project folder in the inbox, by name (a link is not one)."""
+        listing = self._listing
+        if listing is not None and time.monotonic() - listing.at < INBOX_REUSE_SECONDS \
+                and listing.keys[0] == self.inbox_folder_key(self.inbox):  # no folder came or went
+            return sorted(listing.folders)
         found = []
         with contextlib.suppress(FileNotFoundError), os.scandir(self.inbox) as it:
             for entry in it:
@@ -314,23 +347,71 @@ class Layout:
 
     def inbox_entries(self) -> list[InboxEntry]:
         """Waiting files, oldest first, in ``inbox/`` and its project folders (``inbox/PROJECT/``, one
-        level); ignored names are left out, odd ones included (a folder that is no project's too)."""
+        level); ignored names are left out, odd ones included (a folder that is no project's too).
+
+        A daemon lists the inbox before every chunk, so a listing is kept and given again while no
+        folder of the inbox changed (a stat of each says: its modification time and inode) and for
+        ``INBOX_REUSE_SECONDS`` at most. Its sizes and times are as listed: whoever claims a file
+        reads its own again.
+        """
+        listing = self._listing
+        if listing is not None and time.monotonic() - listing.at < INBOX_REUSE_SECONDS \
+                and listing.keys == _folder_keys([self.inbox, *(path for _p, path in listing.folders)]):
+            return list(listing.entries)
         entries: list[InboxEntry] = []
+        folders: list[tuple[str, Path]] = []
+        keys = list(_folder_keys([self.inbox]))  # each read before its folder's scan: a change during it shows
         try:
-            self._scan_inbox(self.inbox, DEFAULT_PROJECT, "", entries)
+            self._scan_inbox(self.inbox, DEFAULT_PROJECT, "", entries, folders, keys)
         except FileNotFoundError:
             raise SpoolError(f"{self.inbox} is missing", hint="run `spoolbatch init`") from None
         entries.sort(key=lambda e: (e.mtime, e.name))
-        return entries
+        self._listing = _InboxListing(tuple(keys), time.monotonic(), entries, folders)
+        return list(entries)
 
-    def _scan_inbox(self, folder: Path, project: str, prefix: str, entries: list[InboxEntry]) -> None:
+    def inbox_entry(self, name: str) -> InboxEntry | None:
+        """The waiting file ``name`` (``NAME`` or ``PROJECT/NAME``, as ``inbox_entries`` names them), or None:
+        one stat, however many files wait."""
+        project, _, base = name.rpartition("/")
+        if (project and not is_project_name(project)) or not base or is_ignored(base):
+            return None
+        path = (self.inbox / project if project else self.inbox) / base
+        try:
+            st = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return InboxEntry(name, path, st.st_size, st.st_mtime, project or DEFAULT_PROJECT)
+
+    def inbox_folder_key(self, folder: Path) -> tuple[int, int]:
+        """What says an inbox folder changed: its modification time and inode."""
+        return _folder_keys([folder])[0]
+
+    def moved_out_of_inbox(self, entry: InboxEntry, before: tuple[int, int]) -> None:
+        """This process moved ``entry`` out of its folder, whose key was ``before``: the kept listing drops
+        it without a scan, unless something else had changed the folder."""
+        listing, folder = self._listing, entry.path.parent
+        self._listing = None
+        if listing is None:
+            return
+        paths = [self.inbox, *(path for _p, path in listing.folders)]
+        if folder not in paths or listing.keys[paths.index(folder)] != before:
+            return
+        keys = list(listing.keys)
+        keys[paths.index(folder)] = self.inbox_folder_key(folder)
+        self._listing = _InboxListing(tuple(keys), listing.at, [e for e in listing.entries if e.path != entry.path],
+                                      listing.folders)
+
+    def _scan_inbox(self, folder: Path, project: str, prefix: str, entries: list[InboxEntry],
+                    folders: list[tuple[str, Path]], keys: list[tuple[int, int]]) -> None:
         with os.scandir(folder) as it:
             for entry in it:
                 if is_ignored(entry.name):
                     continue
                 if not prefix and is_project_name(entry.name) and entry.is_dir(follow_symlinks=False):
+                    folders.append((entry.name, Path(entry.path)))
+                    keys.append(self.inbox_folder_key(Path(entry.path)))
                     with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-                        self._scan_inbox(Path(entry.path), entry.name, entry.name + "/", entries)
+                        self._scan_inbox(Path(entry.path), entry.name, entry.name + "/", entries, folders, keys)
                     continue
                 with contextlib.suppress(FileNotFoundError):
                     st = entry.stat(follow_symlinks=False)

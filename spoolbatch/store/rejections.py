@@ -14,7 +14,9 @@ from typing import Any
 
 import orjson
 
+from spoolbatch.store import jobindex
 from spoolbatch.store.fsutil import atomic_write
+from spoolbatch.store.jobstate import JobState
 from spoolbatch.store.spool import Spool
 
 
@@ -62,4 +64,6 @@ class Rejection:
 
 def write_reason(spool: Spool, job: str, name: str, code: str, reason: str, hint: str | None = None) -> None:
     """Record why ``job`` (from the file ``name``) was refused whole."""
-    Rejection(job, name, code, reason, hint, time.time()).save(spool)
+    rejection = Rejection(job, name, code, reason, hint, time.time())
+    rejection.save(spool)
+    jobindex.ended(spool, job, JobState.REJECTED, rejection.at)

@@ -22,7 +22,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from spoolbatch.errors import SpoolError
-from spoolbatch.store import formatversion
+from spoolbatch.store import formatversion, jobindex
 from spoolbatch.store.fsutil import fsync_dir
 from spoolbatch.store.layout import RESERVED_JOB_IDS, InboxEntry, JobEntry, Layout, Stage, sanitize_job_id
 
@@ -173,9 +173,9 @@ class Spool(Layout):
         now = time.time() if now is None else now
         settling = 0
         with self.claim_lock():
-            for entry in self.inbox_entries():
-                if only is not None and entry.name != only:
-                    continue
+            # The one file asked for is looked at alone: an inbox of thousands is not listed for it.
+            entries = self.inbox_entries() if only is None else [e for e in [self.inbox_entry(only)] if e]
+            for entry in entries:
                 try:
                     st = os.lstat(entry.path)
                 except FileNotFoundError:
@@ -191,13 +191,16 @@ class Spool(Layout):
                 lock = self.try_lock(self.job_lock(job))
                 if lock is None:  # a job of that id is being finished right now: try later
                     continue
+                before = self.inbox_folder_key(entry.path.parent)
                 try:
                     os.rename(entry.path, self.input(job))
                 except FileNotFoundError:
                     lock.release()
                     continue
+                self.moved_out_of_inbox(entry, before)
                 fsync_dir(self.active)
                 fsync_dir(entry.path.parent)
+                jobindex.taken(self, job, st.st_mtime, entry.project)
                 return InboxClaim(job, lock, original_name=entry.name, project=entry.project), settling
         return None, settling
 

@@ -19,6 +19,7 @@ from spoolbatch.errors import InputError
 from spoolbatch.format.lines import LineParser
 from spoolbatch.format.preflight import check_file
 from spoolbatch.format.types import Request
+from spoolbatch.store import jobindex
 from spoolbatch.store.batches import BatchRecord, project_of, settle_project, stop_state
 from spoolbatch.store.checkpoint import Checkpoint
 from spoolbatch.store.fsutil import AppendFile
@@ -151,6 +152,7 @@ class Lifecycle:
             ckpt.status = status
             ckpt.finished_at = time.time()
             ckpt.save(sp.checkpoint(job))
+        jobindex.ended(sp, job, status, ckpt.finished_at, ckpt.created_at, ckpt.project)
         sp.archive_input(job)
         WorkArea(sp.work_area(job)).remove()
         sp.clear_cancel(job)
