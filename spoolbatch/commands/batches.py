@@ -177,6 +177,11 @@ def _view(spool: Spool, info: JobInfo) -> BatchView:
     return BatchView(info, ckpt, record, cancelling, float(created), rejection, lines)
 
 
+def batch_view(spool: Spool, info: JobInfo) -> BatchView:
+    """The batch of a job as `list` read it (``by_clock`` already applied): its files read once."""
+    return _view(spool, info)
+
+
 def get_batch(spool: Spool, job: str) -> BatchView:
     """The batch of ``job``, or ``JobNotFound``."""
     return _view(spool, by_clock(spool, job_info(spool, job, probe_owner=False)))

@@ -50,8 +50,8 @@ class JobInfo:
     busy_seconds: float = 0.0  # engine time summed over every worker's chunks: the job's own rate
     deduplicated: int = 0  # lines answered with an identical deterministic line's answer (not sent to the engine)
     prefix_cache_hit_rate: float | None = None  # share of prompt tokens the engine read from its prefix cache
-    project: str | None = None  # its project: its inbox folder while queued, then its checkpoint's or record's
     priority: str | int = "normal"  # its batch's priority (store/priority.py): a name, or a number without one
+    project: str | None = None  # its project: its inbox folder while queued, then its checkpoint's or record's
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON (the state as its string)."""
@@ -127,6 +127,12 @@ def queued_entry(spool: Spool, job: str) -> InboxEntry | None:
     return spool.queued_entry(job)
 
 
+def queued_info(spool: Spool, entry: InboxEntry) -> JobInfo:
+    """A file waiting in the inbox as `list` shows it."""
+    job = sanitize_job_id(entry.name)
+    return _with_batch(spool, JobInfo(job, JobState.QUEUED, updated_at=entry.mtime, project=entry.project))
+
+
 def job_info(spool: Spool, job: str, *, probe_owner: bool = True) -> JobInfo:
     """One job as `list` shows it, without reading the rest of the spool; or ``JobNotFound``.
 
@@ -134,6 +140,16 @@ def job_info(spool: Spool, job: str, *, probe_owner: bool = True) -> JobInfo:
     per chunk): running and interrupted are both OpenAI's ``in_progress``, so the API needs no answer.
     """
     spool.require()
+    return _job_info(spool, job, probe_owner, queued=True)
+
+
+def taken_info(spool: Spool, job: str, *, probe_owner: bool = False) -> JobInfo:
+    """A job a worker took from the inbox (a job of the spool's index) as `list` shows it, or
+    ``JobNotFound``: ``job_info`` without looking in the inbox, for a caller that checked the spool."""
+    return _job_info(spool, job, probe_owner, queued=False)
+
+
+def _job_info(spool: Spool, job: str, probe_owner: bool, queued: bool) -> JobInfo:
     info: JobInfo | None = None
     if (rejection := Rejection.load(spool, job)) is not None:
         info = replace(_from_rejection(rejection), job=job)
@@ -142,7 +158,7 @@ def job_info(spool: Spool, job: str, *, probe_owner: bool = True) -> JobInfo:
         info = _from_checkpoint(ckpt, spool.job_is_owned(job) if probe else None)
     if info is None and spool.input(job).exists():
         info = JobInfo(job, JobState.CLAIMED, owned=spool.job_is_owned(job) if probe_owner else None)
-    if info is None and (entry := queued_entry(spool, job)) is not None:
+    if info is None and queued and (entry := queued_entry(spool, job)) is not None:
         info = JobInfo(job, JobState.QUEUED, updated_at=entry.mtime, project=entry.project)
     if info is None:
         raise JobNotFound(job)

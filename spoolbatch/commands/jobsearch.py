@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from spoolbatch.commands.batches import BatchView
 
@@ -25,8 +25,13 @@ def matches(view: BatchView, statuses: frozenset[str], text: str) -> bool:
     return any(needle in s.lower() for s in hay)
 
 
-def search(views: Iterable[BatchView], statuses: Iterable[str] = (), text: str | None = None) -> list[BatchView]:
-    """The views that match, in their order."""
+def matcher(statuses: Iterable[str] = (), text: str | None = None) -> Callable[[BatchView], bool]:
+    """The test ``matches`` makes of a filter's statuses and words."""
     wanted = frozenset(s.strip() for s in statuses if s.strip())
     words = (text or "").strip()
-    return [v for v in views if matches(v, wanted, words)]
+    return lambda view: matches(view, wanted, words)
+
+
+def search(views: Iterable[BatchView], statuses: Iterable[str] = (), text: str | None = None) -> list[BatchView]:
+    """The views that match, in their order."""
+    return list(filter(matcher(statuses, text), views))

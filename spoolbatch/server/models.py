@@ -172,8 +172,14 @@ class Page(BaseModel, Generic[T]):
             ids = [id_of(x) for x in items]
             start = ids.index(after) + 1 if after in ids else len(items)
         shown = items[start:start + limit]
+        return cls.read(shown, id_of, render, has_more=len(items) > start + limit)
+
+    @classmethod
+    def read(cls, shown: Sequence[X], id_of: Callable[[X], str], render: Callable[[X], T], *,
+             has_more: bool) -> Page[T]:
+        """A page read as a page at the source (``commands/listing.py``): its items, rendered."""
         return cls(data=[render(x) for x in shown], first_id=id_of(shown[0]) if shown else None,
-                   last_id=id_of(shown[-1]) if shown else None, has_more=len(items) > start + limit)
+                   last_id=id_of(shown[-1]) if shown else None, has_more=has_more)
 
 
 class BatchError(BaseModel):

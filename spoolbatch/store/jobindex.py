@@ -51,6 +51,7 @@ _HEAD = 2 * _TIME + 4  # "S " + created + " " + finished + " "
 _JOB_AT = _HEAD + MAX_PROJECT_LEN + 1
 WIDTH = _JOB_AT + MAX_ID_LEN + 1  # the head, the project and the job id right-aligned, a newline
 _TAIL_LINES = 512  # what a writer reads first to find a recent job's line
+_BLOCK_LINES = 256  # what a reader of pages reads at a time, from the end
 _VALID_CODES = OPEN + REMOVED + "".join(CODES.values())
 _VALID = frozenset(_VALID_CODES.encode())
 _FINALS = "".join(CODES.values()).encode()
@@ -223,12 +224,59 @@ class JobIndex:
     def view(self) -> IndexView:
         """The index, built first when the spool has none yet (a spool of an older release); a reader
         that may not write the spool gets one built in memory."""
+        if not self.ensure():
+            return IndexView(b"".join(e.line() for e in self._repaired(IndexView(b""), time.time())[0]))
+        return self.read()
+
+    def ensure(self) -> bool:
+        """Build the index when the spool has none yet; False when this reader may not write it."""
         if not self.path.exists():
             try:
                 self.reconcile()
             except PermissionError:
-                return IndexView(b"".join(e.line() for e in self._repaired(IndexView(b""), time.time())[0]))
-        return self.read()
+                return False
+        return True
+
+    def _blocks(self) -> Iterator[IndexView]:
+        """The index read from its end, ``_BLOCK_LINES`` lines at a time (the newest first)."""
+        try:
+            f = open(self.path, "rb")  # noqa: SIM115 - closed below, a generator
+        except FileNotFoundError:
+            return
+        with f:
+            end = os.fstat(f.fileno()).st_size
+            end -= end % WIDTH
+            while end > 0:
+                start = max(0, end - _BLOCK_LINES * WIDTH)
+                yield IndexView(os.pread(f.fileno(), end - start, start))
+                end = start
+
+    def newest_first(self, after: str | None = None, project: str | None = None,
+                     codes: Collection[str] | None = None) -> Iterator[Entry]:
+        """``IndexView.newest_first`` read from the file's end a block at a time: a first page reads the
+        newest lines only, a page after ``after`` the lines from its place back."""
+        found = after is None
+        for block in self._blocks():
+            if not found:
+                if block.find(after) is None:  # type: ignore[arg-type]
+                    continue
+                found = True
+                yield from block.newest_first(after, project, codes)
+            else:
+                yield from block.newest_first(None, project, codes)
+
+    def have(self, jobs: Collection[str]) -> set[str]:
+        """Those of ``jobs`` that have a line not removed (looked for among the newest lines first)."""
+        left, found = set(jobs), set()
+        for block in self._blocks():
+            if not left:
+                break
+            for job in list(left):
+                if (entry := block.find(job)) is not None:
+                    left.discard(job)
+                    if not entry.removed:
+                        found.add(job)
+        return found
 
     # --- writing ------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -419,19 +467,22 @@ def newest_first(spool: Layout, after: str | None = None, project: str | None = 
     running jobs the index has no line for yet, then the index's jobs (the last taken first; only those in
     a state of ``codes``, when given). With ``after``, the jobs after that one; nothing when it is none
     of them."""
-    view = JobIndex(spool).view()
+    index = JobIndex(spool)
+    index.ensure()
     queued = [Listed(sanitize_job_id(e.name), e) for e in reversed(spool.inbox_entries())
               if project is None or e.project == project]
-    untracked = [Listed(job) for job in spool.running_jobs() if (known := view.find(job)) is None or known.removed]
+    running = spool.running_jobs()
+    tracked = index.have(running) if running else set()
+    untracked = [Listed(job) for job in running if job not in tracked]
     ahead = queued + untracked
     if after is not None:
         place = next((i for i, listed in enumerate(ahead) if listed.job == after), None)
         if place is None:
-            yield from (Listed(e.job) for e in view.newest_first(after, project, codes))
+            yield from (Listed(e.job) for e in index.newest_first(after, project, codes))
             return
         ahead = ahead[place + 1:]
     yield from ahead
-    yield from (Listed(e.job) for e in view.newest_first(None, project, codes))
+    yield from (Listed(e.job) for e in index.newest_first(None, project, codes))
 
 
 def taken(spool: Layout, job: str, created: float | None = None, project: str | None = None,

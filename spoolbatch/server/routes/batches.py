@@ -9,10 +9,11 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from spoolbatch.commands.batches import BatchView, cancel_batch, list_batches
+from spoolbatch.commands.batches import BatchView, cancel_batch
 from spoolbatch.commands.create import create_batch
 from spoolbatch.commands.files import upload_path
-from spoolbatch.commands.jobsearch import search
+from spoolbatch.commands.jobsearch import matcher
+from spoolbatch.commands.listing import BatchPage, page_batches
 from spoolbatch.server.deps import BatchOf, Caller, State, authorized
 from spoolbatch.server.errors import about, invalid
 from spoolbatch.server.models import Batch, BatchCreate, CreatedBatch, OneStepBatch, OneStepUpload, Page
@@ -20,6 +21,7 @@ from spoolbatch.server.openapi import ERRORS, body_of
 from spoolbatch.server.responses import model_response
 from spoolbatch.server.routes.original import one_step
 from spoolbatch.server.uploads import read_body
+from spoolbatch.store.batches import job_of
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"], dependencies=[Depends(authorized)], responses=ERRORS)
 CREATE_BODY = body_of({"application/json": BatchCreate, "multipart/form-data": OneStepUpload})
@@ -64,14 +66,16 @@ def list_(server: State, caller: Caller, limit: Annotated[int, Query(ge=1, le=10
           status: Annotated[str | None, Query(description="extension: only these statuses, comma-separated")] = None,
           q: Annotated[str | None, Query(description="extension: words of the id or of a metadata pair")] = None,
           ) -> Response:
-    """Batches (the caller's project's), newest first.
+    """Batches (the caller's project's), newest first, read a page at a time (commands/listing.py).
 
     ``status`` and ``q`` are extensions (the web page's filter): only the batches that match.
     """
-    views = list_batches(server.spool, caller.scope)
-    if status or q:
-        views = search(views, (status or "").split(","), q)
-    return model_response(Page[Batch].of(views, lambda v: v.id, render, after=after, limit=limit))
+    statuses = frozenset(s.strip() for s in (status or "").split(",") if s.strip())
+    keep = matcher(statuses, q) if statuses or q else None
+    cursor = job_of(after) if after else None
+    page = page_batches(server.spool, limit=limit, after=cursor, project=caller.scope, statuses=statuses or None,
+                        keep=keep) if cursor or not after else BatchPage([], False)  # an id not ours: nothing after it
+    return model_response(Page[Batch].read(page.batches, lambda v: v.id, render, has_more=page.has_more))
 
 
 @router.get("/{batch_id}", response_model=Batch)

@@ -1,0 +1,151 @@
+"""Listing a spool that retains thousands of jobs: a page costs a page, and claiming one file of an
+inbox of thousands reads that file.
+
+Paging across jobs the clean-up removes between two pages (in the library, and through the openai
+SDK against a real server); the claim of one named inbox file, and the inbox's listing kept while
+no folder of it changed.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+import orjson
+import pytest
+
+from spoolbatch.commands.jobsearch import matcher
+from spoolbatch.commands.listing import page_batches, page_jobs
+from spoolbatch.store import layout
+from spoolbatch.store.checkpoint import Checkpoint
+from spoolbatch.store.cleanup import Policy, collect
+from spoolbatch.store.jobindex import JobIndex
+from spoolbatch.store.jobstate import JobState
+from spoolbatch.store.spool import Spool
+from tests.conftest import chat_line, drop
+from tests.serving import Server, start_server
+
+KEY = "sk-listing"
+NOW = time.time()
+
+
+def finished(spool: Spool, n: int, *, prefix: str = "j", start: float = NOW - 20 * 86400,
+             states: tuple[JobState, ...] = (JobState.COMPLETED,)) -> list[str]:
+    """``n`` ended jobs written as a worker leaves them (checkpoint, results, archived input), one a
+    minute from ``start``, and their lines in the index: a spool's month, without a daemon."""
+    jobs = []
+    for i in range(n):
+        job = f"{prefix}{i:05d}"
+        created = start + 60 * i
+        state = states[i % len(states)]
+        ckpt = Checkpoint(job=job, status=state, total_lines=1, lines_consumed=1, requests_done=1, chunks=1,
+                          created_at=created, started_at=created, updated_at=created + 5, finished_at=created + 5)
+        spool.archived_input(job).write_bytes(orjson.dumps(chat_line(i)) + b"\n")
+        spool.results(job).write_bytes(b"")
+        spool.checkpoint(job).write_bytes(orjson.dumps(ckpt.to_dict()))
+        JobIndex(spool).add(job, created, state, created + 5)
+        jobs.append(job)
+    return jobs
+
+
+def doomed(names: set[str]) -> Policy:
+    """A clean-up that removes exactly ``names`` (their output expired now)."""
+    return Policy(expiry=lambda _spool, job: 0.0 if job in names else None)
+
+
+def test_paging_across_jobs_removed_between_pages(spool: Spool) -> None:
+    jobs = finished(spool, 60)
+    for k in range(3):
+        drop(spool, f"q{k}.jsonl", [chat_line(k)], age=10 - k)
+    expected = ["q2", "q1", "q0", *reversed(jobs)]
+    first = page_jobs(spool, limit=10)
+    assert [j.job for j in first.jobs] == expected[:10] and first.has_more
+    cursor = first.jobs[-1].job  # j00053
+    # Between two pages the clean-up removes the cursor's own job and jobs on both sides of it.
+    gone = {cursor, "j00052", "j00049", "j00058", "j00010"}
+    report = collect(spool, doomed(gone))
+    assert {r.name for r in report.removed if r.kind.value == "job"} == gone
+    seen = [j.job for j in first.jobs]
+    after: str | None = cursor
+    while after is not None:
+        page = page_jobs(spool, limit=10, after=after)
+        seen += [j.job for j in page.jobs]
+        after = page.jobs[-1].job if page.has_more else None
+    assert seen == expected[:10] + [j for j in expected[10:] if j not in gone]  # none twice, none lost
+    assert page_jobs(spool, limit=5, after="never-was").jobs == []
+
+
+def test_a_status_filter_reads_only_the_jobs_that_may_match(spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+    finished(spool, 200, states=(JobState.COMPLETED,) * 9 + (JobState.FAILED,))
+    loads: list[str] = []
+    real = Checkpoint.load
+    monkeypatch.setattr(Checkpoint, "load", classmethod(lambda cls, p: (loads.append(p.name), real(p))[1]))
+    page = page_batches(spool, limit=5, statuses={"failed"}, keep=matcher({"failed"}))
+    assert [v.job for v in page.batches] == ["j00199", "j00189", "j00179", "j00169", "j00159"] and page.has_more
+    assert {name.split(".")[0][-1] for name in loads} == {"9"}  # no completed job's checkpoint was read
+
+
+@pytest.fixture
+def server(spool: Spool) -> Iterator[Server]:
+    started = start_server(str(spool.root), env={"SPOOLBATCH_API_KEYS": KEY})
+    yield started
+    started.stop()
+
+
+@pytest.mark.slow
+def test_the_sdk_pages_on_after_the_clean_up_removed_its_cursor(spool: Spool, server: Server) -> None:
+    client = openai.OpenAI(base_url=server.base_url, api_key=KEY, max_retries=0, timeout=30)
+    jobs = finished(spool, 45)
+    upload = client.files.create(file=("in.jsonl", io.BytesIO(orjson.dumps(chat_line(1)) + b"\n")), purpose="batch")
+    newest = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
+                                   completion_window="24h").id
+    page = client.batches.list(limit=20)
+    assert [b.id for b in page.data] == [newest] + [f"batch_{j}" for j in reversed(jobs)][:19]
+    cursor = page.data[-1].id.removeprefix("batch_")
+    gone = {cursor, jobs[20], jobs[3]}
+    collect(spool, doomed(gone))  # between two pages: the cursor's own job goes, and one on each side
+    seen = [b.id for b in page.data]
+    while page.has_next_page():  # as the SDK's auto-pagination does: after=the last id it got
+        page = page.get_next_page()
+        seen += [b.id for b in page.data]
+    assert seen == [newest] + [f"batch_{j}" for j in reversed(jobs) if j not in gone or j == cursor]
+
+
+def test_claiming_one_file_of_thousands_reads_that_file_only(spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+    for k in range(3000):
+        path = spool.inbox / f"f{k:04d}.jsonl"
+        path.write_bytes(orjson.dumps(chat_line(k)) + b"\n")
+        os.utime(path, (NOW - 100, NOW - 100))
+    monkeypatch.setattr(layout, "INBOX_REUSE_SECONDS", 3600.0)  # however slow this machine is today
+    assert len(spool.inbox_entries()) == 3000
+    looked: list[Any] = []
+    real_scandir, real_lstat, real_stat = os.scandir, os.lstat, os.stat
+
+    def counted(real: Any) -> Any:
+        def call(path: Any, *args: Any, **kw: Any) -> Any:
+            if str(path).startswith(str(spool.inbox)):
+                looked.append(str(path))
+            return real(path, *args, **kw)
+        return call
+
+    monkeypatch.setattr(os, "scandir", counted(real_scandir))
+    monkeypatch.setattr(os, "lstat", counted(real_lstat))
+    monkeypatch.setattr(os, "stat", counted(real_stat))
+    claim, _ = spool.claim_inbox(2.0, now=NOW, only="f1234.jsonl")
+    assert claim is not None and claim.job == "f1234"
+    claim.release()
+    assert spool.input("f1234").exists() and not (spool.inbox / "f1234.jsonl").exists()
+    assert {p for p in looked} <= {str(spool.inbox), str(spool.inbox / "f1234.jsonl")}, looked[:5]
+    assert len(looked) < 10
+    # The listing was kept: read again only when the inbox changed, and this process's own claim is
+    # no change to read (the listing drops what it moved out).
+    looked.clear()
+    entries = spool.inbox_entries()
+    assert len(entries) == 2999 and "f1234.jsonl" not in {e.name for e in entries}
+    assert looked == [str(spool.inbox)]  # one stat of the folder
+    (spool.inbox / "new.jsonl").write_bytes(b"{}\n")  # another writer's file: listed at once
+    assert len(spool.inbox_entries()) == 3000
