@@ -34,11 +34,12 @@ from common import save, table  # noqa: E402
 
 from spoolbatch.server import page as assets  # noqa: E402
 from spoolbatch.store.checkpoint import Checkpoint  # noqa: E402
+from spoolbatch.store.heartbeat_record import Heartbeat  # noqa: E402
 from spoolbatch.store.joblog import JobEvent  # noqa: E402
 from spoolbatch.store.jobstate import JobState  # noqa: E402
 from spoolbatch.store.spool import Spool  # noqa: E402
 from spoolbatch.worker.gpuhistory import GpuHistoryWriter  # noqa: E402
-from spoolbatch.worker.heartbeat import Heartbeat  # noqa: E402
+from spoolbatch.worker.heartbeat import HeartbeatWriter  # noqa: E402
 from tests.browser import Browser  # noqa: E402
 from tests.conftest import chat_line, daemon_cmd, drop, wait_for  # noqa: E402
 from tests.serving import start_server  # noqa: E402
@@ -66,9 +67,9 @@ def big_job(spool: Spool, chunks: int = 10_000) -> None:
                busy_seconds=2.8 * chunks).save(spool.checkpoint("big"))
 
 
-def gpu_history(spool: Spool) -> Heartbeat:
+def gpu_history(spool: Spool) -> HeartbeatWriter:
     """A heartbeat of this process with three hours of fake readings of one 16 GB card behind it."""
-    beat = Heartbeat(spool, 30.0)
+    beat = HeartbeatWriter(spool, 30.0)
     now = time.time()
     writer = GpuHistoryWriter(spool.gpu_history(beat.id), clock=lambda: now)
     for k in range(3 * 3600 // 10):
@@ -79,7 +80,7 @@ def gpu_history(spool: Spool) -> Heartbeat:
         gpu = {"available": True, "reason": None, "devices": [{"index": 0, "name": "NVIDIA A4000 16GB",
                "memory_used": int(mem / 100 * 16 * 2**30), "memory_total": 16 * 2**30, "memory_pct": round(mem, 1),
                "temperature_c": int(temp), "utilization_pct": 97}]}
-        writer.record({"gpu": gpu, "gpu_read_at": t})
+        writer.record(Heartbeat(gpu=gpu, gpu_read_at=t))
         beat.update(gpu=gpu, gpu_read_at=t, state="working", engine="vllm", model="google/gemma-3-4b-it",
                     gpu_limits={"memory_pct": 95.0, "temperature_c": 85.0})
     beat.gpu_history.min_spacing = 1e9  # the readings above are all it shows

@@ -20,6 +20,7 @@ from spoolbatch.config import Config, load_config
 from spoolbatch.errors import SpoolFormatError
 from spoolbatch.store import formatversion
 from spoolbatch.store.checkpoint import Checkpoint
+from spoolbatch.store.heartbeat_record import WorkerState
 from spoolbatch.store.joblog import DaemonEvent
 from spoolbatch.store.spool import Spool
 from spoolbatch.worker.daemon import Daemon
@@ -38,8 +39,8 @@ def test_the_daemon_waits_while_the_disk_is_low_and_resumes(spool: Spool, config
     thread.start()
     try:
         drop(spool, "job.jsonl", [chat_line(i) for i in range(30)])
-        beat = wait_for(lambda: (b := daemon.heartbeat.snapshot()).get("state") == "waiting" and b)
-        assert beat["disk"] == {"free_bytes": 50 * MB, "needed_bytes": 100 * MB, "low": True}
+        beat = wait_for(lambda: (b := daemon.heartbeat.snapshot()).state == WorkerState.WAITING and b)
+        assert beat.disk == {"free_bytes": 50 * MB, "needed_bytes": 100 * MB, "low": True}
         assert not spool.checkpoint("job").exists()  # nothing claimed, nothing written
         path = spool.worker_metrics(daemon.heartbeat.id)  # written by the heartbeat thread, maybe not yet
         wait_for(lambda: path.exists() and b"spoolbatch_disk_low{" in path.read_bytes())
@@ -57,7 +58,7 @@ def test_the_daemon_waits_while_the_disk_is_low_and_resumes(spool: Spool, config
     low, back = events
     assert (low["free_bytes"], low["needed_bytes"], back["free_bytes"]) == (50 * MB, 100 * MB, 10_000 * MB)
     assert low["worker"] == back["worker"] == daemon.heartbeat.id
-    assert daemon.heartbeat.snapshot()["disk"]["low"] is False
+    assert (daemon.heartbeat.snapshot().disk or {})["low"] is False
 
 
 def test_the_estimate_is_the_jobs_bytes_per_result_times_the_chunk(spool: Spool, config: Config) -> None:

@@ -12,12 +12,13 @@ import orjson
 from spoolbatch.commands.gc import gc
 from spoolbatch.config import Config
 from spoolbatch.store.gpuhistory import KEEP_SECONDS, RAW_SECONDS, CardReading, Reading, read_history, thin
+from spoolbatch.store.heartbeat_record import Heartbeat
 from spoolbatch.store.removal import Kind
 from spoolbatch.store.spool import Spool
 from spoolbatch.worker.gpu import GpuMonitor
 from spoolbatch.worker.gpuguard import GpuGuard
 from spoolbatch.worker.gpuhistory import GpuHistoryWriter
-from spoolbatch.worker.heartbeat import Heartbeat
+from spoolbatch.worker.heartbeat import HeartbeatWriter
 
 from .fakes import GIB, FakeCard, FakeNvml
 
@@ -98,10 +99,10 @@ def test_the_writer_stays_small_with_eight_cards_over_thirty_hours(tmp_path: os.
     written = beats = 0
     while clock[0] < NOW:
         clock[0] += 2.0 if clock[0] > NOW - HOUR else 30.0  # every beat for the last hour: what the tiers keep
-        written += writer.record({"gpu": gpu, "gpu_read_at": clock[0]})
+        written += writer.record(Heartbeat(gpu=gpu, gpu_read_at=clock[0]))
         beats += 1
-        writer.record({"gpu": gpu, "gpu_read_at": clock[0]})  # the same reading again: not written twice
-        writer.record({"gpu": gpu, "gpu_read_at": clock[0] + 0.5})  # closer than MIN_SPACING: not written
+        writer.record(Heartbeat(gpu=gpu, gpu_read_at=clock[0]))  # the same reading again: not written twice
+        writer.record(Heartbeat(gpu=gpu, gpu_read_at=clock[0] + 0.5))  # closer than MIN_SPACING: not written
         if written % 97 == 0:
             biggest = max(biggest, os.path.getsize(path))
     assert written == beats > 5000
@@ -115,14 +116,14 @@ def test_the_writer_stays_small_with_eight_cards_over_thirty_hours(tmp_path: os.
 def test_no_card_no_history(tmp_path: os.PathLike[str]) -> None:
     path = tmp_path / "w.gpu.jsonl"  # type: ignore[operator]
     writer = GpuHistoryWriter(path)
-    assert not writer.record({"gpu": {"available": False, "reason": "no GPU", "devices": []}, "gpu_read_at": NOW})
-    assert not writer.record({"gpu": None})
+    assert not writer.record(Heartbeat(gpu={"available": False, "reason": "no GPU", "devices": []}, gpu_read_at=NOW))
+    assert not writer.record(Heartbeat())
     assert not path.exists()
 
 
 def test_the_heartbeat_records_the_guards_readings_and_carries_the_gates_limits(spool: Spool, config: Config) -> None:
     card = FakeCard(used=12 * GIB, total=16 * GIB, temperature=70)
-    beat = Heartbeat(spool, 0.1)
+    beat = HeartbeatWriter(spool, 0.1)
     beat.gpu_history.min_spacing = 0.0
     GpuGuard(GpuMonitor(FakeNvml([card]), env={}), config, beat, threading.Event())
     beat.write()  # no reading yet: the hook reads after this beat

@@ -130,13 +130,15 @@ def test_read_commands_never_import_vllm_or_torch(spool: Spool, start_daemon: An
 def test_eta_is_shared_among_the_alive_workers_of_a_job() -> None:
     from spoolbatch.commands.catalog import JobInfo
     from spoolbatch.commands.status import with_workers
+    from spoolbatch.store.heartbeat_record import Heartbeat
     from spoolbatch.store.jobstate import JobState
+    from spoolbatch.store.liveness import Liveness, SeenWorker
 
     jobs = [JobInfo("big", JobState.RUNNING, eta_seconds=600.0), JobInfo("small", JobState.RUNNING, eta_seconds=60.0),
             JobInfo("idle", JobState.QUEUED)]
-    workers = [{"liveness": "alive", "job": "big"}, {"liveness": "alive", "job": "big"},
-               {"liveness": "dead", "job": "big"}, {"liveness": "alive", "job": "small"},
-               {"liveness": "alive", "job": None}]
+    workers = [SeenWorker(Heartbeat(job=job), liveness, 0.0) for liveness, job in (
+        (Liveness.ALIVE, "big"), (Liveness.ALIVE, "big"), (Liveness.DEAD, "big"), (Liveness.ALIVE, "small"),
+        (Liveness.ALIVE, None))]
     big, small, idle = with_workers(jobs, workers)
     assert (big.workers, big.eta_seconds) == (2, 300.0), "two alive workers: half the time left"
     assert (small.workers, small.eta_seconds) == (1, 60.0)

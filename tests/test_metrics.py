@@ -10,6 +10,7 @@ import pytest
 from prometheus_client import parser  # the test extra, not a runtime dependency
 
 from spoolbatch.errors import DiskFull
+from spoolbatch.store.heartbeat_record import Heartbeat
 from spoolbatch.worker.gpu import GpuDevice
 from spoolbatch.worker.metrics import MetricsSample, escape_label, render, write_metrics
 
@@ -133,7 +134,7 @@ def test_the_metrics_file_agrees_with_the_spool_right_after_a_job_completes(tmp_
     drop(spool, "first.jsonl", [chat_line(i) for i in range(25)])
     drop(spool, "second.jsonl", [chat_line(i) for i in range(5)])
     daemon = Daemon(config, echo=False)
-    daemon.totals.sample(spool, {})  # the 30 s job count is fresh: only a state change may recount it
+    daemon.totals.sample(spool, Heartbeat())  # the 30 s job count is fresh: only a state change may recount it
     path = spool.worker_metrics(daemon.heartbeat.id)
 
     def jobs() -> dict[str, float]:

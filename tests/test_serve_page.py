@@ -27,7 +27,7 @@ from spoolbatch.store.jobstate import JobState
 from spoolbatch.store.spool import Spool
 from spoolbatch.worker.gpu import GpuMonitor
 from spoolbatch.worker.gpuguard import GpuGuard
-from spoolbatch.worker.heartbeat import Heartbeat
+from spoolbatch.worker.heartbeat import HeartbeatWriter
 from tests.browser import CHROMIUM, Browser
 from tests.conftest import chat_line, drop, wait_for, write_jsonl
 from tests.fakes import GIB, FakeCard, FakeNvml
@@ -162,7 +162,7 @@ def test_submit_from_the_page_shows_a_bad_line_then_runs_a_good_file_and_its_pag
 def test_a_gpu_chart_draws_a_recorded_history_against_the_gates_limits(spool: Spool, config: Config,
                                                                        tmp_path: Path) -> None:
     card = FakeCard(used=4 * GIB, total=16 * GIB, temperature=50)
-    beat = Heartbeat(spool, 5.0)  # alive for 16 s, then stale: the page charts it either way
+    beat = HeartbeatWriter(spool, 5.0)  # alive for 16 s, then stale: the page charts it either way
     beat.gpu_history.min_spacing = 0.0
     guard = GpuGuard(GpuMonitor(FakeNvml([card]), env={}), config, beat, threading.Event())
     for i in range(12):  # a card filling up and warming, read beat by beat

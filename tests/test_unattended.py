@@ -17,6 +17,7 @@ import pytest
 from spoolbatch.config import Config
 from spoolbatch.store.checkpoint import Checkpoint
 from spoolbatch.store.fsutil import AppendFile
+from spoolbatch.store.heartbeat_record import Heartbeat, WorkerState
 from spoolbatch.store.joblog import DaemonEvent
 from spoolbatch.store.jobstate import JobState
 from spoolbatch.store.spool import Spool
@@ -35,7 +36,7 @@ class Running:
         self.thread = threading.Thread(target=daemon.run, daemon=True)
         self.thread.start()
 
-    def beat(self) -> dict:
+    def beat(self) -> Heartbeat:
         return self.daemon.heartbeat.snapshot()
 
     def stop(self) -> None:
@@ -63,8 +64,8 @@ def test_hot_card_holds_chunks_until_it_cools(spool: Spool, config: Config, runn
     run = Running(Daemon(config, gpu=GpuMonitor(FakeNvml([card]), env={}), echo=False))
     running.append(run)
     drop(spool, "job.jsonl", [chat_line(i) for i in range(30)])
-    beat = wait_for(lambda: run.beat() if run.beat().get("state") == "waiting" else None, timeout=20)
-    assert "temperature 91°C > 85°C" in beat["reason"]
+    beat = wait_for(lambda: run.beat() if run.beat().state == WorkerState.WAITING else None, timeout=20)
+    assert "temperature 91°C > 85°C" in (beat.reason or "")
     assert not spool.results("job").exists() or spool.results("job").stat().st_size == 0
     card.temperature = 60
     wait_for(lambda: done(spool, "job"), timeout=20)
@@ -72,7 +73,7 @@ def test_hot_card_holds_chunks_until_it_cools(spool: Spool, config: Config, runn
     # One wait for the one reason, then the recovery: events of this worker, read as fields.
     events = daemon_events(spool)
     assert [e["event"] for e in events] == [DaemonEvent.GPU_WAIT, DaemonEvent.GPU_RECOVERED]
-    assert events[0]["reason"] == beat["reason"] and {e["worker"] for e in events} == {run.daemon.heartbeat.id}
+    assert events[0]["reason"] == beat.reason and {e["worker"] for e in events} == {run.daemon.heartbeat.id}
 
 
 def test_full_card_waits_then_chunks_shrink_with_memory_pressure(spool: Spool, config: Config,
@@ -82,14 +83,14 @@ def test_full_card_waits_then_chunks_shrink_with_memory_pressure(spool: Spool, c
     run = Running(Daemon(cfg, gpu=GpuMonitor(FakeNvml([card]), env={}), echo=False))
     running.append(run)
     drop(spool, "job.jsonl", [chat_line(i) for i in range(100)])
-    beat = wait_for(lambda: run.beat() if run.beat().get("state") == "waiting" else None, timeout=20)
-    assert "memory 96.9% > 95%" in beat["reason"] and beat["gpu"]["devices"][0]["memory_pct"] > 95
+    beat = wait_for(lambda: run.beat() if run.beat().state == WorkerState.WAITING else None, timeout=20)
+    assert "memory 96.9% > 95%" in (beat.reason or "") and (beat.gpu or {})["devices"][0]["memory_pct"] > 95
     card.used = int(0.8 * 16 * GIB)  # 80% used: 100 - 90 * (80 - 50) / 40 = 32 per chunk
     wait_for(lambda: done(spool, "job"), timeout=20)
     assert_exactly_once(spool, "job", {f"req-{i}" for i in range(100)})
     ckpt = Checkpoint.load(spool.checkpoint("job"))
     assert ckpt is not None and ckpt.chunks == 4
-    assert run.beat()["chunk_size"] == 32
+    assert run.beat().chunk_size == 32
 
 
 def test_engine_that_dies_is_rebuilt_and_nothing_is_lost(spool: Spool, config: Config) -> None:
@@ -123,8 +124,8 @@ def test_full_disk_pauses_the_job_and_loses_nothing(spool: Spool, config: Config
     run = Running(Daemon(cfg, gpu=GpuMonitor(FakeNvml([]), env={}), echo=False))
     running.append(run)
     drop(spool, "job.jsonl", [chat_line(i) for i in range(30)])
-    beat = wait_for(lambda: run.beat() if "disk full" in (run.beat().get("reason") or "") else None, timeout=20)
-    assert beat["state"] == "waiting"
+    beat = wait_for(lambda: run.beat() if "disk full" in (run.beat().reason or "") else None, timeout=20)
+    assert beat.state == WorkerState.WAITING
     assert orjson.loads(spool.checkpoint("job").read_bytes())["results_bytes"] == 0
     state["full"] = False
     wait_for(lambda: done(spool, "job"), timeout=20)

@@ -15,6 +15,7 @@ from spoolbatch.errors import ConfigError
 if TYPE_CHECKING:
     from spoolbatch.cli.live import RunProgress
     from spoolbatch.store.checkpoint import Checkpoint
+    from spoolbatch.store.heartbeat_record import Heartbeat
     from spoolbatch.worker.daemon import Daemon
 
 
@@ -81,6 +82,7 @@ def run(
 def run_bars(daemon: Daemon) -> Iterator[RunProgress]:
     """A progress bar per job on stderr while ``daemon`` runs, and its waiting reasons as lines."""
     from spoolbatch.cli.live import RunProgress
+    from spoolbatch.store.heartbeat_record import WorkerState
 
     bars = RunProgress(console=err)
     said: list[str | None] = [None]
@@ -92,8 +94,8 @@ def run_bars(daemon: Daemon) -> Iterator[RunProgress]:
                     tokens_per_second=last["completion_tokens"] / seconds if last and seconds else None,
                     eta_seconds=ckpt.eta_seconds())
 
-    def on_beat(beat: dict[str, Any]) -> None:
-        reason = beat.get("reason") if beat.get("state") == "waiting" else None
+    def on_beat(beat: Heartbeat) -> None:
+        reason = beat.reason if beat.state == WorkerState.WAITING else None
         if reason and reason != said[0]:
             bars.progress.console.print(f"[bold yellow]waiting:[/] {reason}", highlight=False)
         said[0] = reason

@@ -20,7 +20,9 @@ from rich.text import Text
 
 from spoolbatch.cli.tables import Col, FitTable
 from spoolbatch.cli.units import duration
+from spoolbatch.store.heartbeat_record import WorkerState
 from spoolbatch.store.jobstate import JobState
+from spoolbatch.store.liveness import Liveness, SeenWorker
 
 # Jobs the live view lists, running ones first; finished ones beyond this are counted, not shown.
 MAX_FINISHED_SHOWN = 8
@@ -30,7 +32,7 @@ _STATE_STYLE: dict[str, str] = {
     JobState.RUNNING: "green", JobState.INTERRUPTED: "yellow", JobState.CLAIMED: "cyan", JobState.QUEUED: "cyan",
     JobState.COMPLETED: "green", JobState.FAILED: "red", JobState.REJECTED: "red", JobState.EXPIRED: "yellow",
     JobState.CANCELLED: "yellow", JobState.MISSING: "red"}
-_LIVENESS_STYLE = {"alive": "green", "stale": "yellow", "dead": "red", "stopped": "dim"}
+_LIVENESS_STYLE = {Liveness.ALIVE: "green", Liveness.STALE: "yellow", Liveness.DEAD: "red", Liveness.STOPPED: "dim"}
 _PLAIN: dict[str, Any] = dict(box=None, show_header=True, header_style="bold", pad_edge=False)
 # A narrow terminal loses the bar first, then tok/s...; job, status and the percentage always stay.
 _JOB_COLS = (Col("job"), Col("status"), Col("progress", drop=8), Col("", right=True), Col("lines", right=True, drop=5),
@@ -52,7 +54,7 @@ def _rate(value: float | None, unit: str = "") -> str:
     return (f"{value:,.1f}" if value < 100 else f"{value:,.0f}") + (f" {unit}" if unit else "")
 
 
-def job_rates(job: dict[str, Any], workers: list[dict[str, Any]]) -> tuple[float | None, float | None]:
+def job_rates(job: dict[str, Any], workers: list[SeenWorker]) -> tuple[float | None, float | None]:
     """(requests/s, tokens/s) of a job: its alive workers' last chunks added up, else its own average.
 
     The heartbeat's ``last_chunk`` is the freshest figure; a job nobody works on right now falls
@@ -61,8 +63,8 @@ def job_rates(job: dict[str, Any], workers: list[dict[str, Any]]) -> tuple[float
     rps = tps = 0.0
     found = False
     for w in workers:
-        last = w.get("last_chunk") or {}
-        if w.get("liveness") != "alive" or w.get("job") != job["job"] or not last.get("seconds"):
+        last = w.beat.last_chunk or {}
+        if w.liveness != Liveness.ALIVE or w.beat.job != job["job"] or not last.get("seconds"):
             continue
         found = True
         rps += last.get("requests_per_second") or last.get("requests", 0) / last["seconds"]
@@ -88,8 +90,8 @@ def _gauge(value: float | None, limit: float, text: str, width: int = BAR_WIDTH)
     return grid
 
 
-def _workers(data: dict[str, Any], limits: Limits) -> list[RenderableType]:
-    if not data["workers"]:
+def _workers(workers: list[SeenWorker], limits: Limits) -> list[RenderableType]:
+    if not workers:
         return [Text("workers: none has run on this spool", style="yellow")]
     cols = (Col("worker"), Col("liveness"), Col("state"), Col("doing", fold=True), Col("seen", right=True, drop=1))
     rows: list[tuple[RenderableType, ...]] = []
@@ -98,26 +100,25 @@ def _workers(data: dict[str, Any], limits: Limits) -> list[RenderableType]:
                 f"temperature (gate at {limits.temperature_c:g}°C)", "busy"):
         gpus.add_column(col)
     any_gpu = False
-    for w in data["workers"]:
-        live = w.get("liveness", "?")
-        state = w.get("state") or "-"
+    for seen in workers:
+        w, live, state = seen.beat, seen.liveness, seen.beat.state
         doing: Text
-        if w.get("reason"):  # a waiting worker says why: the line a person must not miss
-            doing = Text(f"waiting: {w['reason']}" if state == "waiting" else str(w["reason"]),
+        if w.reason:  # a waiting worker says why: the line a person must not miss
+            doing = Text(f"waiting: {w.reason}" if state == WorkerState.WAITING else w.reason,
                          style="bold black on yellow")
-        elif w.get("job"):
-            span = w.get("chunk_lines")
-            doing = Text(f"job {w['job']} chunk {w.get('chunk')}"
+        elif w.job:
+            span = w.chunk_lines
+            doing = Text(f"job {w.job} chunk {w.chunk}"
                          + (f" (lines {span[0]:,}-{span[1]:,})" if span else ""))
         else:
             doing = Text("-", style="dim")
-        if w.get("cuda_visible_devices"):
-            doing = Text.assemble(f"[GPU {w['cuda_visible_devices']}] ", doing)
-        rows.append((str(w.get("worker")), Text(live, style=_LIVENESS_STYLE.get(live, "")),
-                     Text(state, style="bold yellow" if state == "waiting" else ""), doing,
-                     f"{w.get('age_seconds', 0)}s ago"))
-        gpu = w.get("gpu") or {}
-        if live in ("alive", "stale"):
+        if w.cuda_visible_devices:
+            doing = Text.assemble(f"[GPU {w.cuda_visible_devices}] ", doing)
+        rows.append((w.worker, Text(live.value, style=_LIVENESS_STYLE.get(live, "")),
+                     Text(state.value, style="bold yellow" if state == WorkerState.WAITING else ""), doing,
+                     f"{seen.age_seconds}s ago"))
+        gpu = w.gpu or {}
+        if live in (Liveness.ALIVE, Liveness.STALE):
             for d in gpu.get("devices") or []:
                 any_gpu = True
                 temp = d.get("temperature_c")
@@ -132,7 +133,7 @@ def _workers(data: dict[str, Any], limits: Limits) -> list[RenderableType]:
     return parts
 
 
-def _jobs(data: dict[str, Any], now: float) -> list[RenderableType]:
+def _jobs(data: dict[str, Any], workers: list[SeenWorker], now: float) -> list[RenderableType]:
     jobs = data["jobs"]
     active = [j for j in jobs if j["status"] in _ACTIVE]
     queued = [j for j in jobs if j["status"] == JobState.QUEUED]
@@ -145,7 +146,7 @@ def _jobs(data: dict[str, Any], now: float) -> list[RenderableType]:
         running = j["status"] in _ACTIVE
         bar: RenderableType = ProgressBar(total=1.0, completed=j.get("progress", 0.0), width=BAR_WIDTH) if running \
             else Text("")
-        rps, tps = job_rates(j, data["workers"]) if running else (None, None)
+        rps, tps = job_rates(j, workers) if running else (None, None)
         started = j.get("started_at")
         elapsed = (now if running else (j.get("updated_at") or now)) - started if started else None
         total = j.get("total_lines") or 0
@@ -169,11 +170,12 @@ def live_view(data: dict[str, Any], limits: Limits | None = None, *, now: float 
     now = time.time() if now is None else now
     limits = limits or Limits()
     queue = data.get("queue", {}).get("jobs", 0)
-    alive = sum(1 for w in data["workers"] if w.get("liveness") == "alive")
+    workers = [SeenWorker.from_dict(w) for w in data["workers"]]
+    alive = sum(1 for w in workers if w.liveness == Liveness.ALIVE)
     head = Text.assemble(("spoolbatch ", "bold"), f"spool {data['spool']}  ·  ",
                          (f"{alive} worker(s) alive", "green" if alive else "red"),
                          f"  ·  queue: {queue} job(s) waiting  ·  {time.strftime('%H:%M:%S', time.localtime(now))}")
-    parts: list[RenderableType] = [head, *_workers(data, limits), *_jobs(data, now)]
+    parts: list[RenderableType] = [head, *_workers(workers, limits), *_jobs(data, workers, now)]
     if footer:
         parts.append(Text(footer, style="dim"))
     return Group(*parts)

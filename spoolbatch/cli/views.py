@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from spoolbatch.cli.tables import Col, FitTable
 from spoolbatch.cli.units import duration, size
 from spoolbatch.store.jobstate import JobState
+from spoolbatch.store.liveness import SeenWorker
 
 if TYPE_CHECKING:
     from spoolbatch.commands.catalog import GroupInfo
@@ -54,21 +55,22 @@ def status_lines(data: dict[str, Any]) -> list[Any]:
     lines: list[Any] = []
     if not data["workers"]:
         lines.append("workers: none has run on this spool")
-    for w in data["workers"]:
-        gpu = w.get("gpu") or {}
-        span = w.get("chunk_lines")
-        where = f" job {w['job']} chunk {w.get('chunk')}" + (f" (lines {span[0]:,}-{span[1]:,})" if span else "") \
-            if w.get("job") else ""
-        if w.get("cuda_visible_devices"):
-            where = f" [GPU {w['cuda_visible_devices']}]" + where
-        reason = f" ({w['reason']})" if w.get("reason") else ""
-        if (why := w.get("scheduled")) and w.get("job"):  # why the worker took this job (worker/schedule.py)
+    for seen in map(SeenWorker.from_dict, data["workers"]):
+        w = seen.beat
+        gpu = w.gpu or {}
+        span = w.chunk_lines
+        where = f" job {w.job} chunk {w.chunk}" + (f" (lines {span[0]:,}-{span[1]:,})" if span else "") \
+            if w.job else ""
+        if w.cuda_visible_devices:
+            where = f" [GPU {w.cuda_visible_devices}]" + where
+        reason = f" ({w.reason})" if w.reason else ""
+        if (why := w.scheduled) and w.job:  # why the worker took this job (worker/schedule.py)
             said = why["reason"] if why["reason"].startswith("priority") else \
                 f"priority {why['effective_priority']}: {why['reason']}"
             reason += f" [{said}]"
-        state = "" if w.get("state") == w["liveness"] else f", {w.get('state')}"
-        lines.append(f"worker {w['worker']}: {w['liveness']}{state}{where}{reason}, "
-                     f"last seen {w['age_seconds']}s ago")
+        state = "" if w.state == seen.liveness else f", {w.state}"
+        lines.append(f"worker {w.worker}: {seen.liveness}{state}{where}{reason}, "
+                     f"last seen {seen.age_seconds}s ago")
         if gpu.get("devices"):
             for d in gpu["devices"]:
                 lines.append(f"  GPU {d['index']} {d.get('name', '')}: memory {d['memory_pct']:.1f}%, "

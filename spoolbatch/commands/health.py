@@ -19,16 +19,15 @@ def health(spool: Spool, now: float | None = None) -> dict[str, Any]:
     workers = read_workers(spool, now)
     counts = {state.value: 0 for state in Liveness}
     for w in workers:
-        counts[w["liveness"]] = counts.get(w["liveness"], 0) + 1
-    gpus = [{"worker": w["worker"], **(w.get("gpu") or {})} for w in workers
-            if w["liveness"] == Liveness.ALIVE.value and w.get("gpu")]
+        counts[w.liveness.value] += 1
+    gpus = [{"worker": w.beat.worker, **w.beat.gpu} for w in workers if w.liveness == Liveness.ALIVE and w.beat.gpu]
     return {"status": "ok" if counts[Liveness.ALIVE.value] else "no_worker", "workers": counts, "gpu": gpus,
             "queue": {"jobs": len(spool.inbox_entries())}, "time": int(now)}
 
 
 def models(spool: Spool, configured: str | None = None) -> list[str]:
     """The models the alive workers have loaded, and the configured one, sorted."""
-    names = {w["model"] for w in read_workers(spool) if w["liveness"] == Liveness.ALIVE.value and w.get("model")}
+    names = {w.beat.model for w in read_workers(spool) if w.liveness == Liveness.ALIVE and w.beat.model}
     if configured:
         names.add(configured)
     return sorted(names)

@@ -15,7 +15,7 @@ from spoolbatch.commands.catalog import JobInfo, in_project, list_jobs
 from spoolbatch.commands.usage import UsageRow, recent_usage
 from spoolbatch.store.diskspace import DiskUsage, spool_usage
 from spoolbatch.store.jobstate import JobState
-from spoolbatch.store.liveness import Liveness, liveness, pid_exists, read_workers
+from spoolbatch.store.liveness import Liveness, SeenWorker, liveness, pid_exists, read_workers
 from spoolbatch.store.spool import Spool
 
 __all__ = ["Liveness", "SpoolStatus", "jobs_now", "liveness", "pid_exists", "read_workers", "status", "with_workers"]
@@ -26,7 +26,7 @@ class SpoolStatus:
     """Everything `status` shows."""
 
     spool: str
-    workers: list[dict[str, Any]]
+    workers: list[SeenWorker]
     jobs: list[JobInfo]
     disk: DiskUsage | None = None
     usage: list[UsageRow] = dataclasses.field(default_factory=list)  # per project and UTC day
@@ -34,14 +34,14 @@ class SpoolStatus:
     @property
     def alive(self) -> bool:
         """True when at least one worker is alive."""
-        return any(w["liveness"] == Liveness.ALIVE.value for w in self.workers)
+        return any(w.liveness == Liveness.ALIVE for w in self.workers)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON for `status --json`."""
         counts: dict[str, int] = {}
         for j in self.jobs:
             counts[j.status.value] = counts.get(j.status.value, 0) + 1
-        return {"spool": self.spool, "alive": self.alive, "workers": self.workers,
+        return {"spool": self.spool, "alive": self.alive, "workers": [w.to_dict() for w in self.workers],
                 "queue": {"jobs": counts.get(JobState.QUEUED.value, 0), "by_status": counts},
                 "jobs": [j.to_dict() for j in self.jobs], "disk": self.disk.to_dict() if self.disk else None,
                 "usage": [u.to_dict() for u in self.usage]}
@@ -69,11 +69,13 @@ def status(spool: Spool, job: str | None = None, project: str | None = None) -> 
 
 # What a heartbeat says about the job its worker answers.
 JOB_FIELDS = ("job", "chunk", "chunk_lines", "progress", "model", "last_chunk", "scheduled", "reason")
+_BLANK: dict[str, Any] = dict.fromkeys(JOB_FIELDS)
 
 
-def hide_other_jobs(workers: list[dict[str, Any]], visible: set[str]) -> list[dict[str, Any]]:
+def hide_other_jobs(workers: list[SeenWorker], visible: set[str]) -> list[SeenWorker]:
     """The workers with what they say of a job outside ``visible`` blanked (its id, progress, model)."""
-    return [w if not w.get("job") or w["job"] in visible else w | dict.fromkeys(JOB_FIELDS) for w in workers]
+    return [w if not w.beat.job or w.beat.job in visible
+            else dataclasses.replace(w, beat=dataclasses.replace(w.beat, **_BLANK)) for w in workers]
 
 
 def jobs_now(spool: Spool, now: float | None = None) -> list[JobInfo]:
@@ -81,7 +83,7 @@ def jobs_now(spool: Spool, now: float | None = None) -> list[JobInfo]:
     return jobs_by_clock(spool, list_jobs(spool), now)
 
 
-def with_workers(jobs: list[JobInfo], workers: list[dict[str, Any]]) -> list[JobInfo]:
+def with_workers(jobs: list[JobInfo], workers: list[SeenWorker]) -> list[JobInfo]:
     """Each job with the number of alive workers on it, its ETA divided among them.
 
     A job's rate is measured per worker (its busy seconds add up over every worker's
@@ -89,8 +91,8 @@ def with_workers(jobs: list[JobInfo], workers: list[dict[str, Any]]) -> list[Job
     """
     on: dict[str, int] = {}
     for w in workers:
-        if w["liveness"] == Liveness.ALIVE.value and w.get("job"):
-            on[w["job"]] = on.get(w["job"], 0) + 1
+        if w.liveness == Liveness.ALIVE and w.beat.job:
+            on[w.beat.job] = on.get(w.beat.job, 0) + 1
     out = []
     for j in jobs:
         n = on.get(j.job, 0)

@@ -22,10 +22,10 @@ def workers(spool: Spool, now: float | None = None, project: str | None = None) 
     beats = read_workers(spool, now)
     entries = spool.inbox_entries()
     if project is not None:
-        jobs = {w["job"] for w in beats if w.get("job")}
+        jobs = {w.beat.job for w in beats if w.beat.job}
         beats = hide_other_jobs(beats, {j for j in jobs if _project_of(spool, j) == project})
         entries = [e for e in entries if e.project == project]
-    return {"workers": beats, "queue": {"jobs": len(entries)}}
+    return {"workers": [w.to_dict() for w in beats], "queue": {"jobs": len(entries)}}
 
 
 def _project_of(spool: Spool, job: str) -> str | None:
@@ -57,7 +57,7 @@ def gpu_series(spool: Spool, worker: str, hours: float, now: float | None = None
 
 def gate_limits(spool: Spool, worker: str, default: dict[str, float]) -> dict[str, float]:
     """The gate's limits the worker runs with (its heartbeat says), else ``default`` (the server's configuration)."""
-    for beat in read_workers(spool):
-        if beat.get("worker") == worker and isinstance(beat.get("gpu_limits"), dict):
-            return {**default, **beat["gpu_limits"]}
+    for seen in read_workers(spool):
+        if seen.beat.worker == worker and seen.beat.gpu_limits is not None:
+            return {**default, **seen.beat.gpu_limits}
     return default

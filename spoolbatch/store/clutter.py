@@ -13,9 +13,8 @@ import os
 import stat
 from pathlib import Path
 
-import orjson
-
 from spoolbatch.store.fsutil import fsync_dir
+from spoolbatch.store.heartbeat_record import Heartbeat
 from spoolbatch.store.liveness import Liveness, liveness
 from spoolbatch.store.removal import Kind, Pass, measure, remove
 from spoolbatch.store.spool import Spool
@@ -28,10 +27,12 @@ def workers(p: Pass) -> None:
     beats = sp.names(sp.worker_file)
     for worker in beats:
         path = sp.worker_file(worker)
+        beat = Heartbeat.load(path)
+        if beat is None:
+            continue
         try:
-            beat = orjson.loads(path.read_bytes())
-            last = float(beat.get("last_seen") or path.stat().st_mtime)
-        except (OSError, orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+            last = beat.last_seen or path.stat().st_mtime
+        except OSError:
             continue
         if p.now - last <= grace or liveness(beat, p.now) not in (Liveness.DEAD, Liveness.STOPPED):
             continue
@@ -40,7 +41,7 @@ def workers(p: Pass) -> None:
         if not p.dry_run:
             for f in files:
                 remove(f)
-        p.add(Kind.WORKER, worker, n, size, str(beat.get("state") or ""))
+        p.add(Kind.WORKER, worker, n, size, beat.state.value)
     for path_of, what in ((sp.worker_metrics, "metrics only"), (sp.gpu_history, "GPU history only")):
         for worker in sp.names(path_of):  # a worker whose beat is gone
             path = path_of(worker)

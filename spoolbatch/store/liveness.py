@@ -1,4 +1,4 @@
-"""Is a worker alive? Judged from its heartbeat file in ``workers/``.
+"""Is a worker alive? Judged from its heartbeat file in ``workers/`` (a ``Heartbeat``).
 
 A worker is *alive* when its heartbeat is fresh (younger than three intervals) and, on
 this host, its pid still exists; *stale* when the beat is older but not yet dead-old; *dead*
@@ -9,15 +9,14 @@ files of workers dead (or stopped) for longer than a grace period.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import time
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-import orjson
-
+from spoolbatch.store.heartbeat_record import Heartbeat, WorkerState
 from spoolbatch.store.spool import Spool
 
 
@@ -41,14 +40,14 @@ def pid_exists(pid: int) -> bool:
     return True
 
 
-def liveness(beat: dict[str, Any], now: float | None = None) -> Liveness:
+def liveness(beat: Heartbeat, now: float | None = None) -> Liveness:
     """Judge one heartbeat; see the module docstring."""
     now = time.time() if now is None else now
-    if beat.get("state") == "stopped":
+    if beat.state == WorkerState.STOPPED:
         return Liveness.STOPPED
-    age = now - float(beat.get("last_seen") or 0)
-    interval = float(beat.get("interval") or 2.0)
-    if beat.get("host") == socket.gethostname() and not pid_exists(int(beat.get("pid") or 0)):
+    age = now - beat.last_seen
+    interval = beat.interval or 2.0
+    if beat.host == socket.gethostname() and not pid_exists(beat.pid):
         return Liveness.DEAD
     if age <= 3 * interval + 1:
         return Liveness.ALIVE
@@ -57,14 +56,33 @@ def liveness(beat: dict[str, Any], now: float | None = None) -> Liveness:
     return Liveness.DEAD
 
 
-def read_workers(spool: Spool, now: float | None = None) -> list[dict[str, Any]]:
-    """Every worker heartbeat of the spool, each with its judged liveness and age."""
+@dataclass(frozen=True, slots=True)
+class SeenWorker:
+    """A worker as its heartbeat shows it now: the beat, its judged liveness, and how old it is."""
+
+    beat: Heartbeat
+    liveness: Liveness
+    age_seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """The heartbeat's fields with ``liveness`` and ``age_seconds``: a worker of `status --json`."""
+        return {**self.beat.to_dict(), "liveness": self.liveness.value, "age_seconds": self.age_seconds}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SeenWorker:
+        """Read a worker of `status --json` back (what the CLI's views render)."""
+        beat = Heartbeat.from_dict({k: v for k, v in data.items() if k not in ("liveness", "age_seconds")})
+        age = data.get("age_seconds")
+        return cls(beat, Liveness(data.get("liveness") or Liveness.DEAD),
+                   float(age) if isinstance(age, int | float) else 0.0)
+
+
+def read_workers(spool: Spool, now: float | None = None) -> list[SeenWorker]:
+    """Every worker heartbeat of the spool (in file-name order), each with its judged liveness and age."""
     now = time.time() if now is None else now
     workers = []
-    for path in sorted(spool.workers.glob("*.json")):
-        with contextlib.suppress(OSError, orjson.JSONDecodeError):
-            beat = orjson.loads(path.read_bytes())
-            beat["liveness"] = liveness(beat, now).value
-            beat["age_seconds"] = round(now - float(beat.get("last_seen") or 0), 1)
-            workers.append(beat)
+    for name in spool.names(spool.worker_file):
+        beat = Heartbeat.load(spool.worker_file(name))
+        if beat is not None:
+            workers.append(SeenWorker(beat, liveness(beat, now), round(now - beat.last_seen, 1)))
     return workers

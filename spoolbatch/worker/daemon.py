@@ -30,6 +30,7 @@ from spoolbatch.errors import DiskFull
 from spoolbatch.notify import webhooks
 from spoolbatch.store.checkpoint import Checkpoint
 from spoolbatch.store.fsutil import is_disk_full
+from spoolbatch.store.heartbeat_record import Heartbeat
 from spoolbatch.store.joblog import JobEvent, JobLog
 from spoolbatch.store.jobstate import FINAL
 from spoolbatch.store.spool import InboxEntry, Spool
@@ -40,7 +41,7 @@ from spoolbatch.worker.diskguard import DiskGuard, Statvfs
 from spoolbatch.worker.executor import ChunkExecutor, describe
 from spoolbatch.worker.gpu import GpuMonitor
 from spoolbatch.worker.gpuguard import GpuGuard
-from spoolbatch.worker.heartbeat import Heartbeat
+from spoolbatch.worker.heartbeat import HeartbeatWriter
 from spoolbatch.worker.lifecycle import Lifecycle
 from spoolbatch.worker.maintenance import Maintenance
 from spoolbatch.worker.merge import Merger
@@ -74,7 +75,7 @@ class Daemon:
         self._stop = threading.Event()
         self._interrupts = 0
         self._handlers: dict[int, Any] = {}  # signal -> the handler install_signal_handlers replaced
-        self.heartbeat = Heartbeat(self.spool, config.heartbeat_interval, engine=config.engine,
+        self.heartbeat = HeartbeatWriter(self.spool, config.heartbeat_interval, engine=config.engine,
                                    chunk_size=config.chunk_size, poll_interval=config.poll_interval)
         self.log = JobLog(self._daemon_log_path(), echo=echo, max_bytes=config.log_max_bytes, keep=config.log_keep)
         # What this worker waits for or repairs beside any one job: named events in the daemon's log.
@@ -111,12 +112,12 @@ class Daemon:
         engine = self.executor.engine
         return self.config.gpu_memory_utilization * 100 if engine is not None and engine.name == "vllm" else 0.0
 
-    def _on_beat(self, beat: dict[str, object]) -> None:
+    def _on_beat(self, beat: Heartbeat) -> None:
         """Every heartbeat: feed the systemd watchdog and rewrite the metrics file."""
         sdnotify.watchdog()
         self._write_metrics(beat)
 
-    def _write_metrics(self, beat: dict[str, object] | None = None) -> None:
+    def _write_metrics(self, beat: Heartbeat | None = None) -> None:
         with self._metrics_lock:
             sample = self.totals.sample(self.spool, beat if beat is not None else self.heartbeat.snapshot())
             write_metrics(self.spool.worker_metrics(self.heartbeat.id), sample)

@@ -18,9 +18,10 @@ import threading
 from spoolbatch.config import Config
 from spoolbatch.store.checkpoint import Checkpoint
 from spoolbatch.store.diskspace import Statvfs, free_bytes
+from spoolbatch.store.heartbeat_record import WorkerState
 from spoolbatch.store.joblog import DaemonEvent, DaemonEvents
 from spoolbatch.store.spool import Spool
-from spoolbatch.worker.heartbeat import Heartbeat
+from spoolbatch.worker.heartbeat import HeartbeatWriter
 
 __all__ = ["DiskGuard", "Statvfs"]
 
@@ -28,7 +29,7 @@ __all__ = ["DiskGuard", "Statvfs"]
 class DiskGuard:
     """Reads the spool's free space and holds the daemon back while it is short."""
 
-    def __init__(self, spool: Spool, config: Config, heartbeat: Heartbeat, stop: threading.Event,
+    def __init__(self, spool: Spool, config: Config, heartbeat: HeartbeatWriter, stop: threading.Event,
                  events: DaemonEvents, statvfs: Statvfs = os.statvfs) -> None:
         self.spool = spool
         self.config = config
@@ -72,5 +73,5 @@ class DiskGuard:
             if not self.low:
                 self.low = True
                 self.events(DaemonEvent.DISK_LOW, free_bytes=free, needed_bytes=need)
-            self.heartbeat.update(state="waiting", reason=f"disk low: {free:,} bytes free, {need:,} needed")
+            self.heartbeat.update(state=WorkerState.WAITING, reason=f"disk low: {free:,} bytes free, {need:,} needed")
             self.stop.wait(self.config.poll_interval)

@@ -12,18 +12,18 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 from spoolbatch.config import Config
+from spoolbatch.store.heartbeat_record import Heartbeat, WorkerState
 from spoolbatch.store.joblog import DaemonEvent, DaemonEvents, no_events
 from spoolbatch.worker.gpu import GpuMonitor, GpuSnapshot, adaptive_chunk_size, gate
-from spoolbatch.worker.heartbeat import Heartbeat
+from spoolbatch.worker.heartbeat import HeartbeatWriter
 
 
 class GpuGuard:
     """Blocks before a chunk while the GPU is unsafe; returns the chunk size to use."""
 
-    def __init__(self, monitor: GpuMonitor, config: Config, heartbeat: Heartbeat, stop: threading.Event, *,
+    def __init__(self, monitor: GpuMonitor, config: Config, heartbeat: HeartbeatWriter, stop: threading.Event, *,
                  reserved_pct: Callable[[], float] = lambda: 0.0,
                  events: DaemonEvents = no_events) -> None:
         self.monitor = monitor
@@ -43,7 +43,7 @@ class GpuGuard:
         self.heartbeat.update(gpu=snapshot.to_dict(), gpu_read_at=round(self._read_at, 3))
         return snapshot
 
-    def _refresh(self, beat: dict[str, Any]) -> None:
+    def _refresh(self, beat: Heartbeat) -> None:
         """A heartbeat hook: read again once the last reading is a beat old."""
         if time.time() - self._read_at >= self.heartbeat.interval:
             self.read()
@@ -65,10 +65,10 @@ class GpuGuard:
             if reason != reason_logged:
                 self.events(DaemonEvent.GPU_WAIT, reason=reason)
                 reason_logged = reason
-            self.heartbeat.update(state="waiting", reason=reason)
+            self.heartbeat.update(state=WorkerState.WAITING, reason=reason)
             self.stop.wait(max(0.05, min(cfg.poll_interval, 10.0)))
         if reason_logged:
             self.events(DaemonEvent.GPU_RECOVERED)
         size = adaptive_chunk_size(snap, cfg.chunk_size, cfg.gpu_min_chunk, reserved_pct=self.reserved_pct())
-        self.heartbeat.update(state="working", reason=None, chunk_size=size)
+        self.heartbeat.update(state=WorkerState.WORKING, reason=None, chunk_size=size)
         return size

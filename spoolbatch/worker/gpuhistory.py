@@ -15,10 +15,10 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from spoolbatch.store.fsutil import atomic_write
 from spoolbatch.store.gpuhistory import Reading, encode, read_history, thin
+from spoolbatch.store.heartbeat_record import Heartbeat
 from spoolbatch.store.logfile import append_line
 
 MIN_SPACING = 2.0
@@ -39,10 +39,10 @@ class GpuHistoryWriter:
         self._appended = 0
         self._kept: list[Reading] | None = None  # what the file holds, once read (this worker is its one writer)
 
-    def record(self, beat: dict[str, Any]) -> bool:
+    def record(self, beat: Heartbeat) -> bool:
         """Append the heartbeat's GPU reading when it is new; True when one was written."""
-        at = beat.get("gpu_read_at")
-        reading = Reading.from_snapshot(float(at), beat.get("gpu")) if isinstance(at, (int, float)) else None
+        at = beat.gpu_read_at
+        reading = Reading.from_snapshot(at, beat.gpu) if at is not None else None
         if reading is None:
             return False
         with self._lock:

@@ -1,4 +1,5 @@
-"""The daemon's heartbeat: a JSON file rewritten every few seconds by a background thread.
+"""The daemon's heartbeat: a ``Heartbeat`` record (``store/heartbeat_record.py``) rewritten every few
+seconds by a background thread.
 
 Each daemon writes ``workers/HOST-PID.json``; the spool-level ``heartbeat`` file is the
 latest of them (last writer wins), as the README's spool table says. A thread writes even
@@ -8,17 +9,22 @@ while a chunk keeps the main loop busy, so a long chunk does not look like a dea
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from spoolbatch.store.fsutil import atomic_write
+from spoolbatch.store.heartbeat_record import Heartbeat, WorkerState
 from spoolbatch.store.spool import Spool
 from spoolbatch.worker.gpuhistory import GpuHistoryWriter
+
+_NAMES = frozenset(f.name for f in dataclasses.fields(Heartbeat)) - {"extra"}
 
 
 def worker_id() -> str:
@@ -26,41 +32,46 @@ def worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-class Heartbeat:
-    """Holds the daemon's current state and writes it out every ``interval`` seconds."""
+class HeartbeatWriter:
+    """Holds the daemon's current ``Heartbeat`` and writes it out every ``interval`` seconds."""
 
     def __init__(self, spool: Spool, interval: float, **fields: Any) -> None:
         self.spool = spool
         self.interval = max(0.1, interval)
         self.id = worker_id()
         self._lock = threading.Lock()
-        self._state: dict[str, Any] = {
-            "worker": self.id, "pid": os.getpid(), "host": socket.gethostname(), "state": "starting",
-            "reason": None, "job": None, "chunk": None, "progress": None, "started_at": time.time(),
-            "interval": self.interval, "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), **fields,
-        }
+        self._beat = Heartbeat(worker=self.id, pid=os.getpid(), host=socket.gethostname(), started_at=time.time(),
+                               interval=self.interval, cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
+        self._set(fields)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.on_beat: list[Any] = []
+        self.on_beat: list[Callable[[Heartbeat], Any]] = []
         self.gpu_history = GpuHistoryWriter(spool.gpu_history(self.id))  # the page's GPU charts
 
+    def _set(self, fields: dict[str, Any]) -> None:
+        unknown = fields.keys() - _NAMES
+        if unknown:
+            raise TypeError(f"a heartbeat has no field {', '.join(sorted(unknown))}")
+        for name, value in fields.items():
+            setattr(self._beat, name, WorkerState(value) if name == "state" else value)
+
     def update(self, **fields: Any) -> None:
-        """Change some fields and write soon."""
+        """Change some fields (a ``Heartbeat``'s, by name) and write soon."""
         with self._lock:
-            self._state.update(fields)
+            self._set(fields)
         self._wake.set()
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> Heartbeat:
         """A copy of the current state."""
         with self._lock:
-            return dict(self._state)
+            return dataclasses.replace(self._beat)
 
     def write(self) -> None:
         """Write the state now (best effort: a full disk must not kill the daemon)."""
         with self._lock:
-            self._state["last_seen"] = time.time()
-            data = orjson.dumps(self._state, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
+            self._beat.last_seen = time.time()
+            data = orjson.dumps(self._beat.to_dict(), option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
         for path in (self.spool.worker_file(self.id), self.spool.heartbeat):
             with contextlib.suppress(Exception):  # best effort: the next beat tries again
                 atomic_write(path, data, durable=False)
@@ -81,7 +92,7 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
         self._thread.start()
 
-    def stop(self, state: str = "stopped") -> None:
+    def stop(self, state: str = WorkerState.STOPPED) -> None:
         """Write a last beat with ``state`` and end the thread."""
         self._stop.set()
         self._wake.set()

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from spoolbatch.worker.metrics import MetricsSample
 
 if TYPE_CHECKING:
+    from spoolbatch.store.heartbeat_record import Heartbeat
     from spoolbatch.store.spool import Spool
     from spoolbatch.store.workarea import PartSummary
 
@@ -65,7 +66,7 @@ class Totals:
         """A job changed state: the next sample recounts the jobs instead of reusing the last count."""
         self._jobs_at = float("-inf")
 
-    def sample(self, spool: Spool, beat: dict[str, Any]) -> MetricsSample:
+    def sample(self, spool: Spool, beat: Heartbeat) -> MetricsSample:
         """A metrics sample from these counters, the spool's jobs and the heartbeat's GPU figures."""
         from spoolbatch.store.census import count_jobs
         from spoolbatch.worker.gpu import GpuDevice
@@ -73,9 +74,8 @@ class Totals:
         now = time.monotonic()
         if now - self._jobs_at >= JOB_COUNT_SECONDS:  # a directory scan: not on every beat
             self._jobs, self._jobs_at = {state.value: n for state, n in count_jobs(spool, self._census).items()}, now
-        gpu = beat.get("gpu") or {}
-        devices = [GpuDevice(**d) for d in gpu.get("devices", [])]
-        disk = beat.get("disk") or {}
+        devices = [GpuDevice(**d) for d in (beat.gpu or {}).get("devices", [])]
+        disk = beat.disk or {}
         return MetricsSample(jobs=self._jobs, requests_done_total=self.requests_done,
                              requests_failed_total=self.requests_failed,
                              prompt_tokens_total=self.prompt_tokens,
@@ -87,6 +87,6 @@ class Totals:
                              prefix_cache_queries_total=self.prefix_cache_queries or None,
                              prefix_cache_hits_total=self.prefix_cache_hits if self.prefix_cache_queries else None,
                              last_chunk_requests_per_second=self.last_rps, last_chunk_tokens_per_second=self.last_tps,
-                             chunk_size=beat.get("chunk_size"), heartbeat_timestamp=beat.get("last_seen"),
+                             chunk_size=beat.chunk_size, heartbeat_timestamp=beat.last_seen or None,
                              disk_free_bytes=disk.get("free_bytes"), disk_low=disk.get("low"),
-                             worker=str(beat.get("worker")))
+                             worker=beat.worker)
