@@ -149,3 +149,53 @@ def test_claiming_one_file_of_thousands_reads_that_file_only(spool: Spool, monke
     assert looked == [str(spool.inbox)]  # one stat of the folder
     (spool.inbox / "new.jsonl").write_bytes(b"{}\n")  # another writer's file: listed at once
     assert len(spool.inbox_entries()) == 3000
+
+
+def test_uploads_page_by_the_time_in_their_ids_and_past_a_deleted_cursor(spool: Spool) -> None:
+    from spoolbatch.commands.files import page_files
+    from spoolbatch.store import files as filestore
+
+    spool.ensure_api_dirs()
+    ids = []
+    for i in range(7):
+        record = filestore.FileRecord(filestore.new_file_id(NOW - 100 + i), f"f{i}.jsonl", 3, 1, "batch", NOW - 100 + i)
+        tmp = spool.files / f".upload.{i}.tmp"
+        tmp.write_bytes(b"{}\n")
+        filestore.commit(spool, tmp, record)
+        ids.append(record.id)
+    old = filestore.FileRecord("file-" + "ab" * 12, "old.jsonl", 3, 1, "batch", NOW - 1000)  # an older release's id
+    (spool.files / ".upload.old.tmp").write_bytes(b"{}\n")
+    filestore.commit(spool, spool.files / ".upload.old.tmp", old)
+    os.utime(spool.file_meta(old.id), (NOW - 1000, NOW - 1000))
+    newest = [*reversed(ids), old.id]
+    first, more = page_files(spool, limit=3)
+    assert [r.id for r in first] == newest[:3] and more
+    filestore.delete(spool, first[-1].id)  # the cursor's own file goes between two pages
+    rest, more = page_files(spool, limit=10, after=first[-1].id)
+    assert [r.id for r in rest] == newest[3:] and not more
+    assert page_files(spool, limit=10, after="file-" + "cd" * 12) == ([], False)  # unknown, no time in it
+
+
+def test_list_streams_every_job_newest_first_and_pages(spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from spoolbatch.cli import app as cli
+    from spoolbatch.cli import jobs as cli_jobs
+
+    jobs = finished(spool, 12)
+    drop(spool, "waiting.jsonl", [chat_line(1)])
+    run = CliRunner()
+    at = ["--spool", str(spool.root)]
+    listed = run.invoke(cli, ["list", "--json", *at])
+    assert listed.exit_code == 0, listed.output
+    rows = orjson.loads(listed.stdout)
+    assert [r["job"] for r in rows] == ["waiting", *reversed(jobs)]
+    assert listed.stdout.encode() == orjson.dumps(rows, option=orjson.OPT_INDENT_2) + b"\n"  # as print_json writes
+    page = orjson.loads(run.invoke(cli, ["list", "--json", "--limit", "3", "--after", jobs[8], *at]).stdout)
+    assert [r["job"] for r in page] == [jobs[7], jobs[6], jobs[5]]
+    assert run.invoke(cli, ["list", "--json", "--after", jobs[0], *at]).stdout == "[]\n"
+    monkeypatch.setattr(cli_jobs, "ROWS_AT_ONCE", 5)  # a table every 5 rows: the title once, every row whole
+    table = run.invoke(cli, ["list", *at], env={"COLUMNS": "200"}).stdout
+    assert table.count(f"spool {spool.root}") == 1 and table.count("status") == 3
+    assert [line.split()[1] for line in table.splitlines() if line.startswith("│ j") or line.startswith("│ w")] == \
+        ["waiting", *reversed(jobs)]

@@ -5,35 +5,77 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
+import orjson
 import typer
 
 from spoolbatch.cli.app import JsonOpt, ProjectOpt, SpoolOpt, config, err, handles_errors, out, print_json
 from spoolbatch.cli.tables import Col, FitTable, print_table
 from spoolbatch.store.spool import Spool
 
+if TYPE_CHECKING:
+    from spoolbatch.commands.catalog import JobInfo
+
 JobArg = Annotated[str, typer.Argument(help="Job id.")]
 JobOrGroupArg = Annotated[str, typer.Argument(help="Job id or group name.")]
 
 
+ROWS_AT_ONCE = 500  # a table of `list` is printed this many rows at a time, as they are read
+
+
 @handles_errors
-def list_(spool: SpoolOpt = None, project: ProjectOpt = None, json: JsonOpt = False) -> None:
-    """Every job: queued, running, finished, refused; and the groups that submit --split made."""
+def list_(spool: SpoolOpt = None, project: ProjectOpt = None, json: JsonOpt = False,
+          limit: Annotated[int | None, typer.Option(min=1, help="Only the newest N jobs (after --after).")] = None,
+          after: Annotated[str | None, typer.Option(help="Only jobs older than this job id (the last of a page).")]
+          = None) -> None:
+    """Every job, newest first: queued, running, finished, refused; and the groups that submit --split made.
+
+    Rows are printed as the jobs are read (a table every 500 rows), so the first come at once however
+    many jobs the spool keeps.
+    """
+    from itertools import islice
+
     from spoolbatch.cli.views import groups_table, jobs_table
-    from spoolbatch.commands.catalog import in_project, list_groups
-    from spoolbatch.commands.status import jobs_now
+    from spoolbatch.commands.catalog import read_groups
+    from spoolbatch.commands.listing import iter_jobs
 
     sp = Spool(config(spool).spool)
-    jobs = in_project(jobs_now(sp), project)
-    if json:
-        print_json([j.to_dict() for j in jobs])  # each part names its group
+    jobs = iter_jobs(sp, after=after, project=project, probe_owner=True)
+    if limit is not None:
+        jobs = islice(jobs, limit)
+    parts = {job for names in read_groups(sp).values() for job in names} if limit is None and after is None else set()
+    seen: dict[str, JobInfo] = {}  # the groups' parts, for their table
+    shown = 0
+    if json:  # the same bytes print_json writes for the whole list, an element at a time
+        for info in jobs:
+            seen.update({info.job: info} if info.job in parts else {})
+            item = orjson.dumps(info.to_dict(), option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
+            sys.stdout.buffer.write((b"[\n" if not shown else b",\n") + b"  " + item.replace(b"\n", b"\n  "))
+            shown += 1
+        sys.stdout.buffer.write(b"\n]\n" if shown else b"[]\n")
+        sys.stdout.buffer.flush()
         return
-    print_table(out, jobs_table({"spool": sp.root, "jobs": [j.to_dict() for j in jobs]}))
-    names = {j.job for j in jobs}
-    groups = [g for g in list_groups(sp, jobs) if project is None or g.group in names or _all_mine(sp, g.group, names)]
+    while block := list(islice(jobs, ROWS_AT_ONCE)):
+        seen.update((j.job, j) for j in block if j.job in parts)
+        table = jobs_table({"spool": sp.root, "jobs": [j.to_dict() for j in block]})
+        if shown:
+            table.title = None
+        print_table(out, table)
+        shown += len(block)
+    if not shown:
+        print_table(out, jobs_table({"spool": sp.root, "jobs": []}))
+    if parts:
+        _groups(sp, list(seen.values()), project, groups_table)
+
+
+def _groups(sp: Spool, parts: list[JobInfo], project: str | None, render: Any) -> None:
+    from spoolbatch.commands.catalog import list_groups
+
+    names = {j.job for j in parts}
+    groups = [g for g in list_groups(sp, parts) if project is None or g.group in names or _all_mine(sp, g.group, names)]
     if groups:
-        print_table(out, groups_table(groups))
+        print_table(out, render(groups))
 
 
 def _all_mine(sp: Spool, group: str, names: set[str]) -> bool:

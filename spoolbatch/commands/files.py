@@ -71,6 +71,21 @@ def list_files(spool: Spool, project: str | None = None) -> list[filestore.FileR
     return [r for r in filestore.list_files(spool) if _sees(project, r.project)]
 
 
+def page_files(spool: Spool, *, limit: int, after: str | None = None,
+               project: str | None = None) -> tuple[list[filestore.FileRecord], bool]:
+    """The ``limit`` uploads (of ``project``) after the upload ``after``, newest first, and whether more
+    follow: the records of that page are the ones read."""
+    page: list[filestore.FileRecord] = []
+    for file_id in filestore.newest_first(spool, after):
+        record = filestore.FileRecord.load(spool, file_id)
+        if record is None or not _sees(project, record.project):
+            continue  # deleted meanwhile, or another project's
+        if len(page) == limit:
+            return page, True
+        page.append(record)
+    return page, False
+
+
 def file_object(spool: Spool, file_id: str, project: str | None = None) -> dict[str, Any]:
     """The OpenAI file object of an upload or of a batch's input, output or error file."""
     kind, name = parse(file_id)

@@ -6,6 +6,11 @@ temporary that ``sweep`` removes. The output and error files of a batch are virt
 (``file-output-JOB``, ``file-errors-JOB``, and ``file-input-JOB`` for a job dropped with `cp`) name
 the job whose lines they stream. In the clean-up (store/cleanup.py), ``sweep_unused`` removes
 the uploads no batch reads once they are past the retention.
+
+An upload's id begins with the time it was made (milliseconds, 12 hex digits) and ends with 12
+random ones, so ids sort as uploads came: ``newest_first`` lists a page of them from the names of
+``files/`` alone, and a cursor whose file was deleted still has its place (the time in its id).
+An id of an older release (24 random digits) is placed by its record's modification time.
 """
 
 from __future__ import annotations
@@ -31,9 +36,45 @@ VIRTUAL_ID = re.compile(rf"file-(input|output|errors)-({JOB_ID.pattern})")
 STALE_UPLOAD_SECONDS = 6 * 3600
 
 
-def new_file_id() -> str:
-    """A fresh upload id."""
-    return f"file-{secrets.token_hex(12)}"
+_EARLIEST = 1_577_836_800.0  # 2020-01-01: an id's time before it is no time (an older release's random id)
+
+
+def new_file_id(now: float | None = None) -> str:
+    """A fresh upload id: the time (milliseconds, 12 hex digits), then 12 random hex digits."""
+    return f"file-{int((time.time() if now is None else now) * 1000):012x}{secrets.token_hex(6)}"
+
+
+def made_at(file_id: str, now: float | None = None) -> float | None:
+    """When an upload id was made, read from it; None for an id of an older release (random digits)."""
+    if not UPLOAD_ID.fullmatch(file_id):
+        return None
+    when = int(file_id[5:17], 16) / 1000
+    return when if _EARLIEST <= when <= (time.time() if now is None else now) + 86400 else None
+
+
+def newest_first(spool: Spool, after: str | None = None) -> list[str]:
+    """Upload ids, newest first (those after the upload ``after``, which may be deleted already: its id
+    says its place), from the names in ``files/``: no record is read."""
+    keyed = []
+    for file_id in spool.names(spool.file_meta):
+        if not UPLOAD_ID.fullmatch(file_id):
+            continue
+        when = made_at(file_id)
+        if when is None:
+            with contextlib.suppress(OSError):
+                keyed.append((os.stat(spool.file_meta(file_id)).st_mtime, file_id))
+        else:
+            keyed.append((when, file_id))
+    keyed.sort(reverse=True)
+    if after is None:
+        return [file_id for _when, file_id in keyed]
+    place = next((i for i, (_when, file_id) in enumerate(keyed) if file_id == after), None)
+    if place is None:
+        when = made_at(after)
+        if when is None:
+            return []  # not an upload of ours, or an older release's deleted one: no place to go on from
+        place = next((i for i, key in enumerate(keyed) if key < (when, after)), len(keyed)) - 1
+    return [file_id for _when, file_id in keyed[place + 1:]]
 
 
 def input_file_id(job: str) -> str:

@@ -25,10 +25,10 @@ async def upload_file(request: Request, server: State, caller: Caller) -> Respon
 
 @router.get("", response_model=Page[FileObject])
 def list_files(server: State, caller: Caller, limit: int = 10000, after: str | None = None) -> Response:
-    """Uploaded files (the caller's project's), newest first."""
-    page = Page[FileObject].of(files.list_files(server.spool, caller.scope), lambda r: r.id,
-                               lambda r: FileObject.model_validate(r.to_openai()), after=after, limit=max(1, limit))
-    return model_response(page)
+    """Uploaded files (the caller's project's), newest first, read a page at a time."""
+    shown, more = files.page_files(server.spool, limit=max(1, limit), after=after, project=caller.scope)
+    return model_response(Page[FileObject].read(shown, lambda r: r.id, lambda r: FileObject.model_validate(
+        r.to_openai()), has_more=more))
 
 
 @router.get("/{file_id}", response_model=FileObject)
