@@ -131,15 +131,21 @@ class Daemon:
 
     # --- signals --------------------------------------------------------------------------
     def request_stop(self, *_: object) -> None:
-        """Ask the daemon to stop at the next chunk boundary."""
+        """Ask the daemon to stop at the next chunk boundary (from any thread; not a signal handler)."""
         self._stop.set()
-        self.heartbeat.update(state="stopping")
+        self.heartbeat.stop_asked = True
+        self.heartbeat.poke()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        # A handler runs in the main thread between two of its bytecodes, maybe while that thread
+        # holds the heartbeat's lock (every update takes it): taking it here hung the daemon on
+        # SIGTERM for good. So it sets flags only: the stop event (its wait wakes on the signal)
+        # and a plain attribute the heartbeat's next write reads.
         self._interrupts += 1
         if signum == signal.SIGINT and self._interrupts > 1:
             raise KeyboardInterrupt  # a second Ctrl-C: leave now; the checkpoint is intact
-        self.request_stop()
+        self.heartbeat.stop_asked = True
+        self._stop.set()
 
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT end the daemon at a chunk boundary (until ``run`` returns)."""

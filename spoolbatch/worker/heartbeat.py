@@ -27,6 +27,9 @@ from spoolbatch.worker.gpuhistory import GpuHistoryWriter
 _NAMES = frozenset(f.name for f in dataclasses.fields(Heartbeat)) - {"extra"}
 
 
+_STOPPABLE = frozenset({WorkerState.STARTING, WorkerState.IDLE, WorkerState.WORKING, WorkerState.WAITING})
+
+
 def worker_id() -> str:
     """This process's name among the spool's workers."""
     return f"{socket.gethostname()}-{os.getpid()}"
@@ -46,6 +49,9 @@ class HeartbeatWriter:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Set (never cleared) when the daemon is asked to stop: a plain attribute, so a signal
+        # handler can set it without a lock; each write shows the worker as stopping from then on.
+        self.stop_asked = False
         self.on_beat: list[Callable[[Heartbeat], Any]] = []
         self.gpu_history = GpuHistoryWriter(spool.gpu_history(self.id))  # the page's GPU charts
 
@@ -67,9 +73,15 @@ class HeartbeatWriter:
         with self._lock:
             return dataclasses.replace(self._beat)
 
+    def poke(self) -> None:
+        """Write soon (not from a signal handler: it takes the wake event's lock)."""
+        self._wake.set()
+
     def write(self) -> None:
         """Write the state now (best effort: a full disk must not kill the daemon)."""
         with self._lock:
+            if self.stop_asked and self._beat.state in _STOPPABLE:
+                self._beat.state = WorkerState.STOPPING
             self._beat.last_seen = time.time()
             data = orjson.dumps(self._beat.to_dict(), option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
         for path in (self.spool.worker_file(self.id), self.spool.heartbeat):
