@@ -30,7 +30,12 @@ from .fakes import FlakyEngine
 
 
 class SentEngine(FakeEngine):
-    """Records every batch of requests it answered, by custom_id, in the order given (collect runs them too)."""
+    """Records every batch of requests it answered, by custom_id, in the order given (collect runs them too).
+
+    It says it keeps a prefix cache, as vLLM does, so that the worker sends it chunks in prefix order.
+    """
+
+    prefix_caching = True
 
     def __init__(self) -> None:
         super().__init__(created=1_700_000_000)
@@ -205,6 +210,18 @@ def test_prefix_order_false_keeps_file_order(spool: Spool, config: Config) -> No
     engine = SentEngine()
     drain(config.replace(chunk_size=100, prefix_order=False), engine)
     assert engine.sent == [[f"r{i}" for i in range(6)]]
+
+
+def test_an_engine_without_a_prefix_cache_gets_file_order(spool: Spool, config: Config) -> None:
+    class NoCache(SentEngine):
+        prefix_caching = False
+
+    records = [line(f"r{i}", f"question {i}", system=f"rubric {i % 3}") for i in range(6)]
+    drop(spool, "job.jsonl", records)
+    engine = NoCache()
+    drain(config.replace(chunk_size=3), engine)
+    assert engine.sent[1:] == [["r3", "r4", "r5"]], "once the engine is built, chunks go as read"
+    assert [r["custom_id"] for r in read_jsonl(spool.results("job"))] == [f"r{i}" for i in range(6)]
 
 
 def test_results_are_the_same_whatever_the_order(spool: Spool, config: Config, tmp_path: Any) -> None:

@@ -165,6 +165,7 @@ class FakeEngine:
     """Implements ``Engine`` without a model; see the module docstring."""
 
     name = "fake"
+    prefix_caching = False  # no prefix cache: the worker sends chunks in file order (worker/sending.py)
 
     def __init__(self, latency: float = 0.0, created: int | None = None, media: MediaPolicy | None = None,
                  adapters: AdapterCatalog | None = None) -> None:

@@ -149,9 +149,15 @@ class Claims:
                 prepared.bad.append(parsed)
         claim.lines = []
         if prepared.requests:
-            prepared.plan = SendPlan.build(prepared.requests, order=self.config.prefix_order, dedupe=self.config.dedupe)
+            order = self.config.prefix_order and self._caches_prefixes()
+            prepared.plan = SendPlan.build(prepared.requests, order=order, dedupe=self.config.dedupe)
             prepared.pending = self.executor.submit(parser.model or "", prepared.plan.sent)
         return prepared
+
+    def _caches_prefixes(self) -> bool:
+        """Whether the engine keeps a prefix cache that prefix order feeds (the fake has none: sorting
+        would be pure cost); an engine says so with ``prefix_caching``, and one not built yet is assumed to."""
+        return bool(getattr(self.executor.engine, "prefix_caching", True))
 
     def commit(self, prepared: PreparedChunk) -> PartSummary:
         """Wait for the chunk's outcomes and commit it as a part."""

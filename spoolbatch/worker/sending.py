@@ -10,11 +10,11 @@ so exactly-once and resume hold as before (a redone chunk builds the same plan a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from spoolbatch.format.endpoints import GENERATION
+from spoolbatch.format.endpoints import CHAT_LIKE, GENERATION
 from spoolbatch.format.types import Request
 from spoolbatch.worker.dedupe import firsts, own_answer
 from spoolbatch.worker.executor import ChunkRun
@@ -27,6 +27,17 @@ def _key(request: Request) -> tuple[Any, ...]:
     if spec.endpoint in GENERATION:
         return prefix_key(spec)
     return (spec.model, spec.inputs, spec.documents)
+
+
+def _bucket(request: Request) -> Hashable:
+    """A cheap value that identical bodies share (the last message, the prompt), for de-duplication without sorting."""
+    spec = request.spec
+    if spec.endpoint in CHAT_LIKE:
+        last = spec.messages[-1].get("content") if spec.messages else None
+        return last if isinstance(last, str) else _key(request)
+    if spec.endpoint in GENERATION:
+        return spec.prompt
+    return _key(request)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,13 +62,17 @@ class SendPlan:
     def build(cls, requests: Sequence[Request], *, order: bool = True, dedupe: bool = True) -> SendPlan:
         """The plan for a chunk's ``requests`` (in line order)."""
         n = len(requests)
-        if n < 2 or not (dedupe or order and orderable(requests)):
+        ordered = order and orderable(requests)
+        if n < 2 or not (dedupe or ordered):
             return cls(list(requests), list(range(n)), list(range(n)))
-        keys = [_key(r) for r in requests]
-        first = firsts(requests, keys) if dedupe else list(range(n))
+        keys = [_key(r) for r in requests] if ordered else None
+        buckets: Sequence[Hashable] = keys if keys is not None else [_bucket(r) for r in requests]
+        first = firsts(requests, buckets) if dedupe else list(range(n))
         kept = [i for i in range(n) if first[i] == i]
-        if order and orderable(requests):
+        if keys is not None:
             kept = [kept[p] for p in prefix_order([keys[i] for i in kept])]
+        elif len(kept) == n:  # nothing repeated, nothing to move
+            return cls(list(requests), list(range(n)), kept)
         position = [0] * n
         for p, i in enumerate(kept):
             position[i] = p
