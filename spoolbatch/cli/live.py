@@ -156,9 +156,12 @@ def _jobs(data: dict[str, Any], workers: list[SeenWorker], now: float) -> list[R
                      _rate(rps), _rate(tps), duration(elapsed),
                      duration(j.get("eta_seconds")) if running else "-"))
     parts: list[RenderableType] = [FitTable(_JOB_COLS, rows, title=Text("jobs", style="bold"), **_PLAIN)]
-    if len(finished) > MAX_FINISHED_SHOWN:
-        parts.append(Text(f"... and {len(finished) - MAX_FINISHED_SHOWN} more finished job(s): `spoolbatch list`",
-                          style="dim"))
+    left = data.get("not_shown") or {}
+    more = max(0, len(finished) - MAX_FINISHED_SHOWN) + left.get("finished", 0)
+    words = [f"{more:,} more finished job(s)"] if more else []
+    words += [f"{left['queued']:,} more queued"] if left.get("queued") else []
+    if words:
+        parts.append(Text(f"... and {' and '.join(words)}: `spoolbatch list`", style="dim"))
     if not jobs:
         parts = [Text("jobs: none yet (drop a file into inbox/ or `spoolbatch submit FILE`)", style="dim")]
     return parts

@@ -5,6 +5,7 @@ Both render plain data (what `status --json` prints), so a recording console tes
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from spoolbatch.cli.tables import Col, FitTable
@@ -80,7 +81,19 @@ def status_lines(data: dict[str, Any]) -> list[Any]:
     lines.append(f"queue: {data['queue']['jobs']} job(s) waiting")
     disk = data.get("disk")
     if disk:
-        lines.append(f"disk: the spool uses {size(disk['used_bytes'])} in {disk['files']:,} files; "
+        at = disk.get("measured_at")
+        when = f" (measured {duration(time.time() - at)} ago)" if at and time.time() - at >= 60 else ""
+        lines.append(f"disk: the spool uses {size(disk['used_bytes'])} in {disk['files']:,} files{when}; "
                      f"{size(disk['free_bytes'])} free of {size(disk['total_bytes'])}")
     lines.append(jobs_table(data))
+    if more := not_shown(data):
+        lines.append(more)
     return lines
+
+
+def not_shown(data: dict[str, Any]) -> str | None:
+    """The line under `status`'s jobs that counts the ones it leaves out, and where to see them."""
+    left = data.get("not_shown") or {}
+    parts = [f"{left[k]:,} more {what}" for k, what in (("finished", "ended job(s)"), ("queued", "queued"))
+             if left.get(k)]
+    return f"... and {' and '.join(parts)}: `spoolbatch list` shows every job" if parts else None

@@ -18,9 +18,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from spoolbatch.errors import InputError
+from spoolbatch.store import usagedays
 from spoolbatch.store.batches import BatchRecord, project_of
 from spoolbatch.store.checkpoint import Checkpoint
 from spoolbatch.store.spool import Spool, Stage
+from spoolbatch.store.usagedays import job_days
 
 _DAYS_BACK = re.compile(r"([0-9]{1,4})d")
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
@@ -65,17 +67,6 @@ def parse_since(text: str, now: float | None = None) -> str:
                      code="invalid_since")
 
 
-def _days(ckpt: Checkpoint) -> dict[str, list[float]]:
-    if ckpt.usage_days:
-        return ckpt.usage_days
-    when = ckpt.updated_at or ckpt.finished_at or ckpt.started_at or ckpt.created_at
-    if not (ckpt.requests_done or ckpt.requests_failed or ckpt.total_tokens or ckpt.busy_seconds):
-        return {}
-    return {time.strftime("%Y-%m-%d", time.gmtime(when)): [ckpt.requests_done + ckpt.requests_failed,
-                                                          ckpt.prompt_tokens, ckpt.completion_tokens,
-                                                          ckpt.busy_seconds]}
-
-
 def usage(spool: Spool, project: str | None = None, since: str | None = None) -> list[UsageRow]:
     """Each project's usage per day, by day then project (only ``project``'s, from day ``since`` on, when given)."""
     spool.require()
@@ -93,7 +84,7 @@ def usage(spool: Spool, project: str | None = None, since: str | None = None) ->
         owner = ckpt.project or project_of(BatchRecord.load(spool, ckpt.job))
         if project is not None and owner != project:
             continue
-        for day, figures in _days(ckpt).items():
+        for day, figures in job_days(ckpt).items():
             if since is not None and day < since:
                 continue
             row = sums.setdefault((day, owner), [0, 0, 0, 0.0])
@@ -104,5 +95,9 @@ def usage(spool: Spool, project: str | None = None, since: str | None = None) ->
 
 
 def recent_usage(spool: Spool, project: str | None = None, now: float | None = None) -> list[UsageRow]:
-    """The usage of the last ``RECENT_DAYS`` UTC days (what `status` shows), of ``project`` when given."""
-    return usage(spool, project, parse_since(f"{RECENT_DAYS}d", now))
+    """The usage of the last ``RECENT_DAYS`` UTC days (what `status` shows), of ``project`` when given: the
+    same figures as ``usage(since=...)``, from the sums the clean-up keeps and the jobs they do not cover
+    (store/usagedays.py), so a week of a busy spool's checkpoints is not read each time."""
+    sums = usagedays.recent(spool, parse_since(f"{RECENT_DAYS}d", now), now)
+    return [UsageRow(owner, day, int(r[0]), int(r[1]), int(r[2]), round(r[3], 3))
+            for (day, owner), r in sorted(sums.items()) if project is None or owner == project]

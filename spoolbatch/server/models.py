@@ -312,7 +312,8 @@ class ModelList(BaseModel):
 
 
 class SpoolStatus(BaseModel):
-    """What the web page shows: `spoolbatch status --json`."""
+    """`spoolbatch status --json` (the workers, the jobs by state, what is running, the next queued, the last
+    ended), and, asked for with ``limit``, a page of the batches as ``GET /v1/batches`` answers it."""
 
     model_config = ConfigDict(extra="allow")
     spool: str
@@ -320,7 +321,11 @@ class SpoolStatus(BaseModel):
     workers: list[dict[str, Any]]
     queue: dict[str, Any]
     jobs: list[dict[str, Any]]
+    jobs_total: int = 0
+    finished_total: int = 0
+    not_shown: dict[str, int] = {}
     disk: dict[str, Any] | None = None
+    page: Page[Batch] | None = None
 
 
 class ErrorBody(BaseModel):

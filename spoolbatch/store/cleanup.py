@@ -6,15 +6,16 @@ jobs (store/retention.py: expired jobs, refused files, groups, logs), the sweeps
 with their stores (batch records, uploads, the webhook outbox), and the clutter
 (store/clutter.py: dead workers' files, stale temporaries, orphaned chunk areas and locks).
 Last it brings the spool's job index up to date with what is left (store/jobindex.py: the jobs
-removed are marked so, and dropped a day later) and measures what the spool's files take
-(store/diskspace.py), the figure `status` shows.
+removed are marked so, and dropped a day later), sums the last days' usage of the ended jobs
+(store/usagedays.py) and measures what the spool's files take (store/diskspace.py): what `status`
+shows without reading the spool whole.
 """
 
 from __future__ import annotations
 
 import time
 
-from spoolbatch.store import batches, clutter, diskspace, files, outbox, retention
+from spoolbatch.store import batches, clutter, diskspace, files, outbox, retention, usagedays
 from spoolbatch.store.jobindex import JobIndex
 from spoolbatch.store.removal import DAY, Kind, Pass, Policy, Removed, Report
 from spoolbatch.store.spool import Spool
@@ -39,5 +40,6 @@ def collect(spool: Spool, policy: Policy, *, now: float | None = None, dry_run: 
     retention.logs(p)
     if not dry_run:
         JobIndex(spool).reconcile(p.now)
+        usagedays.refresh(spool, usagedays.kept_since(p.now), p.now)
         diskspace.measure(spool, p.now)
     return p.report

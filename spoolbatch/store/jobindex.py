@@ -172,6 +172,12 @@ class IndexView:
             at += 1
         return found
 
+    def ended_since(self, when: float) -> list[Entry]:
+        """The jobs that ended at ``when`` or later (a scan of states and end times), in file order."""
+        data, codes, floor = self.data, self.data[::WIDTH], _stamp(when)
+        return [entry for i in range(len(codes)) if codes[i] in _FINALS
+                and data[i * WIDTH + _TIME + 3:i * WIDTH + _HEAD - 1] >= floor and (entry := _parse(data, i * WIDTH))]
+
     def last_ended(self, n: int, project: str | None = None) -> list[Entry]:
         """The ``n`` jobs (of ``project``) that ended last, the latest first: a scan of states and end times."""
         data, codes, mine = self.data, self.data[::WIDTH], self._of(project)

@@ -154,6 +154,7 @@ class Layout:
         self.job_index = self.root / "jobs.index"  # the order of the jobs workers took (store/jobindex.py)
         self.job_index_lock = self.root / ".jobs.index.lock"
         self.usage_file = self.root / ".usage.json"  # what the spool's files take, as last measured
+        self.usage_days_file = self.root / ".usage-days.json"  # the last days' usage of ended jobs (usagedays)
         self._claim_lock = self.root / ".claim.lock"
 
     # --- folders ---------------------------------------------------------------------------

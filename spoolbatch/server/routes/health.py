@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from spoolbatch.commands import health as spool_health
+from spoolbatch.commands.listing import BatchPage, page_batches
 from spoolbatch.commands.models import served
-from spoolbatch.commands.status import status
+from spoolbatch.commands.status import status, version
 from spoolbatch.server.deps import Caller, State, authorized
-from spoolbatch.server.models import Health, Model, ModelList, SpoolStatus
+from spoolbatch.server.models import Batch, Health, Model, ModelList, Page, SpoolStatus
 from spoolbatch.server.openapi import ERRORS
 from spoolbatch.server.responses import model_response
+from spoolbatch.server.routes.batches import render
+from spoolbatch.store.batches import job_of
 
 router = APIRouter(tags=["health"], responses=ERRORS)
 keyed = [Depends(authorized)]
@@ -30,7 +35,26 @@ def models(server: State) -> Response:
     return model_response(ModelList(data=[Model(id=m.id, parent=m.parent) for m in listed]))
 
 
-@router.get("/v1/spoolbatch/status", response_model=SpoolStatus, dependencies=keyed)
-def spool_status(server: State, caller: Caller) -> Response:
-    """What the web page shows: `spoolbatch status --json`, of the caller's project (an admin's: all of them)."""
-    return model_response(SpoolStatus.model_validate(status(server.spool, project=caller.scope).to_dict()))
+@router.get("/v1/spoolbatch/status", response_model=SpoolStatus, dependencies=keyed,
+            responses={304: {"description": "Nothing changed since the answer whose ETag If-None-Match names."}})
+def spool_status(request: Request, server: State, caller: Caller,
+                 limit: Annotated[int | None, Query(ge=1, le=100, description="and a page of batches")] = None,
+                 after: str | None = None) -> Response:
+    """`spoolbatch status --json` of the caller's project (an admin's: all of them): what is happening, however
+    many jobs the spool keeps; with ``limit``, also a page of the batches (``after`` a batch id), newest first.
+
+    The answer carries an ETag made from what it is made of (the spool's folders and index, the query,
+    the clock's 10 s): a poller that sends it back in If-None-Match gets 304 while nothing changed.
+    """
+    tag = f'"{version(server.spool, request.url.query, caller.scope)}"'
+    if request.headers.get("if-none-match") == tag:
+        return Response(status_code=304, headers={"ETag": tag, "Cache-Control": "no-cache"})
+    data = status(server.spool, project=caller.scope).to_dict()
+    if limit is not None:
+        cursor = job_of(after) if after else None
+        page = page_batches(server.spool, limit=limit, after=cursor, project=caller.scope) \
+            if cursor or not after else BatchPage([], False)
+        data["page"] = Page[Batch].read(page.batches, lambda v: v.id, render, has_more=page.has_more)
+    answer = model_response(SpoolStatus.model_validate(data))
+    answer.headers.update({"ETag": tag, "Cache-Control": "no-cache"})
+    return answer
