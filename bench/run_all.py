@@ -28,6 +28,7 @@ FULL = [
     ("modern_requests", ["modern_requests.py", "--requests", "1000"]),
     ("priority", ["priority.py"]),
     ("prefix", ["prefix.py"]),
+    ("lora", ["lora.py"]),
 ]
 QUICK = [
     ("overhead", ["overhead.py", "--sizes", "10000,50000"]),
@@ -42,6 +43,7 @@ QUICK = [
     ("modern_requests", ["modern_requests.py", "--requests", "50"]),
     ("priority", ["priority.py", "--quick"]),
     ("prefix", ["prefix.py", "--quick"]),
+    ("lora", ["lora.py", "--quick"]),
 ]
 
 

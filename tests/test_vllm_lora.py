@@ -106,6 +106,73 @@ def engine(lora: Lora) -> Iterator[Any]:
     engine.close()
 
 
+def test_the_grouped_cpu_ops_compute_vllms_sums_and_leave_rows_without_an_adapter_alone() -> None:
+    """engines/cpu_lora.py against a fresh copy of vLLM's own CPU ops: the same sums for rows with an
+    adapter, and rows with index -1 untouched (vLLM's give them the last slot's delta)."""
+    import importlib.util
+
+    import torch
+
+    from spoolbatch.engines import cpu_lora
+
+    spec = importlib.util.find_spec("vllm.lora.ops.torch_ops.lora_ops")
+    assert spec is not None and spec.loader is not None
+    vllm_ops = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(vllm_ops)  # vLLM's, whatever an engine started in this process installed
+    assert cpu_lora._writes_row_without_adapter(vllm_ops.bgmv_shrink)  # the bug the module is there for
+    assert not cpu_lora._writes_row_without_adapter(cpu_lora.bgmv_shrink)
+    gen = torch.Generator().manual_seed(0)
+    rows, hidden, rank, out, slots = 40, 64, 8, 48, 3
+    x = torch.randn(rows, hidden, generator=gen)
+    lora_a = torch.randn(slots, 1, rank, hidden, generator=gen)
+    lora_b = torch.randn(slots, 1, out, rank, generator=gen)
+    mixed = torch.randint(0, slots, (rows,), generator=gen)
+    # rows of several adapters in any order (gathered), in runs (slices), one adapter for every row
+    for indices in (mixed, torch.sort(mixed).values, torch.full((rows,), 1)):
+        ours, theirs = torch.zeros(rows, rank), torch.zeros(rows, rank)
+        cpu_lora.bgmv_shrink(x, lora_a, ours, indices, 0.5)
+        vllm_ops.bgmv_shrink(x, lora_a, theirs, indices, 0.5)
+        torch.testing.assert_close(ours, theirs)
+        for add in (True, False):
+            start = torch.randn(rows, out + 16, generator=gen)
+            ours_e, theirs_e = start.clone(), start.clone()
+            cpu_lora._grouped_expand(vllm_ops.bgmv_expand)(theirs[:, :rank], lora_b, ours_e, indices, add)
+            vllm_ops.bgmv_expand(theirs[:, :rank], lora_b, theirs_e, indices, add)
+            torch.testing.assert_close(ours_e, theirs_e)
+            ours_s, theirs_s = start.clone(), start.clone()
+            cpu_lora.bgmv_expand_slice(theirs[:, :rank], lora_b, ours_s, indices, 8, out, add)
+            vllm_ops.bgmv_expand_slice(theirs[:, :rank], lora_b, theirs_s, indices, 8, out, add)
+            torch.testing.assert_close(ours_s, theirs_s)
+    # a slot whose weights are zero (a module the adapter does not touch): zeros, and nothing added
+    zero_a, zero_b = lora_a.clone(), lora_b.clone()
+    zero_a[2], zero_b[2] = 0, 0
+    buffer = torch.full((rows, rank), 7.0)
+    cpu_lora.bgmv_shrink(x, zero_a, buffer, torch.full((rows,), 2), 1.0)
+    assert not buffer.any()
+    before = torch.randn(rows, out, generator=gen)
+    after = before.clone()
+    cpu_lora.bgmv_expand_slice(x[:, :rank], zero_b, after, torch.full((rows,), 2), 0, out, True)
+    torch.testing.assert_close(after, before)
+    # bf16 (the CPU engine's dtype): the shrink is taken in bf16, within bf16's rounding of vLLM's
+    bf_x, bf_a = x.to(torch.bfloat16), lora_a.to(torch.bfloat16)
+    ours, theirs = torch.zeros(rows, rank), torch.zeros(rows, rank)
+    cpu_lora.bgmv_shrink(bf_x, bf_a, ours, mixed, 0.5)
+    vllm_ops.bgmv_shrink(bf_x, bf_a, theirs, mixed, 0.5)
+    torch.testing.assert_close(ours, theirs, rtol=2e-2, atol=5e-2)
+    for some in (mixed, torch.sort(mixed).values):
+        without = some.clone()
+        without[::4] = -1  # base-model rows in the batch
+        without[:6] = -1  # and a run of them
+        before = torch.randn(rows, out, generator=gen)
+        after = before.clone()
+        cpu_lora.bgmv_expand_slice(x[:, :rank], lora_b, after, without, 0, out, True)
+        base = without < 0
+        torch.testing.assert_close(after[base], before[base])
+        expected = before.clone()
+        vllm_ops.bgmv_expand_slice(x[:, :rank], lora_b, expected, some, 0, out, True)
+        torch.testing.assert_close(after[~base], expected[~base])
+
+
 def test_adapters_differ_from_the_base_model(lora: Lora) -> None:
     for name in ADAPTERS:
         assert sum(a != b for a, b in zip(lora.reference[name], lora.reference["base"], strict=True)) >= 3, name

@@ -147,9 +147,9 @@ class VllmEngine:
             kwargs["structured_outputs_config"] = {"backend": "guidance", "disable_any_whitespace": True}
             kwargs.update(self._loras.engine_args())
             if self._cpu and self._loras.active is not None:
-                from spoolbatch.engines.cpu_lora import leave_rows_without_adapter
+                from spoolbatch.engines.cpu_lora import replace_cpu_lora_ops
 
-                leave_rows_without_adapter()
+                replace_cpu_lora_ops()
             # Asked for, not left to the default: prefix order (worker/ordering.py) counts on it, on
             # the CPU build too (vLLM keeps it on there for models without MLA).
             kwargs["enable_prefix_caching"] = True
