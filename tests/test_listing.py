@@ -199,3 +199,36 @@ def test_list_streams_every_job_newest_first_and_pages(spool: Spool, monkeypatch
     assert table.count(f"spool {spool.root}") == 1 and table.count("status") == 3
     assert [line.split()[1] for line in table.splitlines() if line.startswith("│ j") or line.startswith("│ w")] == \
         ["waiting", *reversed(jobs)]
+
+
+def test_a_daemon_takes_jobs_from_an_inbox_of_thousands_without_reading_it_each_time(
+        spool: Spool, config: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from spoolbatch.store.batches import BatchRecord
+    from spoolbatch.worker.daemon import Daemon
+
+    monkeypatch.setattr(layout, "INBOX_REUSE_SECONDS", 3600.0)  # however slow this machine is today
+    for k in range(2000):
+        path = spool.inbox / f"f{k:04d}.jsonl"
+        path.write_bytes(orjson.dumps(chat_line(k)) + b"\n")
+        os.utime(path, (NOW - 3000 + k, NOW - 3000 + k))
+    daemon = Daemon(config, echo=False)
+    assert daemon.loop_once().job == "f0000"  # the first listing reads the inbox, once
+    looked: list[tuple[str, str]] = []
+    real_scandir, real_lstat, real_load = os.scandir, os.lstat, BatchRecord.load
+
+    def counted(kind: str, real: Any) -> Any:
+        def call(path: Any, *args: Any, **kw: Any) -> Any:
+            if str(path).startswith(str(spool.inbox)):
+                looked.append((kind, str(path)))
+            return real(path, *args, **kw)
+        return call
+
+    monkeypatch.setattr(os, "scandir", counted("scandir", real_scandir))
+    monkeypatch.setattr(os, "lstat", counted("lstat", real_lstat))
+    monkeypatch.setattr(BatchRecord, "load", classmethod(lambda cls, sp, job: (looked.append(("record", job)),
+                                                                                real_load(sp, job))[1]))
+    done = [daemon.loop_once().job for _ in range(20)]
+    assert done == [f"f{k:04d}" for k in range(1, 21)]  # oldest first, as ever
+    kinds = [kind for kind, _ in looked]
+    assert kinds.count("scandir") == 0 and kinds.count("lstat") <= 2 * 20 and kinds.count("record") <= 10 * 20, \
+        {k: kinds.count(k) for k in set(kinds)}  # a few looks a job: its own file, not the 2,000

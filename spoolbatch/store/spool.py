@@ -219,11 +219,13 @@ class Spool(Layout):
         fsync_dir(self.rejected)
 
     def archive_input(self, job: str) -> None:
-        """Move a finished job's input to ``done/`` (a no-op when it is there already)."""
+        """Move a finished job's input to ``done/`` (a no-op when it is there already).
+
+        Not made durable (no fsync of the folders): the final checkpoint already is, and an input a
+        crash puts back in ``active/`` is a job a worker finishes again, this move included.
+        """
         if self.input(job).exists():
             os.rename(self.input(job), self.archived_input(job))
-            fsync_dir(self.done)
-            fsync_dir(self.active)
 
     def drop_job_lock(self, job: str) -> None:
         """Remove the job lock file of a job whose input has left ``active/``.

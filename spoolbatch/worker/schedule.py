@@ -125,6 +125,9 @@ class Ranking:
         self.spool = spool
         self.config = config
         self.seen: frozenset[str] = frozenset()  # the inbox's files and the running jobs at the last ``gather``
+        # An inbox file's settled facts (its stat, record, owner), kept while its listed mtime is the same: a
+        # worker ranks the inbox before every chunk, and an inbox may hold thousands of files.
+        self._settled: dict[str, tuple[float, os.stat_result, BatchRecord | None]] = {}
 
     def _names(self, running: list[str], entries: list[InboxEntry]) -> frozenset[str]:
         return frozenset(["active/" + job for job in running] + ["inbox/" + e.name for e in entries])
@@ -155,16 +158,25 @@ class Ranking:
                          ckpt.model if ckpt else (record.model if record else None), st.st_mtime, served, fresh)
 
     def queued(self, entry: InboxEntry, now: float) -> Candidate | None:
-        """The candidate of a settled regular file of the inbox (None while it settles, or for an odd entry)."""
-        try:
-            st = os.lstat(entry.path)
-        except FileNotFoundError:
-            return None
-        if not stat.S_ISREG(st.st_mode) or now - st.st_mtime < self.config.settle_seconds:
-            return None
+        """The candidate of a settled regular file of the inbox (None while it settles, or for an odd entry).
+
+        A file found settled is not looked at again while the listing gives it the same time (its claim
+        reads it again anyway): ranking an inbox of thousands costs no syscall a file.
+        """
         job = sanitize_job_id(entry.name)
-        # A file copied in under the name of a job that exists gets another id when claimed: not that job's record.
-        record = None if self.spool.checkpoint(job).exists() else BatchRecord.load(self.spool, job)
+        known = self._settled.get(entry.name)
+        if known is not None and known[0] == entry.mtime:
+            st, record = known[1], known[2]
+        else:
+            try:
+                st = os.lstat(entry.path)
+            except FileNotFoundError:
+                return None
+            if not stat.S_ISREG(st.st_mode) or now - st.st_mtime < self.config.settle_seconds:
+                return None
+            # A file copied in under the name of a job that exists gets another id when claimed: not that job's record.
+            record = None if self.spool.checkpoint(job).exists() else BatchRecord.load(self.spool, job)
+            self._settled[entry.name] = (entry.mtime, st, record)
         priority = record.job_priority if record is not None else NORMAL
         # Waiting since it came into the inbox: the rename that placed it set its change time
         # (its modification time may be older, kept by `cp -p`).
@@ -176,6 +188,9 @@ class Ranking:
         """Every running job and every settled inbox file, unordered."""
         running, entries = self.spool.running_jobs(), self.spool.inbox_entries()
         self.seen = self._names(running, entries)
+        if len(self._settled) > 2 * len(entries) + 64:  # forget the files claimed or gone
+            listed = {e.name for e in entries}
+            self._settled = {name: known for name, known in self._settled.items() if name in listed}
         found = [c for job in running if (c := self.running(job, now)) is not None]
         found += [c for e in entries if (c := self.queued(e, now)) is not None]
         return found
