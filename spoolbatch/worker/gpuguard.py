@@ -70,5 +70,8 @@ class GpuGuard:
         if reason_logged:
             self.events(DaemonEvent.GPU_RECOVERED)
         size = adaptive_chunk_size(snap, cfg.chunk_size, cfg.gpu_min_chunk, reserved_pct=self.reserved_pct())
-        self.heartbeat.update(state=WorkerState.WORKING, reason=None, chunk_size=size)
+        # Not 'working': no chunk is taken yet, and the heartbeat would say working on no job (the
+        # daemon says working, with the job, once it has a chunk). A wait that ended is idle again.
+        self.heartbeat.update(reason=None, chunk_size=size,
+                              **({"state": WorkerState.IDLE} if reason_logged else {}))
         return size
