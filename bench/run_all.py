@@ -29,6 +29,7 @@ FULL = [
     ("priority", ["priority.py"]),
     ("prefix", ["prefix.py"]),
     ("lora", ["lora.py"]),
+    ("retained", ["retained.py"]),
 ]
 QUICK = [
     ("overhead", ["overhead.py", "--sizes", "10000,50000"]),
@@ -44,6 +45,7 @@ QUICK = [
     ("priority", ["priority.py", "--quick"]),
     ("prefix", ["prefix.py", "--quick"]),
     ("lora", ["lora.py", "--quick"]),
+    ("retained", ["retained.py", "--quick"]),
 ]
 
 
