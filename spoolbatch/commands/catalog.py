@@ -143,15 +143,16 @@ def job_info(spool: Spool, job: str, *, probe_owner: bool = True) -> JobInfo:
     return _job_info(spool, job, probe_owner, queued=True)
 
 
-def taken_info(spool: Spool, job: str, *, probe_owner: bool = False) -> JobInfo:
+def taken_info(spool: Spool, job: str, *, probe_owner: bool = False, checkpointed: bool = False) -> JobInfo:
     """A job a worker took from the inbox (a job of the spool's index) as `list` shows it, or
-    ``JobNotFound``: ``job_info`` without looking in the inbox, for a caller that checked the spool."""
-    return _job_info(spool, job, probe_owner, queued=False)
+    ``JobNotFound``: ``job_info`` without looking in the inbox, for a caller that checked the spool.
+    ``checkpointed``: the index says it ended with a checkpoint (not refused): no reason file is looked for."""
+    return _job_info(spool, job, probe_owner, queued=False, refused=not checkpointed)
 
 
-def _job_info(spool: Spool, job: str, probe_owner: bool, queued: bool) -> JobInfo:
+def _job_info(spool: Spool, job: str, probe_owner: bool, queued: bool, refused: bool = True) -> JobInfo:
     info: JobInfo | None = None
-    if (rejection := Rejection.load(spool, job)) is not None:
+    if refused and (rejection := Rejection.load(spool, job)) is not None:
         info = replace(_from_rejection(rejection), job=job)
     if info is None and (ckpt := Checkpoint.load(spool.checkpoint(job))) is not None:
         probe = probe_owner and ckpt.status == JobState.RUNNING

@@ -25,6 +25,7 @@ from spoolbatch.store.jobstate import JobState
 from spoolbatch.store.spool import Spool
 
 Keep = Callable[[JobInfo], bool]
+_CHECKPOINTED = frozenset(code for state, code in CODES.items() if state != JobState.REJECTED)
 # What a job that has not ended may show as: its own state's, a pending cancel, or a window passed (by the clock).
 _OPEN_SHOWS = frozenset({"validating", "in_progress", "cancelling", "finalizing", JobState.EXPIRED.openai_status()})
 
@@ -59,7 +60,8 @@ def info_of(spool: Spool, listed: Listed, *, probe_owner: bool = False) -> JobIn
     if listed.queued is not None:
         return queued_info(spool, listed.queued)
     try:
-        return taken_info(spool, listed.job, probe_owner=probe_owner)
+        return taken_info(spool, listed.job, probe_owner=probe_owner,
+                          checkpointed=listed.code is not None and listed.code in _CHECKPOINTED)
     except JobNotFound:
         return None
 

@@ -172,22 +172,30 @@ class IndexView:
             at += 1
         return found
 
-    def ended_since(self, when: float) -> list[Entry]:
-        """The jobs that ended at ``when`` or later (a scan of states and end times), in file order."""
+    def ended_since(self, when: float) -> list[str]:
+        """The jobs that ended at ``when`` or later, in file order: a scan of states and end times (fixed-width
+        numbers compare as their bytes do), no line parsed whole."""
         data, codes, floor = self.data, self.data[::WIDTH], _stamp(when)
-        return [entry for i in range(len(codes)) if codes[i] in _FINALS
-                and data[i * WIDTH + _TIME + 3:i * WIDTH + _HEAD - 1] >= floor and (entry := _parse(data, i * WIDTH))]
+        return [data[at + _JOB_AT:at + WIDTH - 1].lstrip(b" ").decode(errors="replace")
+                for i, code in enumerate(codes) if code in _FINALS
+                and data[(at := i * WIDTH) + _TIME + 3:at + _HEAD - 1] >= floor]
 
     def last_ended(self, n: int, project: str | None = None) -> list[Entry]:
-        """The ``n`` jobs (of ``project``) that ended last, the latest first: a scan of states and end times."""
+        """The ``n`` jobs (of ``project``) that ended last, the latest first: a scan of states and end times
+        from the last line back (lines come about in the order jobs end, so few displace the first n)."""
         data, codes, mine = self.data, self.data[::WIDTH], self._of(project)
-        ends = ((data[i * WIDTH + _TIME + 3:i * WIDTH + _HEAD - 1], i) for i in range(len(codes))
-                if codes[i] in _FINALS and mine(i * WIDTH))
-        out = []
-        for _end, i in heapq.nlargest(n, ends):  # fixed-width numbers sort as their bytes do
-            if (entry := _parse(data, i * WIDTH)) is not None:
-                out.append(entry)
-        return out
+        best: list[tuple[bytes, int]] = []  # the n latest ends so far, the earliest of them first
+        for i in range(len(codes) - 1, -1, -1):
+            if codes[i] not in _FINALS:
+                continue
+            end = data[i * WIDTH + _TIME + 3:i * WIDTH + _HEAD - 1]
+            if len(best) == n and end <= best[0][0] or not mine(i * WIDTH):
+                continue
+            if len(best) < n:
+                heapq.heappush(best, (end, i))
+            else:
+                heapq.heapreplace(best, (end, i))
+        return [entry for _end, i in sorted(best, reverse=True) if (entry := _parse(data, i * WIDTH)) is not None]
 
 
 @dataclass(slots=True)
@@ -465,6 +473,7 @@ class Listed:
 
     job: str
     queued: InboxEntry | None = None
+    code: str | None = None  # its state's letter on the index (None: not from the index)
 
 
 def newest_first(spool: Layout, after: str | None = None, project: str | None = None,
@@ -484,11 +493,11 @@ def newest_first(spool: Layout, after: str | None = None, project: str | None = 
     if after is not None:
         place = next((i for i, listed in enumerate(ahead) if listed.job == after), None)
         if place is None:
-            yield from (Listed(e.job) for e in index.newest_first(after, project, codes))
+            yield from (Listed(e.job, code=e.code) for e in index.newest_first(after, project, codes))
             return
         ahead = ahead[place + 1:]
     yield from ahead
-    yield from (Listed(e.job) for e in index.newest_first(None, project, codes))
+    yield from (Listed(e.job, code=e.code) for e in index.newest_first(None, project, codes))
 
 
 def taken(spool: Layout, job: str, created: float | None = None, project: str | None = None,

@@ -105,11 +105,11 @@ def refresh(spool: Spool, since: str, now: float | None = None) -> Kept:
     the index says), and keep the sums; what was kept."""
     now = time.time() if now is None else now
     kept = Kept(since, now)
-    for line in JobIndex(spool).view().ended_since(_day_start(since)):
-        ckpt = _load(spool, line.job)
+    for job in JobIndex(spool).view().ended_since(_day_start(since)):
+        ckpt = _load(spool, job)
         if ckpt is not None and ckpt.status in FINAL:
             add(kept.sums, spool, ckpt, since)
-            kept.jobs.add(line.job)
+            kept.jobs.add(job)
     with contextlib.suppress(OSError):  # a reader that may not write the spool sums every time
         atomic_write(spool.usage_days_file, kept.to_bytes(), durable=False)
     return kept
@@ -129,7 +129,7 @@ def recent(spool: Spool, since: str, now: float | None = None) -> Sums:
         kept = refresh(spool, min(since, kept_since(now)), now)
     sums: Sums = {key: list(row) for key, row in kept.sums.items() if key[0] >= since}
     view = JobIndex(spool).view()
-    ended: Iterable[str] = [line.job for line in view.ended_since(_day_start(since))]  # the kept ones skipped below
+    ended: Iterable[str] = view.ended_since(_day_start(since))  # the kept ones are skipped below
     running = [line.job for line in view.open_entries()] + spool.running_jobs()
     for job in dict.fromkeys([*ended, *running]):
         if job in kept.jobs:
