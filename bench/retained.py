@@ -72,6 +72,16 @@ print(json.dumps({"seconds": time.perf_counter() - t, "loops": jobs}))
 """
 
 
+def upload_id(created: float, i: int) -> str:
+    """An upload's id as this spoolbatch makes them: with the time it was made where it puts it in."""
+    from spoolbatch.store import files
+
+    try:
+        return str(files.new_file_id(created))  # type: ignore[call-arg]
+    except TypeError:  # an older release: random digits
+        return f"file-{i:024x}"
+
+
 def build(root: Path, n: int) -> dict[str, Any]:
     """A spool holding ``n`` finished jobs over the last 30 days, written with the store's types."""
     from spoolbatch.store.batches import BatchRecord
@@ -114,7 +124,7 @@ def build(root: Path, n: int) -> dict[str, Any]:
         put(sp.log(job), b'{"ts":%.3f,"event":"claimed","job":"%s"}\n{"ts":%.3f,"event":"completed","job":"%s"}\n'
             % (created, job.encode(), finished, job.encode()), finished)
         if i % 10 == 0:  # an HTTP batch: an upload and a record with metadata
-            upload = FileRecord(f"file-{i:024x}", f"{job}.jsonl", len(lines), 3, "batch", created)
+            upload = FileRecord(upload_id(created, i), f"{job}.jsonl", len(lines), 3, "batch", created)
             put(sp.file_content(upload.id), lines, created)
             put(sp.file_meta(upload.id), orjson.dumps(asdict(upload)), created)
             record = BatchRecord(job, "/v1/chat/completions", upload.id, "24h", {"team": f"t{i % 7}"}, created,
