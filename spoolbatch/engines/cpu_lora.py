@@ -21,6 +21,11 @@ the adapter does not touch: vLLM wraps every linear layer) is skipped. The same 
 gather above (a row with index -1 is written), so a vLLM whose ops were fixed keeps its own.
 It must run in every process that runs the model (the in-process CPU engine, each Ray
 replica), before the engine starts.
+
+The wrapper that calls these ops for every layer is replaced too (``cpu_lora_wrapper``): it
+finds the runs once a forward pass and skips the calls here for layers and batches no adapter
+touches. These ops stay for what still calls them (vLLM's other LoRA paths) and for a vLLM
+whose wrapper is not the one that module was written for.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ _MARK = "_spoolbatch_grouped"
 _MAX_RUNS = 16  # up to this many runs of one adapter each, rows are taken as slices (no gather, no scatter)
 
 
-def _groups(indices: Any) -> Iterator[tuple[int, Any]]:
+def runs(indices: Any) -> Iterator[tuple[int, Any]]:
     """(adapter slot, its rows) covering every row with an adapter; rows without one are left out.
 
     The engine enqueues each adapter's requests side by side, so a batch's rows mostly come in
@@ -97,7 +102,7 @@ def bgmv_shrink(inputs: Any, lora_a_weights: Any, output_tensor: Any, lora_indic
     """
     weights = _weights(lora_a_weights)
     rank = weights.shape[1]
-    for slot, rows in _groups(lora_indices_tensor):
+    for slot, rows in runs(lora_indices_tensor):
         target = output_tensor[:, :rank] if rows is None or isinstance(rows, slice) else None
         weight = weights[slot]
         if _is_zero(lora_a_weights, slot):
@@ -123,7 +128,7 @@ def _expand_into(inputs: Any, stack: Any, output: Any, indices: Any, first: int,
     weights = _weights(stack)
     dtype = output.dtype
     columns = output[:, first:first + width]
-    for slot, rows in _groups(indices):
+    for slot, rows in runs(indices):
         weight = weights[slot, :width]
         if add_inputs and _is_zero(stack, slot):
             continue

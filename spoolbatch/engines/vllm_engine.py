@@ -148,8 +148,10 @@ class VllmEngine:
             kwargs.update(self._loras.engine_args())
             if self._cpu and self._loras.active is not None:
                 from spoolbatch.engines.cpu_lora import replace_cpu_lora_ops
+                from spoolbatch.engines.cpu_lora_wrapper import install_cpu_lora_wrapper
 
                 replace_cpu_lora_ops()
+                install_cpu_lora_wrapper()
             # Asked for, not left to the default: prefix order (worker/ordering.py) counts on it, on
             # the CPU build too (vLLM keeps it on there for models without MLA).
             kwargs["enable_prefix_caching"] = True
