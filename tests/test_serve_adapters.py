@@ -11,10 +11,11 @@ from typing import Any
 import openai
 import orjson
 import pytest
+import requests
 
 from spoolbatch.store.spool import Spool
 
-from .conftest import chat_line, wait_for
+from .conftest import chat_line, wait_for, write_jsonl
 from .serving import Server, start_server
 from .tiny_lora import write_fake_adapter
 
@@ -60,3 +61,22 @@ def test_a_batch_mixing_base_and_adapter_lines_runs_as_one_job(server: Server, s
         {f"req-{i}": models[i % 3] for i in range(9)}
     errors = [orjson.loads(x) for x in client.files.content(done.error_file_id).read().splitlines()]
     assert [(e["custom_id"], e["error"]["code"]) for e in errors] == [("req-9", "model_not_found")]
+
+
+def test_the_original_clients_one_step_create_may_name_an_adapter(server: Server, tmp_path: Path) -> None:
+    """The replaced server's one-step multipart create: its ``model`` field may be an adapter the lines use (their
+    job is the base's), not an adapter of another model or one that is not there."""
+    path = write_jsonl(tmp_path / "sql.jsonl", [chat_line(i, "sql") for i in range(3)])
+    headers = {"Authorization": f"Bearer {KEY}"}
+
+    def post(model: str) -> requests.Response:
+        with open(path, "rb") as f:
+            return requests.post(f"{server.base_url}/batches", files={"file": f}, data={"model": model},
+                                 headers=headers, timeout=30)
+
+    for model in ("sql", "m"):
+        answer = post(model)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["total_requests"] == 3
+    refused = post("other")
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "model_mismatch"

@@ -15,6 +15,7 @@ from typing import Any
 from spoolbatch.commands.batches import BatchView, get_batch
 from spoolbatch.commands.submit import Submitted, submit, validate
 from spoolbatch.config import Config
+from spoolbatch.engines.adapters import adapter_bases
 from spoolbatch.errors import InputError
 from spoolbatch.format.endpoints import ENDPOINTS
 from spoolbatch.store.batches import BatchSpec
@@ -64,8 +65,9 @@ def create_batch(config: Config, path: Path, spec: BatchSpec, *, allow_bad_lines
 
 
 def one_step_endpoint(config: Config, path: Path, model: str | None = None) -> str:
-    """The endpoint of a file sent without one (its lines' ``url``); a ``model`` given must be the lines'."""
+    """The endpoint of a file sent without one (its lines' ``url``); a ``model`` given must be the lines':
+    the job's model, or one of its LoRA adapters (lines naming adapters make a job of their base)."""
     found = validate(path, config)
-    if model and found.model and model != found.model:
+    if model and found.model and found.model not in (model, adapter_bases(config.adapters).get(model)):
         raise InputError(f"model {model!r} does not match the lines' {found.model!r}.", code="model_mismatch")
     return found.url or DEFAULT_ENDPOINT
