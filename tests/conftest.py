@@ -17,7 +17,9 @@ import pytest
 
 from spoolbatch.config import Config, load_config
 from spoolbatch.store.checkpoint import Checkpoint
+from spoolbatch.store.jobindex import JobIndex
 from spoolbatch.store.joblog import DaemonEvent, read_events
+from spoolbatch.store.jobstate import JobState
 from spoolbatch.store.spool import Spool
 from spoolbatch.store.workarea import WorkArea
 from spoolbatch.worker import gcpolicy
@@ -58,6 +60,28 @@ def drop(spool: Spool, name: str, records: list[Any], age: float = 60.0) -> Path
     path = spool.inbox / name
     os.rename(hidden, path)
     return path
+
+
+def finished_jobs(spool: Spool, n: int, *, prefix: str = "j", start: float | None = None,
+                  states: tuple[JobState, ...] = (JobState.COMPLETED,)) -> list[str]:
+    """``n`` ended jobs written as a worker leaves them (checkpoint, results, archived input), one a
+    minute from ``start`` (default twenty days ago), and their lines in the index: a spool's month,
+    without a daemon."""
+    if start is None:
+        start = time.time() - 20 * 86400
+    jobs = []
+    for i in range(n):
+        job = f"{prefix}{i:05d}"
+        created = start + 60 * i
+        state = states[i % len(states)]
+        ckpt = Checkpoint(job=job, status=state, total_lines=1, lines_consumed=1, requests_done=1, chunks=1,
+                          created_at=created, started_at=created, updated_at=created + 5, finished_at=created + 5)
+        spool.archived_input(job).write_bytes(orjson.dumps(chat_line(i)) + b"\n")
+        spool.results(job).write_bytes(b"")
+        spool.checkpoint(job).write_bytes(orjson.dumps(ckpt.to_dict()))
+        JobIndex(spool).add(job, created, state, created + 5)
+        jobs.append(job)
+    return jobs
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

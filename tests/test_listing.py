@@ -23,33 +23,13 @@ from spoolbatch.commands.listing import page_batches, page_jobs
 from spoolbatch.store import layout
 from spoolbatch.store.checkpoint import Checkpoint
 from spoolbatch.store.cleanup import Policy, collect
-from spoolbatch.store.jobindex import JobIndex
 from spoolbatch.store.jobstate import JobState
 from spoolbatch.store.spool import Spool
-from tests.conftest import chat_line, drop
+from tests.conftest import chat_line, drop, finished_jobs
 from tests.serving import Server, start_server
 
 KEY = "sk-listing"
 NOW = time.time()
-
-
-def finished(spool: Spool, n: int, *, prefix: str = "j", start: float = NOW - 20 * 86400,
-             states: tuple[JobState, ...] = (JobState.COMPLETED,)) -> list[str]:
-    """``n`` ended jobs written as a worker leaves them (checkpoint, results, archived input), one a
-    minute from ``start``, and their lines in the index: a spool's month, without a daemon."""
-    jobs = []
-    for i in range(n):
-        job = f"{prefix}{i:05d}"
-        created = start + 60 * i
-        state = states[i % len(states)]
-        ckpt = Checkpoint(job=job, status=state, total_lines=1, lines_consumed=1, requests_done=1, chunks=1,
-                          created_at=created, started_at=created, updated_at=created + 5, finished_at=created + 5)
-        spool.archived_input(job).write_bytes(orjson.dumps(chat_line(i)) + b"\n")
-        spool.results(job).write_bytes(b"")
-        spool.checkpoint(job).write_bytes(orjson.dumps(ckpt.to_dict()))
-        JobIndex(spool).add(job, created, state, created + 5)
-        jobs.append(job)
-    return jobs
 
 
 def doomed(names: set[str]) -> Policy:
@@ -58,7 +38,7 @@ def doomed(names: set[str]) -> Policy:
 
 
 def test_paging_across_jobs_removed_between_pages(spool: Spool) -> None:
-    jobs = finished(spool, 60)
+    jobs = finished_jobs(spool, 60)
     for k in range(3):
         drop(spool, f"q{k}.jsonl", [chat_line(k)], age=10 - k)
     expected = ["q2", "q1", "q0", *reversed(jobs)]
@@ -80,7 +60,7 @@ def test_paging_across_jobs_removed_between_pages(spool: Spool) -> None:
 
 
 def test_a_status_filter_reads_only_the_jobs_that_may_match(spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
-    finished(spool, 200, states=(JobState.COMPLETED,) * 9 + (JobState.FAILED,))
+    finished_jobs(spool, 200, states=(JobState.COMPLETED,) * 9 + (JobState.FAILED,))
     loads: list[str] = []
     real = Checkpoint.load
     monkeypatch.setattr(Checkpoint, "load", classmethod(lambda cls, p: (loads.append(p.name), real(p))[1]))
@@ -99,7 +79,7 @@ def server(spool: Spool) -> Iterator[Server]:
 @pytest.mark.slow
 def test_the_sdk_pages_on_after_the_clean_up_removed_its_cursor(spool: Spool, server: Server) -> None:
     client = openai.OpenAI(base_url=server.base_url, api_key=KEY, max_retries=0, timeout=30)
-    jobs = finished(spool, 45)
+    jobs = finished_jobs(spool, 45)
     upload = client.files.create(file=("in.jsonl", io.BytesIO(orjson.dumps(chat_line(1)) + b"\n")), purpose="batch")
     newest = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
                                    completion_window="24h").id
@@ -182,7 +162,7 @@ def test_list_streams_every_job_newest_first_and_pages(spool: Spool, monkeypatch
     from spoolbatch.cli import app as cli
     from spoolbatch.cli import jobs as cli_jobs
 
-    jobs = finished(spool, 12)
+    jobs = finished_jobs(spool, 12)
     drop(spool, "waiting.jsonl", [chat_line(1)])
     run = CliRunner()
     at = ["--spool", str(spool.root)]

@@ -14,33 +14,14 @@ from spoolbatch.store.checkpoint import Checkpoint
 from spoolbatch.store.jobindex import JobIndex
 from spoolbatch.store.jobstate import JobState
 from spoolbatch.store.spool import Spool
-from tests.conftest import chat_line, drop
+from tests.conftest import chat_line, drop, finished_jobs
 
 NOW = time.time()
 
 
-def finished(spool: Spool, n: int, *, prefix: str = "j", start: float = NOW - 20 * 86400,
-             states: tuple[JobState, ...] = (JobState.COMPLETED,)) -> list[str]:
-    """``n`` ended jobs written as a worker leaves them (checkpoint, results, archived input), one a
-    minute from ``start``, and their lines in the index: a spool's month, without a daemon."""
-    jobs = []
-    for i in range(n):
-        job = f"{prefix}{i:05d}"
-        created = start + 60 * i
-        state = states[i % len(states)]
-        ckpt = Checkpoint(job=job, status=state, total_lines=1, lines_consumed=1, requests_done=1, chunks=1,
-                          created_at=created, started_at=created, updated_at=created + 5, finished_at=created + 5)
-        spool.archived_input(job).write_bytes(orjson.dumps(chat_line(i)) + b"\n")
-        spool.results(job).write_bytes(b"")
-        spool.checkpoint(job).write_bytes(orjson.dumps(ckpt.to_dict()))
-        JobIndex(spool).add(job, created, state, created + 5)
-        jobs.append(job)
-    return jobs
-
-
 def test_status_shows_what_is_happening_and_counts_the_rest(spool: Spool) -> None:
     n = 2500
-    finished(spool, n, states=(JobState.COMPLETED,) * 9 + (JobState.FAILED,))
+    finished_jobs(spool, n, states=(JobState.COMPLETED,) * 9 + (JobState.FAILED,))
     late = "long"  # taken first, ended last
     JobIndex(spool).add(late, NOW - 30 * 86400)
     Checkpoint(job=late, status=JobState.COMPLETED, created_at=NOW - 30 * 86400, finished_at=NOW).save(
@@ -77,7 +58,7 @@ def test_the_pages_data_call_is_a_summary_and_one_page_and_says_when_nothing_cha
 
     from tests.serving import start_server
 
-    jobs = finished(spool, 2000)
+    jobs = finished_jobs(spool, 2000)
     for k in range(3):
         drop(spool, f"q{k}.jsonl", [chat_line(k)], age=10 - k)
     server = start_server(str(spool.root), env={"SPOOLBATCH_API_KEYS": "sk-page"})
@@ -110,9 +91,9 @@ def test_status_usage_is_the_weeks_without_reading_the_weeks_checkpoints(spool: 
     from spoolbatch.commands.usage import parse_since, recent_usage, usage
     from spoolbatch.store.cleanup import Policy, collect
 
-    finished(spool, 300, start=NOW - 2 * 86400)  # two days ago: one a minute
+    finished_jobs(spool, 300, start=NOW - 2 * 86400)  # two days ago: one a minute
     collect(spool, Policy())  # the hourly clean-up keeps the last days' sums
-    late = finished(spool, 5, prefix="late", start=NOW - 600)  # ended since
+    late = finished_jobs(spool, 5, prefix="late", start=NOW - 600)  # ended since
     run = Checkpoint(job="run", requests_done=4, prompt_tokens=40, project="team-a", created_at=NOW,
                      usage_days={time.strftime("%Y-%m-%d", time.gmtime()): [4, 40, 0, 2.0]})
     run.save(spool.checkpoint("run"))
