@@ -150,6 +150,41 @@ def test_the_vllm_engine_translates_what_its_core_raises() -> None:
     engine._llm = None
 
 
+@pytest.mark.parametrize("how", ["collect", "drain"])
+def test_the_vllm_engine_gives_up_what_it_holds_when_its_core_loses_requests_or_raises(how: str) -> None:
+    from spoolbatch.engines.vllm_engine import Ticket, VllmEngine
+
+    class Core:
+        def __init__(self, lost: bool) -> None:
+            self.lost = lost
+            self.aborted: list[str] = []
+
+        def has_unfinished_requests(self) -> bool:
+            return not self.lost
+
+        def step(self) -> list[Any]:
+            raise RuntimeError("EngineCore encountered an issue; engine core died")
+
+        def abort_request(self, ids: list[str]) -> None:
+            self.aborted.extend(ids)
+
+    for lost in (True, False):
+        core = Core(lost)
+        engine = VllmEngine()
+        engine._llm = SimpleNamespace(llm_engine=core)
+        engine._open = {"sb1-0": 1, "sb1-1": 1}
+        ticket = Ticket(number=1, created=0, requests=requests(2), outcomes=[None, None],
+                        waiting={"sb1-0": 0, "sb1-1": 1})
+        with pytest.raises(EngineError) as info:
+            engine.collect(ticket) if how == "collect" else engine._drain()
+        if lost:  # its own error, as it is
+            assert "lost 2 request(s)" in str(info.value) and info.value.__cause__ is None
+        else:
+            assert info.value.broken and isinstance(info.value.__cause__, RuntimeError)
+        assert core.aborted == ["sb1-0", "sb1-1"] and engine._open == {}
+        engine._llm = None
+
+
 # -- the executor acts on the fields, never on the words ----------------------------------------
 
 class TypedFailingEngine(FakeEngine):

@@ -28,7 +28,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from spoolbatch.config import EngineSettings
 from spoolbatch.engines.adapters import LoraSettings
@@ -343,12 +343,8 @@ class VllmEngine:
                 if not engine.has_unfinished_requests():
                     raise EngineError(f"vLLM lost {len(self._open)} request(s)")
                 self._step(engine)
-        except EngineError:
-            self.abort()
-            raise
         except Exception as exc:
-            self.abort()
-            raise engine_error(exc, "vLLM failed") from exc
+            self._give_up(exc)
 
     def _failed(self, exc: Exception) -> Outcome:
         """The failed outcome of a request that raised ``exc``.
@@ -361,6 +357,10 @@ class VllmEngine:
             return Outcome.fail(exc.code, str(exc))
         if is_request_shaped(exc):
             return Outcome.fail("invalid_request", f"rejected by vLLM: {type(exc).__name__}: {exc}")
+        self._give_up(exc)
+
+    def _give_up(self, exc: Exception) -> NoReturn:
+        """Drop every request in the engine and raise ``exc`` as an ``EngineError`` (one as it is)."""
         self.abort()
         if isinstance(exc, EngineError):
             raise exc
@@ -375,12 +375,8 @@ class VllmEngine:
                 if engine is None or not engine.has_unfinished_requests():
                     raise EngineError(f"vLLM lost {left} request(s) of a chunk")
                 left -= sum(rid in ticket.waiting for rid in self._step(engine))
-        except EngineError:
-            self.abort()
-            raise
         except Exception as exc:
-            self.abort()
-            raise engine_error(exc, "vLLM failed") from exc
+            self._give_up(exc)
         finished: dict[int, list[Any]] = {}
         for rid, i in ticket.waiting.items():  # inserted in input order
             finished.setdefault(i, []).append(self._finished.pop(rid))
