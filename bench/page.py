@@ -10,6 +10,9 @@ records them; this machine has no GPU). Headless Chromium (tests/browser.py) loa
 - a job whose log holds 10,000 chunk events (three workers) is opened ``--repeat`` times: the
   render time after its data arrived and the load time from the page's start, median and worst;
 - ``--shots DIR`` saves the list, a job and the workers view (laptop) and the list on a phone.
+
+``--quick`` (what ``run_all.py --quick`` runs): a 1,000-chunk job opened once, smaller jobs beside it;
+without Chromium it says so and stops before the browser, as tests/test_serve_page.py skips.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from spoolbatch.store.jobstate import JobState  # noqa: E402
 from spoolbatch.store.spool import Spool  # noqa: E402
 from spoolbatch.worker.gpuhistory import GpuHistoryWriter  # noqa: E402
 from spoolbatch.worker.heartbeat import HeartbeatWriter  # noqa: E402
-from tests.browser import Browser  # noqa: E402
+from tests.browser import CHROMIUM, Browser  # noqa: E402
 from tests.conftest import chat_line, daemon_cmd, drop, wait_for  # noqa: E402
 from tests.serving import start_server  # noqa: E402
 
@@ -92,16 +95,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--shots", type=Path, help="save screenshots here (the README's are in docs/)")
+    ap.add_argument("--quick", action="store_true", help="a smoke test: small jobs, the big one opened once")
     args = ap.parse_args()
+    chunks, lines, uploaded = (1_000, 200, 200) if args.quick else (10_000, 1200, 4000)
+    if args.quick:
+        args.repeat = 1
+    browse = CHROMIUM is not None or not args.quick or bool(os.environ.get("SPOOLBATCH_REQUIRE_BROWSER"))
     tmp = Path(tempfile.mkdtemp(prefix="spoolbatch-page-"))
     spool = Spool(tmp / "spool")
     spool.init()
-    records: list[object] = [chat_line(i) for i in range(1200)]
+    records: list[object] = [chat_line(i) for i in range(lines)]
     for n in (17, 230, 231, 804):
         records.insert(n, "{not json")
     records.insert(400, {"custom_id": "no-body", "method": "POST", "url": "/v1/chat/completions"})
     drop(spool, "nightly-scoring.jsonl", records)
-    big_job(spool)
+    big_job(spool, chunks)
     beat = gpu_history(spool)
     keep_alive = threading.Event()
     threading.Thread(target=lambda: [beat.write() for _ in iter(lambda: keep_alive.wait(5), True)],
@@ -116,36 +124,40 @@ def main() -> None:
         import httpx
 
         up = httpx.post(server.url + "/v1/files", files={"file": ("web.jsonl", b"".join(
-            json.dumps(chat_line(i)).encode() + b"\n" for i in range(4000)))}, data={"purpose": "batch"}).json()
+            json.dumps(chat_line(i)).encode() + b"\n" for i in range(uploaded)))}, data={"purpose": "batch"}).json()
         httpx.post(server.url + "/v1/batches", json={"input_file_id": up["id"], "endpoint": "/v1/chat/completions",
                                                      "metadata": {"owner": "web-app", "ticket": "OPS-1412"}})
-        renders, loads = [], []
-        with Browser(tmp / "chromium", width=1280, height=900) as b:
-            for _ in range(args.repeat):
-                b.goto(server.url + "/jobs/big")
-                renders.append(float(b.eval("document.body.dataset.renderMs")))
-                loads.append(float(b.eval("document.body.dataset.loadMs")))
-            story = httpx.get(server.url + "/v1/spoolbatch/batches/batch_big/story", timeout=60).content
-            figures["big_job"] = {"chunks": 10_000, "story_bytes": len(story), "story_gzip": len(gzip.compress(story)),
-                                  "render_ms": renders, "load_ms": loads}
-            if args.shots:
-                args.shots.mkdir(parents=True, exist_ok=True)
-                b.wait("!!document.querySelector('#chart-rps canvas')")
-                b.goto(server.url + "/")
-                b.wait("document.querySelectorAll('#jobtable tr.job[data-status=in_progress]').length > 0 &&"
-                       " !!document.querySelector('.chart.gpu canvas')", timeout=120)
-                time.sleep(1.0)
-                b.eval("document.querySelector('#jobs').scrollIntoView()")
-                b.screenshot(args.shots / "page-jobs.png", full=False)
-                b.eval("window.scrollTo(0, 0)")
-                b.screenshot(args.shots / "page-workers.png", full=False)
-                b.goto(server.url + "/jobs/nightly-scoring")
-                b.wait("!!document.querySelector('#chart-rps canvas')")
-                b.screenshot(args.shots / "page-job.png")
-                b.size(390, 844, mobile=True, scale=2)
-                b.goto(server.url + "/")
-                b.eval("document.querySelector('#jobs').scrollIntoView()")
-                b.screenshot(args.shots / "page-phone.png", full=False)
+        renders: list[float] = []
+        loads: list[float] = []
+        if not browse:
+            print("no Chromium (`apt-get install chromium`): the page's times are not measured")
+        else:
+            with Browser(tmp / "chromium", width=1280, height=900) as b:
+                for _ in range(args.repeat):
+                    b.goto(server.url + "/jobs/big")
+                    renders.append(float(b.eval("document.body.dataset.renderMs")))
+                    loads.append(float(b.eval("document.body.dataset.loadMs")))
+                story = httpx.get(server.url + "/v1/spoolbatch/batches/batch_big/story", timeout=60).content
+                figures["big_job"] = {"chunks": chunks, "story_bytes": len(story),
+                                      "story_gzip": len(gzip.compress(story)), "render_ms": renders, "load_ms": loads}
+                if args.shots:
+                    args.shots.mkdir(parents=True, exist_ok=True)
+                    b.wait("!!document.querySelector('#chart-rps canvas')")
+                    b.goto(server.url + "/")
+                    b.wait("document.querySelectorAll('#jobtable tr.job[data-status=in_progress]').length > 0 &&"
+                           " !!document.querySelector('.chart.gpu canvas')", timeout=120)
+                    time.sleep(1.0)
+                    b.eval("document.querySelector('#jobs').scrollIntoView()")
+                    b.screenshot(args.shots / "page-jobs.png", full=False)
+                    b.eval("window.scrollTo(0, 0)")
+                    b.screenshot(args.shots / "page-workers.png", full=False)
+                    b.goto(server.url + "/jobs/nightly-scoring")
+                    b.wait("!!document.querySelector('#chart-rps canvas')")
+                    b.screenshot(args.shots / "page-job.png")
+                    b.size(390, 844, mobile=True, scale=2)
+                    b.goto(server.url + "/")
+                    b.eval("document.querySelector('#jobs').scrollIntoView()")
+                    b.screenshot(args.shots / "page-phone.png", full=False)
     finally:
         keep_alive.set()
         server.stop()
@@ -155,11 +167,13 @@ def main() -> None:
     table("The page's files as served", [(n, f"{v['bytes']:,}", f"{v['gzip']:,}") for n, v in w.items()] +
           [("total", f"{sum(v['bytes'] for v in w.values()):,}", f"{sum(v['gzip'] for v in w.values()):,}")],
           ("file", "bytes", "gzip"))
-    big = figures["big_job"]
-    table("A 10,000-chunk job's page", [
-        ("render after its data (ms)", f"{statistics.median(renders):.0f}", f"{max(renders):.0f}"),
-        ("load from the page's start (ms)", f"{statistics.median(loads):.0f}", f"{max(loads):.0f}"),
-        ("story answer (bytes)", f"{big['story_bytes']:,}", f"gzip {big['story_gzip']:,}")], ("", "median", "worst"))
+    if renders:
+        big = figures["big_job"]
+        table(f"A {chunks:,}-chunk job's page", [
+            ("render after its data (ms)", f"{statistics.median(renders):.0f}", f"{max(renders):.0f}"),
+            ("load from the page's start (ms)", f"{statistics.median(loads):.0f}", f"{max(loads):.0f}"),
+            ("story answer (bytes)", f"{big['story_bytes']:,}", f"gzip {big['story_gzip']:,}")],
+              ("", "median", "worst"))
     print(f"figures: {save('page', figures)}  load average {os.getloadavg()[0]:.1f}")
 
 

@@ -27,6 +27,7 @@ FULL = [
     ("serve", ["serve.py"]),
     ("modern_requests", ["modern_requests.py", "--requests", "1000"]),
     ("priority", ["priority.py"]),
+    ("page", ["page.py"]),
     ("prefix", ["prefix.py"]),
     ("lora", ["lora.py"]),
     ("retained", ["retained.py"]),
@@ -43,6 +44,7 @@ QUICK = [
     ("serve", ["serve.py", "--quick"]),
     ("modern_requests", ["modern_requests.py", "--requests", "50"]),
     ("priority", ["priority.py", "--quick"]),
+    ("page", ["page.py", "--quick"]),
     ("prefix", ["prefix.py", "--quick"]),
     ("lora", ["lora.py", "--quick"]),
     ("retained", ["retained.py", "--quick"]),
@@ -52,8 +54,7 @@ QUICK = [
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--only", help="comma-separated: overhead,resume,startup,engine,scaleout,gpu_rate,"
-                                       "embed_engine,soak,serve")
+    parser.add_argument("--only", help="comma-separated, of: " + ",".join(name for name, _ in FULL))
     args = parser.parse_args()
     wanted = set(args.only.split(",")) if args.only else None
     print(f"machine: {os.cpu_count()} cores; load average at start: "
