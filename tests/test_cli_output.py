@@ -29,10 +29,12 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
 
 @pytest.fixture
 def jobs(spool: Spool, tmp_path: Path) -> Spool:
-    """Two finished jobs with long ids (one with batch metadata), one queued, one refused whole."""
+    """Two finished jobs with long ids (one with batch metadata, one of project team-b), one queued, one refused
+    whole."""
     runner = CliRunner()
     src = write_jsonl(tmp_path / "in.jsonl", [chat_line(i) for i in range(12)])
-    for name, extra in ((LONG, ["--metadata", "team=search", "--metadata", "owner=ana"]), (OTHER, [])):
+    for name, extra in ((LONG, ["--metadata", "team=search", "--metadata", "owner=ana"]),
+                        (OTHER, ["--project", "team-b"])):
         result = runner.invoke(app, ["submit", str(src), "--name", name, "--spool", str(spool.root), *extra])
         assert result.exit_code == 0, result.output
     drop(spool, "garbage.jsonl", [b"this is not json at all", b"{nor this"])
@@ -92,11 +94,13 @@ def test_piped_tables_are_whole_whatever_the_width(jobs: Spool, command: str) ->
     text = _piped(jobs, command)
     assert "…" not in text
     header = _row(text, "job")
-    for col in ("status", "progress", "done", "deadletter", "retries", "tokens", "eta", "batch", "metadata"):
+    for col in ("project", "status", "progress", "done", "deadletter", "retries", "tokens", "eta", "batch",
+                "metadata"):
         assert f" {col} " in header, f"{col} is missing from a piped table"
     row = _row(text, LONG)
     assert "completed" in row and "100.0%" in row and f"batch_{LONG}" in row and "team=search owner=ana" in row
-    assert "completed" in _row(text, OTHER)
+    assert re.search(r"\s(default)\s", row) and re.search(r"\steam-b\s.*\scompleted\s", _row(text, OTHER))
+    assert re.search(rf"{LONG}\s+\S+\s+default\s", row), "project beside the job's id"
     assert "queued" in _row(text, "waiting-its-turn")
     assert "rejected (" in _row(text, "garbage")
     assert max(cell_len(line) for line in text.splitlines()) > 80, "wider than COLUMNS, as a pipe may be"
@@ -114,12 +118,15 @@ def test_an_80_column_terminal_keeps_ids_statuses_and_figures_whole(jobs: Spool,
         assert "completed" in row and "100.0%" in row
     assert "queued" in _row(text, "waiting-its-turn")
     assert "rejected" in text.split("garbage", 1)[1], "a refused job's status, its reason folded under it"
-    assert "left out to fit 80 columns: " in text and "batch" in text.split("left out to fit")[1]
+    left_out = text.split("left out to fit 80 columns: ")[1].split(" (")[0].split(", ")
+    assert "batch" in left_out
+    assert "project" not in left_out or {"eta", "done", "tokens"} <= set(left_out), "project goes after those"
 
 
 def test_a_wide_terminal_shows_every_column(jobs: Spool) -> None:
-    text = _in_terminal(jobs, "list", columns=220)
+    text = _in_terminal(jobs, "list", columns=240)
     assert "left out" not in text and f"batch_{LONG}" in text and "team=search owner=ana" in text
+    assert "team-b" in _row(text, OTHER) and "default" in _row(text, LONG)
 
 
 def _render(table: FitTable, width: int, *, terminal: bool = True) -> str:
@@ -174,3 +181,20 @@ def test_the_live_view_fits_80_columns_with_whole_ids_and_statuses() -> None:
     assert "running" in _row(text, LONG) and "30.0%" in _row(text, LONG)
     assert "interrupted" in _row(text, OTHER) and "…" not in text
     assert all(cell_len(line) <= 80 for line in text.splitlines())
+
+
+def test_the_project_column_appears_once_a_job_has_a_project_of_its_own() -> None:
+    from spoolbatch.cli.views import jobs_table
+
+    def job(name: str, project: str | None) -> dict[str, object]:
+        return {"job": name, "status": "completed", "progress": 1.0, "requests_done": 1, "requests_failed": 0,
+                "tokens": 3, "eta_seconds": None, "project": project}
+
+    plain = _render(jobs_table({"spool": "s", "jobs": [job("a", "default"), job("refused", None)]}), 200)
+    assert " project " not in plain and "default" not in plain  # a spool that never used projects
+    mixed = _render(jobs_table({"spool": "s", "jobs": [job("a", "default"), job("b", "team-a"),
+                                                       job("refused", None)]}), 200)
+    header = _row(mixed, "job")
+    assert header.index(" job ") < header.index(" project ") < header.index(" status ")
+    projects = {name: _row(mixed, name).split("│")[2].strip() for name in ("a", "b", "refused")}
+    assert projects == {"a": "default", "b": "team-a", "refused": "-"}

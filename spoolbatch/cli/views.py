@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from spoolbatch.cli.tables import Col, FitTable
 from spoolbatch.cli.units import duration, size
+from spoolbatch.config import DEFAULT_PROJECT
 from spoolbatch.store.jobstate import JobState
 from spoolbatch.store.liveness import SeenWorker
 
@@ -17,10 +18,12 @@ if TYPE_CHECKING:
     from spoolbatch.commands.catalog import GroupInfo
 
 # Columns of `status` and `list`, most important first; in a narrow terminal the highest ``drop`` goes first.
-_JOB_COLS = (Col("job"), Col("status", fold=True), Col("progress", right=True), Col("done", right=True, drop=3),
-             Col("deadletter", right=True, drop=4), Col("retries", right=True, drop=6),
-             Col("tokens", right=True, drop=5), Col("eta", right=True, drop=2), Col("priority", drop=1))
-_BATCH_COLS = (Col("batch", drop=8), Col("metadata", drop=7, fold=True))
+_JOB_COLS = (Col("job"), Col("status", fold=True), Col("progress", right=True), Col("done", right=True, drop=4),
+             Col("deadletter", right=True, drop=5), Col("retries", right=True, drop=7),
+             Col("tokens", right=True, drop=6), Col("eta", right=True, drop=3), Col("priority", drop=1))
+# Whose job it is, beside its id; after priority the last to go (eta is "-" on every job but a running one).
+_PROJECT_COL = Col("project", drop=2)
+_BATCH_COLS = (Col("batch", drop=9), Col("metadata", drop=8, fold=True))
 _GROUP_COLS = (Col("group"), Col("status"), Col("jobs", right=True, drop=1), Col("progress", right=True),
                Col("done", right=True, drop=2), Col("deadletter", right=True, drop=3),
                Col("tokens", right=True, drop=4))
@@ -30,17 +33,21 @@ def jobs_table(data: dict[str, Any]) -> FitTable:
     """The jobs of ``data`` (``spool`` and ``jobs`` as `status --json` has them), one row each."""
     # Batch ids and metadata once any job has a batch record (the HTTP API's, or submit --metadata).
     batches = any(j.get("metadata") is not None for j in data["jobs"])
+    # Projects once any job has one of its own: a spool that never used them is not told "default" on every row.
+    projects = any(j.get("project") not in (None, DEFAULT_PROJECT) for j in data["jobs"])
     rows = []
     for j in data["jobs"]:
         workers = f", {j['workers']} workers" if (j.get("workers") or 0) > 1 else ""
+        project = (j.get("project") or "-",) if projects else ()
         extra = (j.get("batch") or "", " ".join(f"{k}={v}" for k, v in (j.get("metadata") or {}).items())) \
             if batches else ()
-        rows.append((j["job"], j["status"] + workers + (f" ({j['reason']})" if j.get("reason") else ""),
+        rows.append((j["job"], *project, j["status"] + workers + (f" ({j['reason']})" if j.get("reason") else ""),
                      f"{100 * j['progress']:.1f}%", f"{j['requests_done']:,}", f"{j['requests_failed']:,}",
                      f"{j.get('retries', 0):,}", f"{j['tokens']:,}",
                      duration(j["eta_seconds"]) if j["status"] == JobState.RUNNING else "-",
                      str(j.get("priority", "normal")), *extra))
-    return FitTable(_JOB_COLS + (_BATCH_COLS if batches else ()), rows, title=f"spool {data['spool']}")
+    cols = (_JOB_COLS[0], *((_PROJECT_COL,) if projects else ()), *_JOB_COLS[1:], *(_BATCH_COLS if batches else ()))
+    return FitTable(cols, rows, title=f"spool {data['spool']}")
 
 
 def groups_table(groups: list[GroupInfo]) -> FitTable:
