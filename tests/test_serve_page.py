@@ -24,6 +24,7 @@ from spoolbatch.store.checkpoint import Checkpoint
 from spoolbatch.store.gpuhistory import read_history
 from spoolbatch.store.joblog import JobEvent, JobLog
 from spoolbatch.store.jobstate import JobState
+from spoolbatch.store.priority import HIGH
 from spoolbatch.store.spool import Spool
 from spoolbatch.worker.gpu import GpuMonitor
 from spoolbatch.worker.gpuguard import GpuGuard
@@ -136,7 +137,8 @@ def test_submit_from_the_page_shows_a_bad_line_then_runs_a_good_file_and_its_pag
             b.click("#s-go")
             job = b.wait("(document.querySelector('#s-created') || {dataset: {}}).dataset.job")
             record = BatchRecord.load(spool, job)
-            assert record is not None and record.metadata["owner"] == "bob"
+            assert record is not None and record.metadata == {"owner": "bob"}  # the priority is the body's field
+            assert record.priority == HIGH and record.job_priority == HIGH
             b.click("#s-created a")
             b.wait(f"location.pathname === '/jobs/{job}' && document.body.dataset.status === 'in_progress'",
                    timeout=60)

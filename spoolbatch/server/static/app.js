@@ -334,8 +334,6 @@
       if (i < 1) throw new Error(`metadata ${pair}: write key=value`);
       metadata[pair.slice(0, i)] = pair.slice(i + 1);
     }
-    const priority = $("#s-priority").value;
-    if (priority !== "normal") metadata.priority = priority;
     $("#s-go").disabled = true;
     try {
       state.textContent = "uploading " + f.name + "…";
@@ -347,6 +345,9 @@
       const body = {input_file_id: up.id, endpoint: $("#s-endpoint").value,
         completion_window: $("#s-window").value.trim() || "24h", allow_bad_lines: $("#s-bad").checked};
       if (Object.keys(metadata).length) body.metadata = metadata;
+      // The create body's own field; left at normal, a priority typed into the metadata still holds.
+      const priority = $("#s-priority").value;
+      if (priority !== "normal") body.priority = priority;
       const b = await post("v1/batches", body);
       state.textContent = "";
       const errors = (b.errors && b.errors.data) || [];
