@@ -7,6 +7,7 @@ httpx for the replaced server's routes the SDK does not call); a file dropped wi
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -343,6 +344,37 @@ def test_a_file_dropped_in_a_project_folder_is_that_projects(spool: Spool, serve
     retried = orjson.loads(r.output)["job"]
     assert (spool.inbox / "team-a" / f"{retried}.jsonl").is_file()
     assert [x.id for x in a.batches.list()] == [f"batch_{retried}", "batch_dropped"]
+
+
+def test_a_retry_from_the_page_keeps_the_old_jobs_project(spool: Spool, served: Callable[[str], Server],
+                                                           start_daemon: Any) -> None:
+    bad = {"custom_id": "bad", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "m"}}
+    drop_in(spool, "team-a", "dropped.jsonl", [chat_line(1), bad])  # team-a's by its folder
+    server = served(CONFIG)
+    a, b, root = sdk(server, KEY_A), sdk(server, KEY_B), sdk(server, KEY_ROOT)
+    f = b.files.create(file=("b.jsonl", io.BytesIO(jsonl([chat_line(1), bad]))), purpose="batch")
+    batch_b = b.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h",
+                               extra_body={"allow_bad_lines": True}).id  # team-b's by its key
+    assert start_daemon("--once").wait(timeout=120) == 0
+
+    def retry(key: str, batch: str) -> httpx.Response:
+        return httpx.post(f"{server.url}/v1/spoolbatch/batches/{batch}/retry",
+                          headers={"Authorization": f"Bearer {key}"}, timeout=30)
+
+    for key, batch in ((KEY_B, "batch_dropped"), (KEY_A, batch_b)):  # another project's: as an unknown id
+        r = retry(key, batch)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", r.text
+    for key, batch, project, owner, other in ((KEY_A, "batch_dropped", "team-a", a, b),
+                                              (KEY_B, batch_b, "team-b", b, a),
+                                              (KEY_ROOT, "batch_dropped", "team-a", a, b)):  # an admin's too
+        r = retry(key, batch)
+        assert r.status_code == 200, r.text
+        new = r.json()["id"]
+        job = new.removeprefix("batch_")
+        assert BatchRecord.load(spool, job).project == project  # type: ignore[union-attr]
+        assert (spool.inbox / project / f"{job}.jsonl").read_bytes() == orjson.dumps(bad) + b"\n"
+        assert owner.batches.retrieve(new).id == new and new in {x.id for x in root.batches.list()}
+        not_found(functools.partial(other.batches.retrieve, new))
 
 
 # --- the library and the CLI ------------------------------------------------------------------
