@@ -30,7 +30,7 @@ from spoolbatch.errors import DiskFull
 from spoolbatch.notify import webhooks
 from spoolbatch.store.checkpoint import Checkpoint
 from spoolbatch.store.fsutil import is_disk_full
-from spoolbatch.store.heartbeat_record import Heartbeat
+from spoolbatch.store.heartbeat_record import Heartbeat, WorkerState
 from spoolbatch.store.joblog import JobEvent, JobLog
 from spoolbatch.store.jobstate import FINAL
 from spoolbatch.store.spool import InboxEntry, Spool
@@ -223,7 +223,7 @@ class Daemon:
     # --- one iteration --------------------------------------------------------------------
     def _progress(self, ckpt: Checkpoint, summary: PartSummary | None) -> None:
         fields: dict[str, object] = {
-            "state": "working", "reason": None, "job": ckpt.job, "model": ckpt.model,
+            "state": WorkerState.WORKING, "reason": None, "job": ckpt.job, "model": ckpt.model,
             "progress": {"lines_consumed": ckpt.lines_consumed, "total_lines": ckpt.total_lines,
                          "requests_done": ckpt.requests_done, "requests_failed": ckpt.requests_failed,
                          "fraction": round(ckpt.progress(), 4), "eta_seconds": ckpt.eta_seconds()},
@@ -351,7 +351,7 @@ class Daemon:
             current = self.claims.prepare(claim)
         job, chunk = current.claim.job, current.claim.chunk
         choice = self._choices.pop((job, chunk.index), None)
-        self.heartbeat.update(state="working", job=job, chunk=chunk.index + 1, reason=None,
+        self.heartbeat.update(state=WorkerState.WORKING, job=job, chunk=chunk.index + 1, reason=None,
                               chunk_lines=[chunk.first_line, chunk.last_line],
                               scheduled=choice.to_dict() if choice is not None else None)
         try:
@@ -380,13 +380,13 @@ class Daemon:
                 reason = f"job {job} failed, will be retried: {describe(exc)}"
                 log.event(JobEvent.CHUNK_FAILED, job, chunk=chunk.index + 1, error=describe(exc),
                           worker=self.heartbeat.id)
-            self.heartbeat.update(state="waiting", reason=reason)
+            self.heartbeat.update(state=WorkerState.WAITING, reason=reason)
             self._sleep(self.config.poll_interval)
             return LoopResult(True, settling, job)
         finally:
             current.claim.release()
         if self._ahead is None:
-            self.heartbeat.update(state="idle", job=None, chunk=None, chunk_lines=None, scheduled=None)
+            self.heartbeat.update(state=WorkerState.IDLE, job=None, chunk=None, chunk_lines=None, scheduled=None)
         return LoopResult(True, settling, job)
 
     def _sleep(self, seconds: float) -> None:
@@ -420,7 +420,8 @@ class Daemon:
                     continue
                 if once and result.settling == 0:
                     break
-                self.heartbeat.update(state="idle", reason="waiting for files to settle" if result.settling else None)
+                self.heartbeat.update(state=WorkerState.IDLE,
+                                      reason="waiting for files to settle" if result.settling else None)
                 wait = min(self.config.poll_interval, max(0.2, self.config.settle_seconds / 2)) \
                     if result.settling else self.config.poll_interval
                 self._sleep(wait)
@@ -431,7 +432,7 @@ class Daemon:
                 webhooks_thread.join(timeout=15)
             self.executor.close()
             self.guard.monitor.close()
-            self.heartbeat.stop("stopped")
+            self.heartbeat.stop(WorkerState.STOPPED)
             self.log("daemon stopped")
             restore_gc()
             self.restore_signal_handlers()
