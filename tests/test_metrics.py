@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
+from typing import IO, Any
 
 import pytest
 from prometheus_client import parser  # the test extra, not a runtime dependency
@@ -104,18 +106,45 @@ def test_write_is_atomic_and_readable_by_the_exporter(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["spoolbatch.prom"]
 
 
-def test_failed_write_leaves_the_old_file_and_no_temp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+class FullDisk:
+    """The temp file's handle on a full disk: every write fails with ENOSPC (it is closed all the same)."""
+
+    def __init__(self, f: IO[Any]) -> None:
+        self.f = f
+
+    def __enter__(self) -> FullDisk:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.f.close()
+
+    def write(self, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def test_a_full_disk_leaves_the_old_file_and_no_temp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "spoolbatch.prom"
     path.write_text("old\n")
-
-    def boom(fd: int) -> None:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(os, "fsync", boom)
+    real = os.fdopen
+    monkeypatch.setattr(os, "fdopen", lambda fd, *args, **kw: FullDisk(real(fd, *args, **kw)))
     with pytest.raises(DiskFull):  # fsutil's atomic write says what a full disk is
         write_metrics(path, sample())
+    monkeypatch.undo()
     assert path.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["spoolbatch.prom"]
+
+
+def test_the_snapshot_is_atomic_but_never_fsynced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fsync", synced.append)
+    path = tmp_path / "spoolbatch.prom"
+    for n in (1, 2, 3):  # rewritten each heartbeat: regenerated, so nothing is paid to make it durable
+        write_metrics(path, sample(requests_done_total=n))
+        assert parse(path.read_text())[("spoolbatch_requests_done_total", ())] == n
+    assert synced == [] and [p.name for p in tmp_path.iterdir()] == ["spoolbatch.prom"]
 
 
 def test_the_metrics_file_agrees_with_the_spool_right_after_a_job_completes(tmp_path: Path) -> None:

@@ -146,9 +146,11 @@ def write_metrics(path: str | os.PathLike[str], sample: MetricsSample | Mapping[
 
     The file is world-readable by default (``mode``) because node_exporter usually runs
     as another user; it holds counts, never request content. The temp file starts with a
-    dot and ends in ``.tmp`` so the textfile collector (which reads ``*.prom``) skips it; the
-    directory is not fsynced: the file is rewritten every heartbeat.
+    dot and ends in ``.tmp`` so the textfile collector (which reads ``*.prom``) skips it. Atomic
+    but not durable: neither the file nor its directory is fsynced, as it is a snapshot the next
+    heartbeat writes again: a reader never sees a torn file; a power cut may leave it old or empty
+    until the daemon's next beat.
     """
     if not isinstance(sample, MetricsSample):
         sample = MetricsSample(**sample)
-    atomic_write(Path(path), render(sample).encode(), mode=mode, sync_dir=False)
+    atomic_write(Path(path), render(sample).encode(), mode=mode, durable=False)
