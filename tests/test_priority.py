@@ -23,6 +23,7 @@ from spoolbatch.errors import InputError
 from spoolbatch.store.batches import BatchRecord, BatchSpec
 from spoolbatch.store.checkpoint import Checkpoint
 from spoolbatch.store.joblog import JobEvent, describe
+from spoolbatch.store.jobstate import JobState
 from spoolbatch.store.priority import HIGH, LOW, NORMAL, URGENT, parse_priority, priority_label
 from spoolbatch.store.spool import Spool
 from spoolbatch.store.workarea import WorkArea
@@ -109,6 +110,13 @@ def test_reason_names_what_decided() -> None:
     assert reason_for(new, [cand("done", NORMAL, queued_at=0, fresh=False, owner="bob")], "m") == FIFO
     assert reason_for(new, [cand("bob-1", owner="bob", queued_at=1)], "m") == FAIR_SHARE
     assert reason_for(new, [cand("x-1", model="x", queued_at=1)], "m") == LOADED_MODEL
+
+
+def test_jobs_only_to_be_ended_rank_first_and_decide_no_reason() -> None:
+    urgent, old = cand("urgent", URGENT, queued_at=1), cand("old", LOW, queued_at=0)
+    late = Candidate("late", LOW, LOW, "bob", "x", 5.0, None, True, ending=True)
+    assert [c.job for c in order([urgent, old, late], "m")] == ["late", "urgent", "old"]
+    assert reason_for(cand("new", queued_at=2), [late], "m") == FIFO
 
 
 # --- one daemon, iteration by iteration -----------------------------------------------------
@@ -281,3 +289,43 @@ def test_cli_submit_priority_and_list_status_show_it(spool: Spool, tmp_path: Pat
     assert "worker w1: alive, working job rush chunk 1 [priority urgent]" in status_lines(data)[0]
     beat["scheduled"] |= {"priority": "low", "effective_priority": "high", "reason": MAX_WAIT}
     assert "chunk 1 [priority high: waited past max_wait]" in status_lines(data)[0]
+
+
+def past_window(spool: Spool, job: str) -> None:
+    """Make ``job``'s batch window end a second ago (its record's ``expires_at``)."""
+    record = BatchRecord.load(spool, job)
+    assert record is not None
+    record.expires_at = time.time() - 1
+    record.save(spool)
+
+
+def test_a_batch_past_its_window_is_ended_at_the_next_chunk_not_after_the_queue(spool: Spool, config: Config,
+                                                                                 tmp_path: Path) -> None:
+    """A queued batch whose window passed is ended (expired, its requests error lines) before the worker's next
+    chunk, not when the jobs ahead of it are done; a running one past its window too, ahead of an urgent job."""
+    daemon = Daemon(config, echo=False)
+    long = queue(spool, config, tmp_path, "long", 50)
+    assert daemon.loop_once().job == long  # chunk 1 of 5
+    late = queue(spool, config, tmp_path, "late", 5, priority="low")
+    past_window(spool, late)
+    assert daemon.loop_once().job == long  # chunk 2, and the late batch ended first
+    view = get_batch(spool, late).to_openai()
+    assert view["status"] == "expired" and view["request_counts"] == {"total": 5, "completed": 0, "failed": 5}
+    assert Checkpoint.load(spool.checkpoint(late)) is not None
+    ckpt = Checkpoint.load(spool.checkpoint(long))
+    assert ckpt is not None and ckpt.requests_done == 20
+    # An urgent job overtakes the long one, whose window then passes: the long job is ended at the urgent job's
+    # next chunk boundary, not once the urgent job is done.
+    rush = queue(spool, config, tmp_path, "rush", 30, priority="urgent")
+    assert daemon.loop_once().job == long  # chunk 3, handed to the engine before the urgent job came
+    assert daemon.loop_once().job == rush  # chunk 1 of 3
+    past_window(spool, long)
+    assert daemon.loop_once().job == rush  # chunk 2: before its look-ahead took chunk 3, the long job ended
+    ckpt = Checkpoint.load(spool.checkpoint(long))
+    assert ckpt is not None and ckpt.status == JobState.EXPIRED and ckpt.requests_done == 30
+    rushed = Checkpoint.load(spool.checkpoint(rush))
+    assert rushed is not None and rushed.status == JobState.RUNNING
+    while daemon.loop_once().worked:
+        pass
+    assert get_batch(spool, rush).to_openai()["status"] == "completed"
+    assert get_batch(spool, long).to_openai()["request_counts"] == {"total": 50, "completed": 30, "failed": 20}

@@ -295,7 +295,8 @@ class Daemon:
         for candidate in ranked:
             if self._stop.is_set():
                 return None, False
-            if model is not None and (candidate.entry is not None or candidate.model != model):
+            # A look-ahead ends a job that only has to be ended (no engine needed) as any pass does.
+            if model is not None and not candidate.ending and (candidate.entry is not None or candidate.model != model):
                 if candidate.fresh:
                     return None, False  # a more urgent job, or another model's, comes first
                 continue

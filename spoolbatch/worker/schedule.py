@@ -3,6 +3,11 @@
 Before each chunk a worker ranks every job it could take a chunk of, the running ones
 (``active/``) and the settled files of the inbox, by
 
+0. whether it only has to be ended: its batch's window passed, or (a running job) a cancel is
+   pending. Ending one runs no request, and its ``batch.expired`` or ``batch.cancelled``
+   webhook and final status should not wait behind the queue: a worker ends each such job
+   before it takes its chunk (a job another worker still has a chunk of in flight is ended by
+   whoever merges that chunk);
 1. priority (store/priority.py); a job that has had no new chunk for ``max_wait`` seconds
    (since it was queued, or since its last chunk) counts as ``high`` until it gets one;
 2. the model the worker's engine has loaded (another model means reloading the engine);
@@ -34,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from spoolbatch.config import Config
-from spoolbatch.store.batches import BatchRecord
+from spoolbatch.store.batches import BatchRecord, stop_state
 from spoolbatch.store.checkpoint import Checkpoint
 from spoolbatch.store.joblog import JobEvent, JobLog
 from spoolbatch.store.priority import HIGH, NORMAL, priority_label
@@ -61,6 +66,7 @@ class Candidate:
     served_at: float | None  # when it last got a new chunk (None: never)
     fresh: bool  # it has lines no chunk covers yet (a queued file always has)
     entry: InboxEntry | None = None  # the inbox file, while it is not claimed
+    ending: bool = False  # its window passed or a cancel is pending: a worker only has to end it
 
     @property
     def starved(self) -> bool:
@@ -155,7 +161,8 @@ class Ranking:
         served, fresh = _plan_state(WorkArea(sp.work_area(job)), ckpt.input_bytes if ckpt else None)
         since = served if served is not None else (ckpt.created_at if ckpt else st.st_ctime)
         return Candidate(job, priority, self._effective(priority, since, fresh, now), owner_of(record, st.st_uid),
-                         ckpt.model if ckpt else (record.model if record else None), st.st_mtime, served, fresh)
+                         ckpt.model if ckpt else (record.model if record else None), st.st_mtime, served, fresh,
+                         ending=stop_state(sp, job, now) is not None)
 
     def queued(self, entry: InboxEntry, now: float) -> Candidate | None:
         """The candidate of a settled regular file of the inbox (None while it settles, or for an odd entry).
@@ -181,8 +188,9 @@ class Ranking:
         # Waiting since it came into the inbox: the rename that placed it set its change time
         # (its modification time may be older, kept by `cp -p`).
         effective = self._effective(priority, st.st_ctime, True, now)
+        expired = record is not None and record.expires_at is not None and now >= record.expires_at
         return Candidate(job, priority, effective, owner_of(record, st.st_uid, getattr(entry, "project", None)),
-                         record.model if record else None, st.st_mtime, None, True, entry)
+                         record.model if record else None, st.st_mtime, None, True, entry, ending=expired)
 
     def gather(self, now: float) -> list[Candidate]:
         """Every running job and every settled inbox file, unordered."""
@@ -201,22 +209,23 @@ class Ranking:
 
 
 def order(candidates: list[Candidate], loaded_model: str | None, *, fair_share: bool = True) -> list[Candidate]:
-    """Most urgent first; then the loaded model's; then the owner served longest ago; then the oldest."""
+    """Jobs only to be ended first; then the most urgent; then the loaded model's; then the owner served longest
+    ago; then the oldest."""
     turn: dict[str, float] = {}
     if fair_share:
         for c in candidates:
             turn[c.owner] = max(turn.get(c.owner, 0.0), c.served_at or 0.0)
 
-    def key(c: Candidate) -> tuple[int, int, float, float, str]:
+    def key(c: Candidate) -> tuple[bool, int, int, float, float, str]:
         other_model = 0 if loaded_model is not None and c.model == loaded_model else 1
-        return -c.effective, other_model, turn.get(c.owner, 0.0), c.queued_at, c.job
+        return not c.ending, -c.effective, other_model, turn.get(c.owner, 0.0), c.queued_at, c.job
 
     return sorted(candidates, key=key)
 
 
 def reason_for(chosen: Candidate, beaten: list[Candidate], loaded_model: str | None) -> str:
     """Why ``chosen`` won over the candidates ranked after it that had lines to run."""
-    rivals = [c for c in beaten if c.fresh and c.job != chosen.job]
+    rivals = [c for c in beaten if c.fresh and not c.ending and c.job != chosen.job]
     lower = [c for c in rivals if c.effective < chosen.effective]
     if lower:
         if chosen.starved and any(c.priority >= chosen.priority for c in lower):
