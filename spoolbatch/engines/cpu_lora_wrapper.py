@@ -321,4 +321,5 @@ def install(cls: type) -> bool:
         setattr(cls, _ORIGINAL + name, getattr(cls, name))
         setattr(cls, name, method)
     setattr(cls, _MARK, True)
+    log.info("vLLM's CPU LoRA wrapper replaced: layers and batches no adapter touches skip LoRA")
     return True
