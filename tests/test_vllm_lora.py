@@ -32,7 +32,7 @@ from spoolbatch.store.spool import Spool
 from spoolbatch.worker.daemon import Daemon
 
 from .conftest import REPO, SharedEngine, assert_exactly_once, drop, read_jsonl, wait_for
-from .tiny_lora import merge_adapter, write_adapter
+from .tiny_lora import EVERY_LINEAR, merge_adapter, write_adapter
 
 pytestmark = pytest.mark.vllm
 
@@ -201,6 +201,33 @@ def test_one_engine_answers_base_and_adapter_lines_each_with_its_own_weights(lor
     assert len(engine._llm.llm_engine.list_loras()) == 2
     again = engine.run([completion("again", "chat", PROMPTS[1])])
     assert text(again[0]) == lora.reference["chat"][1] and engine.starts == 2
+
+
+def test_adapters_of_every_linear_layer_each_answer_as_their_merged_model(tiny_model_dir: Path,
+                                                                           tmp_path: Path) -> None:
+    """Adapters on q, k, v, o and the MLP's gate, up and down, of two ranks (vLLM pads the smaller to
+    max_lora_rank): every LoRA path of the engine (merged q/k/v and gate/up, the row-parallel o and down), in one
+    batch with base lines, each line's greedy answer that of its merged model."""
+    from spoolbatch.engines.vllm_engine import VllmEngine
+
+    model = str(tiny_model_dir)
+    folder = tmp_path / "adapters"
+    reference = {"base": greedy(model, PROMPTS)}
+    for seed, (name, rank) in enumerate((("wide-8", 8), ("wide-4", 4)), start=3):
+        adapter = write_adapter(tiny_model_dir, folder / name, seed=seed, rank=rank, alpha=2 * rank, scale=0.2,
+                                targets=EVERY_LINEAR)
+        reference[name] = greedy(str(merge_adapter(tiny_model_dir, adapter, tmp_path / f"merged-{name}")), PROMPTS)
+        assert sum(a != b for a, b in zip(reference[name], reference["base"], strict=True)) >= 3, name
+    engine = VllmEngine(EngineSettings(dtype="float32", adapters=(AdapterSource(str(folder), model),)))
+    engine.load(model)
+    try:
+        requests = [completion(f"{m}-{i}", model if m == "base" else m, p) for i, p in enumerate(PROMPTS)
+                    for m in ("base", "wide-8", "wide-4")]
+        for request, outcome in zip(requests, engine.run(requests), strict=True):
+            name = request.custom_id.rsplit("-", 1)[0]
+            assert text(outcome) == reference[name][PROMPTS.index(request.spec.prompt)], request.custom_id
+    finally:
+        engine.close()
 
 
 def job_lines(lora: Lora) -> tuple[list[dict[str, Any]], dict[str, tuple[str, int]]]:

@@ -3,7 +3,7 @@
 An adapter is a folder in PEFT's format: ``adapter_config.json`` (``peft_type`` LORA, rank
 ``r``, ``lora_alpha``, ``target_modules``) and ``adapter_model.safetensors`` holding
 ``base_model.model.<module>.lora_A.weight`` (r x in) and ``lora_B.weight`` (out x r) for
-each targeted module, here every layer's q_proj and v_proj, with seeded random values. PEFT
+each targeted module (every layer's q_proj and v_proj unless told), with seeded random values. PEFT
 is not needed to write one: the format is these two files. ``merge_adapter`` writes a model
 folder whose weights are W + (alpha / r) * B @ A, in float32 so that nothing is rounded: a
 model that has the adapter built in, for comparing answers against the engine's LoRA path.
@@ -16,6 +16,8 @@ import shutil
 from pathlib import Path
 
 TARGETS = ("q_proj", "v_proj")
+MLP = ("gate_proj", "up_proj", "down_proj")
+EVERY_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", *MLP)
 
 
 def _layers(model_dir: Path) -> int:
@@ -23,8 +25,9 @@ def _layers(model_dir: Path) -> int:
 
 
 def write_adapter(model_dir: Path, out: Path, *, seed: int, rank: int = 8, alpha: int = 16,
-                  scale: float = 0.3) -> Path:
-    """A rank-``rank`` adapter of the model in ``model_dir`` with non-zero random weights, in ``out``."""
+                  scale: float = 0.3, targets: tuple[str, ...] = TARGETS) -> Path:
+    """A rank-``rank`` adapter of the model in ``model_dir`` with non-zero random weights, in ``out``, on each
+    layer's ``targets`` (attention's q_proj ... o_proj, the MLP's gate_proj, up_proj, down_proj)."""
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -32,16 +35,17 @@ def write_adapter(model_dir: Path, out: Path, *, seed: int, rank: int = 8, alpha
     generator = torch.Generator().manual_seed(seed)
     tensors = {}
     for layer in range(_layers(model_dir)):
-        for module in TARGETS:
-            rows, cols = weights[f"model.layers.{layer}.self_attn.{module}.weight"].shape
-            prefix = f"base_model.model.model.layers.{layer}.self_attn.{module}"
+        for module in targets:
+            block = "mlp" if module in MLP else "self_attn"
+            rows, cols = weights[f"model.layers.{layer}.{block}.{module}.weight"].shape
+            prefix = f"base_model.model.model.layers.{layer}.{block}.{module}"
             tensors[f"{prefix}.lora_A.weight"] = (torch.randn(rank, cols, generator=generator) * scale).contiguous()
             tensors[f"{prefix}.lora_B.weight"] = (torch.randn(rows, rank, generator=generator) * scale).contiguous()
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / "adapter_model.safetensors"))
     (out / "adapter_config.json").write_text(json.dumps({
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": alpha, "lora_dropout": 0.0,
-        "target_modules": list(TARGETS), "bias": "none", "fan_in_fan_out": False,
+        "target_modules": list(targets), "bias": "none", "fan_in_fan_out": False,
         "base_model_name_or_path": str(model_dir)}))
     return out
 

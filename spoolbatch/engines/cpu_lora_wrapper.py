@@ -8,7 +8,9 @@ adapters leave alone (o_proj, gate_up and down for adapters of q_proj and v_proj
 base-model rows only pay for it too. SmolLM2 (30 layers), 400 requests of 16 tokens on one
 thread: 2.8 s of 11.8 s in ``add_lora_linear``, against 9.4 s for the base alone.
 
-The methods here take the wrapper's place (``install``):
+The methods here take the wrapper's place (``install``): ``add_lora_linear`` (every linear layer),
+``add_lora_embedding``, ``add_lora_logits``, and ``add_shrink``/``add_expand`` (what vLLM's
+``fully_sharded_loras`` layers call instead of ``add_lora_linear``):
 
 - a batch's runs of one adapter are found once a forward pass (the wrapper rewrites its index
   tensors in place before each one, which bumps their version: the key of what is kept);
