@@ -45,10 +45,10 @@ from .conftest import assert_exactly_once, chat_line, job_events, wait_for, writ
 
 
 def queue(spool: Spool, config: Config, tmp_path: Path, name: str, n: int, *, priority: Any = None,
-          owner: str | None = None) -> str:
-    """Submit ``n`` chat lines as job ``name`` with a priority and an owner; its job id."""
+          owner: str | None = None, project: str | None = None) -> str:
+    """Submit ``n`` chat lines as job ``name`` with a priority, an owner and a project; its job id."""
     path = write_jsonl(tmp_path / f"{name}.jsonl", [chat_line(i) for i in range(n)])
-    spec = BatchSpec(priority=priority, metadata={"owner": owner} if owner else {})
+    spec = BatchSpec(priority=priority, metadata={"owner": owner} if owner else {}, project=project)
     return submit(path, config, batch=spec).jobs[0]
 
 
@@ -211,6 +211,24 @@ def test_owners_take_chunks_round_robin(spool: Spool, config: Config, tmp_path: 
     for job in (a1, a2, b1):
         assert_exactly_once(spool, job, ids(30))
     assert not any(job_events(spool, job, JobEvent.OVERTAKEN) for job in (a1, a2, b1))  # equals take turns
+
+
+def test_projects_take_turns_before_their_owners_do(spool: Spool, config: Config, tmp_path: Path) -> None:
+    """Fair share is across projects first: team-a's two owners share team-a's turns, so team-b's one job gets
+    every other chunk (not one in three because team-a's jobs name two owners)."""
+    daemon = Daemon(config, echo=False)
+    seen = merged_order(daemon)
+    a1 = queue(spool, config, tmp_path, "a1", 30, owner="alice", project="team-a")
+    a2 = queue(spool, config, tmp_path, "a2", 30, owner="carol", project="team-a")
+    b1 = queue(spool, config, tmp_path, "b1", 30, owner="bob", project="team-b")
+    while daemon.loop_once().worked:
+        pass
+    assert seen == [a1, b1, a2, b1, a1, b1, a2, a1, a2]
+    for job in (a1, a2, b1):
+        assert_exactly_once(spool, job, ids(30))
+    assert reason_for(cand("b", owner="bob", queued_at=2), [cand("a", owner="bob", queued_at=1)], "m") == FIFO
+    other = Candidate("a", NORMAL, NORMAL, "bob", "m", 1.0, None, True, project="team-a")
+    assert reason_for(cand("b", owner="bob", queued_at=2), [other], "m") == FAIR_SHARE
 
 
 def test_owner_is_metadata_owner_else_the_files_user(spool: Spool, config: Config, tmp_path: Path) -> None:

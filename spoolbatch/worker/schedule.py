@@ -11,15 +11,20 @@ Before each chunk a worker ranks every job it could take a chunk of, the running
 1. priority (store/priority.py); a job that has had no new chunk for ``max_wait`` seconds
    (since it was queued, or since its last chunk) counts as ``high`` until it gets one;
 2. the model the worker's engine has loaded (another model means reloading the engine);
-3. its owner's turn (fair share): the owner whose jobs got a new chunk longest ago goes first,
-   so equal jobs of several owners take chunks round-robin;
+3. its project's turn, then its owner's turn within the project (fair share): the project
+   whose jobs got a new chunk longest ago goes first, and in it the owner served longest ago,
+   so equal jobs of several projects take chunks round-robin, and so do a project's owners
+   among the chunks the project gets (an owner is what a job says: it cannot win its project
+   more than its share);
 4. age: the oldest input file first (FIFO, the order the inbox is claimed in).
 
 Nothing here keeps state of its own: when a job last got a chunk is the modification time of
 its plan (store/workarea.py appends one range per new chunk; the worker that took it stamps the
-time to the nanosecond), and a job's priority and owner come from its batch record and its input
-file, so every worker of a spool ranks alike. A job's owner is its batch's ``metadata.owner``,
-else its project, else the user owning its input file (whoever ran `submit` or copied it in).
+time to the nanosecond), and a job's priority, project and owner come from its batch record, its
+checkpoint and its input file, so every worker of a spool ranks alike. A job's project is its
+batch's (the key that created it, ``submit --project``) or its inbox folder's, else ``default``;
+its owner is its batch's ``metadata.owner``, else its project, else the user owning its input
+file (whoever ran `submit` or copied it in).
 
 ``Scheduler`` turns the ranking into a ``Choice`` (the job, its priority, and why it won: the
 heartbeat shows it) and logs ``overtaken`` in the log of a job the worker leaves for a more
@@ -38,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from spoolbatch.config import Config
+from spoolbatch.config import DEFAULT_PROJECT, Config
 from spoolbatch.store.batches import BatchRecord, stop_state
 from spoolbatch.store.checkpoint import Checkpoint
 from spoolbatch.store.joblog import JobEvent, JobLog
@@ -67,6 +72,7 @@ class Candidate:
     fresh: bool  # it has lines no chunk covers yet (a queued file always has)
     entry: InboxEntry | None = None  # the inbox file, while it is not claimed
     ending: bool = False  # its window passed or a cancel is pending: a worker only has to end it
+    project: str = DEFAULT_PROJECT  # whose share of chunks it takes (fair share is across projects first)
 
     @property
     def starved(self) -> bool:
@@ -160,9 +166,11 @@ class Ranking:
         priority = record.job_priority if record is not None else NORMAL
         served, fresh = _plan_state(WorkArea(sp.work_area(job)), ckpt.input_bytes if ckpt else None)
         since = served if served is not None else (ckpt.created_at if ckpt else st.st_ctime)
-        return Candidate(job, priority, self._effective(priority, since, fresh, now), owner_of(record, st.st_uid),
+        project = (ckpt.project if ckpt else None) or (record.project if record else None) or DEFAULT_PROJECT
+        return Candidate(job, priority, self._effective(priority, since, fresh, now),
+                         owner_of(record, st.st_uid, project),
                          ckpt.model if ckpt else (record.model if record else None), st.st_mtime, served, fresh,
-                         ending=stop_state(sp, job, now) is not None)
+                         ending=stop_state(sp, job, now) is not None, project=project)
 
     def queued(self, entry: InboxEntry, now: float) -> Candidate | None:
         """The candidate of a settled regular file of the inbox (None while it settles, or for an odd entry).
@@ -189,8 +197,10 @@ class Ranking:
         # (its modification time may be older, kept by `cp -p`).
         effective = self._effective(priority, st.st_ctime, True, now)
         expired = record is not None and record.expires_at is not None and now >= record.expires_at
-        return Candidate(job, priority, effective, owner_of(record, st.st_uid, getattr(entry, "project", None)),
-                         record.model if record else None, st.st_mtime, None, True, entry, ending=expired)
+        project = (record.project if record else None) or getattr(entry, "project", None) or DEFAULT_PROJECT
+        return Candidate(job, priority, effective, owner_of(record, st.st_uid, project),
+                         record.model if record else None, st.st_mtime, None, True, entry, ending=expired,
+                         project=project)
 
     def gather(self, now: float) -> list[Candidate]:
         """Every running job and every settled inbox file, unordered."""
@@ -209,16 +219,20 @@ class Ranking:
 
 
 def order(candidates: list[Candidate], loaded_model: str | None, *, fair_share: bool = True) -> list[Candidate]:
-    """Jobs only to be ended first; then the most urgent; then the loaded model's; then the owner served longest
-    ago; then the oldest."""
-    turn: dict[str, float] = {}
+    """Jobs only to be ended first; then the most urgent; then the loaded model's; then the project served longest
+    ago, and in it the owner served longest ago; then the oldest."""
+    projects: dict[str, float] = {}
+    owners: dict[tuple[str, str], float] = {}
     if fair_share:
         for c in candidates:
-            turn[c.owner] = max(turn.get(c.owner, 0.0), c.served_at or 0.0)
+            served = c.served_at or 0.0
+            projects[c.project] = max(projects.get(c.project, 0.0), served)
+            owners[c.project, c.owner] = max(owners.get((c.project, c.owner), 0.0), served)
 
-    def key(c: Candidate) -> tuple[bool, int, int, float, float, str]:
+    def key(c: Candidate) -> tuple[bool, int, int, float, float, float, str]:
         other_model = 0 if loaded_model is not None and c.model == loaded_model else 1
-        return not c.ending, -c.effective, other_model, turn.get(c.owner, 0.0), c.queued_at, c.job
+        return (not c.ending, -c.effective, other_model, projects.get(c.project, 0.0),
+                owners.get((c.project, c.owner), 0.0), c.queued_at, c.job)
 
     return sorted(candidates, key=key)
 
@@ -235,7 +249,7 @@ def reason_for(chosen: Candidate, beaten: list[Candidate], loaded_model: str | N
     mine = loaded_model is not None and chosen.model == loaded_model
     if mine and any(c.model != loaded_model for c in older):
         return LOADED_MODEL
-    if any(c.owner != chosen.owner for c in older):
+    if any((c.project, c.owner) != (chosen.project, chosen.owner) for c in older):
         return FAIR_SHARE
     return FIFO
 
