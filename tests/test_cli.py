@@ -11,7 +11,10 @@ import pytest
 from typer.testing import CliRunner
 
 from spoolbatch.cli import app
+from spoolbatch.commands.batches import error_lines
+from spoolbatch.config import Config
 from spoolbatch.store.spool import Spool
+from spoolbatch.worker.daemon import Daemon
 
 from .conftest import REPO, chat_line, write_jsonl
 
@@ -61,6 +64,27 @@ def test_deadletter_and_errors_and_retry(spool: Spool, tmp_path: Path) -> None:
     assert orjson.loads(out)["error"]["code"] == "invalid_value"
     code, out, _ = cli(spool, "retry", "j", "--json")
     assert code == 0 and orjson.loads(out) == {"job": "j.retry", "records": 1}
+
+
+def test_results_errors_is_the_apis_error_file_with_the_lines_a_cancel_left_unrun(spool: Spool, tmp_path: Path,
+                                                                                  config: Config) -> None:
+    src = write_jsonl(tmp_path / "c.jsonl", [chat_line(0, temperature=5)] + [chat_line(i) for i in range(1, 30)])
+    assert cli(spool, "submit", str(src), "--allow-bad-lines")[0] == 0
+    daemon = Daemon(config, echo=False)
+    assert daemon.loop_once().worked  # the first chunk of 10 (the look-ahead chunk is claimed too)
+    assert cli(spool, "cancel", "c")[0] == 0
+    while daemon.loop_once().worked:
+        pass
+    code, out, _ = cli(spool, "results", "c")
+    results = [orjson.loads(x) for x in out.splitlines()]
+    code, out, _ = cli(spool, "results", "c", "--errors")
+    errors = [orjson.loads(x) for x in out.splitlines()]
+    assert code == 0 and 9 <= len(results) < 29
+    assert len(results) + len(errors) == 30
+    assert sorted(e["custom_id"] for e in errors) == sorted(f"req-{i}" for i in [0, *range(len(results) + 1, 30)])
+    codes = [e["error"]["code"] for e in errors]
+    assert codes[0] == "invalid_value" and set(codes[1:]) == {"batch_cancelled"}
+    assert out.encode() == b"".join(error_lines(spool, "c"))  # the API's error file, line for line
 
 
 @pytest.mark.parametrize(("args", "code", "words"), [

@@ -208,7 +208,7 @@ def test_retry_resubmits_deadletter_records(spool: Spool, config: Config) -> Non
 def test_errors_are_openai_error_lines(spool: Spool, config: Config) -> None:
     drop(spool, "job.jsonl", [chat_line(1), b"nope"])
     drain(config)
-    (line,) = list(catalog.errors(spool, "job"))
+    (line,) = list(catalog.deadletter_lines(spool, "job"))
     err = orjson.loads(line)
     assert err["response"] is None and err["error"]["code"] == "invalid_json" and "line 2" in err["error"]["message"]
 

@@ -103,17 +103,19 @@ def _write_lines(lines: Iterable[bytes], output: Path | None) -> int:
 def results(
     job: JobOrGroupArg,
     spool: SpoolOpt = None,
-    errors: Annotated[bool, typer.Option("--errors", help="Print deadletter as OpenAI error lines.")] = False,
+    errors: Annotated[bool, typer.Option("--errors", help="Print the error file: deadletter and the requests a "
+                                         "cancel or expiry left unrun, as OpenAI error lines.")] = False,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Write to FILE instead of stdout.")] = None,
     project: ProjectOpt = None,
     json: JsonOpt = False,
 ) -> None:
     """Committed OpenAI output lines of a job or group (JSONL); with --project, only one of that project's."""
     from spoolbatch.commands import catalog as j
+    from spoolbatch.commands.batches import error_file
 
     sp = Spool(config(spool).spool)
     j.check_project(sp, job, project)
-    lines = j.errors(sp, job) if errors else j.results(sp, job)
+    lines = error_file(sp, job) if errors else j.results(sp, job)
     n = _write_lines(lines, output)
     if output is not None:
         if json:

@@ -20,7 +20,15 @@ from typing import Any
 
 import orjson
 
-from spoolbatch.commands.catalog import JobInfo, errors, in_project, job_info, list_jobs, queued_entry
+from spoolbatch.commands.catalog import (
+    JobInfo,
+    deadletter_lines,
+    group_jobs,
+    in_project,
+    job_info,
+    list_jobs,
+    queued_entry,
+)
 from spoolbatch.commands.control import cancel
 from spoolbatch.config import DEFAULT_PROJECT
 from spoolbatch.errors import SpoolbatchError
@@ -204,7 +212,7 @@ def list_batches(spool: Spool, project: str | None = None) -> list[BatchView]:
 
 def error_lines(spool: Spool, job: str) -> Iterator[bytes]:
     """The error file: deadletter as OpenAI error lines, then each request a cancel or expiry left unrun."""
-    yield from errors(spool, job)
+    yield from deadletter_lines(spool, job)
     view = get_batch(spool, job)
     ckpt, code = view.checkpoint, UNRUN_CODE.get(view.state)
     if code is None or not view.unrun():
@@ -228,3 +236,10 @@ def error_lines(spool: Spool, job: str) -> Iterator[bytes]:
                     custom_id = orjson.loads(raw).get("custom_id")
             yield orjson.dumps({"id": stable_id("batch_req_", job, str(custom_id), str(n)), "custom_id": custom_id,
                                 "response": None, "error": {"code": code, "message": f"line {n}: {message}"}}) + b"\n"
+
+
+def error_file(spool: Spool, name: str) -> Iterator[bytes]:
+    """The error file of a job, or those of every job of a group in order: what `results --errors` prints."""
+    spool.require()
+    for job in group_jobs(spool, name):
+        yield from error_lines(spool, job)

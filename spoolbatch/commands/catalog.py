@@ -267,8 +267,8 @@ def deadletter(spool: Spool, name: str) -> Iterator[dict[str, Any]]:
             yield orjson.loads(line)
 
 
-def errors(spool: Spool, name: str) -> Iterator[bytes]:
-    """Deadletter records as OpenAI batch error-file lines."""
+def deadletter_lines(spool: Spool, name: str) -> Iterator[bytes]:
+    """Deadletter records as OpenAI error lines: the first part of the error file (``batches.error_file``)."""
     for record in deadletter(spool, name):
         yield error_line(record)
 
