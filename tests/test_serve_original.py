@@ -75,6 +75,27 @@ def test_the_original_client_from_create_to_results(tmp_path: Path, keyless: Ser
     assert wait_done(base, second["batch_id"])["status"] == "completed"
 
 
+def test_the_one_step_create_checks_a_model_and_an_endpoint_sent_together(tmp_path: Path, keyless: Server) -> None:
+    """The form's model is checked against the lines even when an endpoint comes with it, and the endpoint too."""
+    path = write_jsonl(tmp_path / "requests.jsonl", [chat_line(i, model=MODEL) for i in range(3)])
+
+    def post(**fields: str) -> requests.Response:
+        with open(path, "rb") as f:
+            return requests.post(f"{keyless.url}/v1/batches", files={"file": f}, data=fields, timeout=30)
+
+    refused = post(model="other/model", endpoint="/v1/chat/completions")
+    assert refused.status_code == 400, refused.text
+    assert (refused.json()["error"]["code"], refused.json()["error"]["param"]) == ("model_mismatch", "model")
+    refused = post(model=MODEL, endpoint="/v1/embeddings")
+    assert refused.status_code == 400, refused.text
+    assert (refused.json()["error"]["code"], refused.json()["error"]["param"]) == ("endpoint_mismatch", "endpoint")
+    assert requests.get(f"{keyless.url}/v1/batches", timeout=30).json()["data"] == []  # neither made a batch
+    answer = post(model=MODEL, endpoint="/v1/chat/completions")
+    assert answer.status_code == 200, answer.text
+    assert (answer.json()["model"], answer.json()["endpoint"], answer.json()["total_requests"]) == \
+        (MODEL, "/v1/chat/completions", 3)
+
+
 def test_the_openai_create_route_keeps_openais_shape(tmp_path: Path, keyless: Server) -> None:
     client = openai.OpenAI(base_url=keyless.base_url, api_key="unused", max_retries=0, timeout=30)
     path = write_jsonl(tmp_path / "requests.jsonl", [chat_line(1, model=MODEL)])

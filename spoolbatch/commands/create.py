@@ -64,10 +64,16 @@ def create_batch(config: Config, path: Path, spec: BatchSpec, *, allow_bad_lines
     return Created(get_batch(Spool(config.spool), done.jobs[0]), done)
 
 
-def one_step_endpoint(config: Config, path: Path, model: str | None = None) -> str:
-    """The endpoint of a file sent without one (its lines' ``url``); a ``model`` given must be the lines':
-    the job's model, or one of its LoRA adapters (lines naming adapters make a job of their base)."""
+def one_step_endpoint(config: Config, path: Path, endpoint: str | None = None, model: str | None = None) -> str:
+    """The endpoint of a one-step create: ``endpoint``, else the lines' ``url``.
+
+    A ``model`` given must be the lines' (the job's model, or one of its LoRA adapters: lines
+    naming adapters make a job of their base), whether or not an endpoint came with it; the
+    endpoint is checked against the lines' url by `submit`, as OpenAI's create's is.
+    """
+    if endpoint is not None and not model:
+        return endpoint
     found = validate(path, config)
     if model and found.model and found.model not in (model, adapter_bases(config.adapters).get(model)):
         raise InputError(f"model {model!r} does not match the lines' {found.model!r}.", code="model_mismatch")
-    return found.url or DEFAULT_ENDPOINT
+    return endpoint or found.url or DEFAULT_ENDPOINT

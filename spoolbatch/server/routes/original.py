@@ -27,15 +27,14 @@ router = APIRouter(prefix="/v1/batches", tags=["the replaced server's routes"], 
 
 
 async def one_step(request: Request, server: ServerState, caller: Principal) -> Response:
-    """Upload a file and create its batch in the caller's project: the endpoint and model come from its lines
-    unless given."""
+    """Upload a file and create its batch in the caller's project: the endpoint comes from its lines unless given,
+    and a model or endpoint given must be the lines'."""
     record, upload = await receive_file(request, server.spool, max_bytes=server.config.max_job_bytes,
                                         max_lines=server.config.max_requests_per_job, project=caller.project)
     path = server.spool.file_content(record.id)
     try:
         form = OneStepForm.model_validate(upload.fields)
-        if form.endpoint is None:
-            form.endpoint = await run_in_threadpool(one_step_endpoint, server.config, path, form.model)
+        form.endpoint = await run_in_threadpool(one_step_endpoint, server.config, path, form.endpoint, form.model)
         body = form.create_body(record.id)
     except ValidationError as exc:
         raise invalid(exc.errors()) from None
