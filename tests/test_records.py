@@ -111,3 +111,48 @@ def test_sampling_spec_maps_fields() -> None:
     emb = parse_spec(EMBEDDINGS, {"model": "e", "input": ["a", "b"], "encoding_format": "base64"})
     assert emb.inputs == ("a", "b") and emb.encoding_format == "base64" and emb.dimensions is None
     assert parse_spec(EMBEDDINGS, {"model": "e", "input": "a", "dimensions": 8}).dimensions == 8
+
+
+def test_a_messages_name_is_carried_to_the_engine() -> None:
+    spec = parse_spec(CHAT, {"model": "m", "messages": [
+        {"role": "developer", "content": "be brief", "name": "ops"},
+        {"role": "user", "content": [{"type": "text", "text": "hi"}], "name": "alice"},
+        {"role": "assistant", "content": "hello", "name": "bot", "refusal": None, "tool_calls": None}]})
+    assert spec.messages == ({"role": "system", "content": "be brief", "name": "ops"},
+                             {"role": "user", "content": "hi", "name": "alice"},
+                             {"role": "assistant", "content": "hello", "name": "bot"})
+    assert spec.rich  # rendered by the engine's full chat renderer, which hands the name to the template
+    # Keys sent as null are as absent: an OpenAI answer's message replayed as it came stays plain.
+    plain = parse_spec(CHAT, {"model": "m", "messages": [{"role": "user", "content": "hi", "name": None},
+                                                         {"role": "assistant", "content": "yo", "refusal": None,
+                                                          "audio": None, "function_call": None}]})
+    assert plain.messages == ({"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"})
+    assert not plain.rich
+
+
+@pytest.mark.parametrize(("message", "code", "words"), [
+    ({"role": "user", "content": "x", "foo": 1}, "unsupported_parameter", "messages[1]: foo"),
+    ({"role": "system", "content": "x", "tool_call_id": "c"}, "unsupported_parameter", "tool_call_id"),
+    ({"role": "assistant", "content": "x", "refusal": "no", "audio": {"id": "a"}}, "unsupported_parameter",
+     "audio, refusal"),
+    ({"role": "assistant", "content": "x", "reasoning_content": "hm"}, "unsupported_parameter", "reasoning_content"),
+    ({"role": "tool", "content": "x", "tool_call_id": "c", "weird": True}, "unsupported_parameter", "weird"),
+    ({"role": "user", "content": "x", "name": 7}, "invalid_type", "messages[1].name"),
+])
+def test_a_message_key_that_is_not_carried_is_refused(message: dict, code: str, words: str) -> None:
+    with pytest.raises(RequestError) as info:
+        parse_spec(CHAT, {"model": "m", "messages": [{"role": "user", "content": "q"}, message]})
+    assert info.value.code == code and words in str(info.value)
+
+
+def test_a_line_with_a_message_key_not_carried_is_deadlettered_alone() -> None:
+    parser = LineParser()
+    named = chat_line(1)
+    named["body"]["messages"][0]["name"] = "alice"
+    odd = chat_line(2)
+    odd["body"]["messages"][0]["mood"] = "curious"
+    assert not isinstance(parse(parser, named, 1), BadLine)
+    bad = parse(parser, odd, 2)
+    assert isinstance(bad, BadLine) and bad.code == "unsupported_parameter" and "mood" in bad.message
+    record = orjson.loads(deadletter_line("job", bad))
+    assert record["line"] == 2 and record["custom_id"] == "req-2" and record["error"]["code"] == "unsupported_parameter"

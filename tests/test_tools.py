@@ -116,3 +116,16 @@ def test_fake_engine_answers_a_replayed_tool_conversation() -> None:
     (outcome,) = FakeEngine(created=1).run([chat(messages=REPLAY, tools=[WEATHER], tool_choice="none")])
     assert outcome.body is not None
     assert ChatCompletion.model_validate(outcome.body).choices[0].message.content
+
+
+def test_a_replayed_tool_conversation_keeps_its_names() -> None:
+    from openai.types.chat import ChatCompletion
+
+    named = [{**USER[0], "name": "alice"}, {**REPLAY[1], "name": "bot"}, {**REPLAY[2], "name": "get_weather"}]
+    request = chat(messages=named, tools=[WEATHER], tool_choice="none")
+    user, assistant, tool = request.spec.messages
+    assert (user["name"], assistant["name"], tool["name"]) == ("alice", "bot", "get_weather")
+    assert assistant["tool_calls"][0]["id"] == "call_1" and tool["tool_call_id"] == "call_1"
+    (outcome,) = FakeEngine(created=1).run([request])
+    assert outcome.body is not None
+    assert ChatCompletion.model_validate(outcome.body).choices[0].message.content

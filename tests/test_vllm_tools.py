@@ -108,6 +108,32 @@ def test_a_replayed_tool_conversation_is_answered(shared_vllm_engine: Any) -> No
     assert completion.usage.prompt_tokens > ok(plain)["usage"]["prompt_tokens"]
 
 
+def test_a_messages_name_reaches_the_chat_template(shared_vllm_engine: Any) -> None:
+    """vLLM's renderer hands a message's ``name`` to the template; the tiny model's template ignores it, so a
+    template that writes it after the role is set on the loaded ``LLM`` (its default template) for this test."""
+    llm = shared_vllm_engine.engine._llm
+    before = llm.chat_template
+    llm.chat_template = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] }}{% if m.get('name') %}"
+                         "{{ ' ' + m['name'] }}{% endif %}{{ '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
+                         "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+    try:
+        # chat_template_kwargs sends the unnamed twin down the same renderer (a plain line takes the fast path).
+        outcomes = shared_vllm_engine.run([
+            chat("named", messages=[{"role": "user", "content": "weather?", "name": "alice"}],
+                 chat_template_kwargs={}, max_tokens=4),
+            chat("unnamed", 2, messages=USER, chat_template_kwargs={}, max_tokens=4)])
+    finally:
+        llm.chat_template = before
+    tokenizer = llm.get_tokenizer()
+
+    def tokens(text: str) -> int:
+        return len(tokenizer.encode(text + "<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False))
+
+    named, unnamed = (ok(o)["usage"]["prompt_tokens"] for o in outcomes)
+    assert (named, unnamed) == (tokens("<|im_start|>user alice\nweather?"), tokens("<|im_start|>user\nweather?"))
+    assert named > unnamed
+
+
 def test_auto_without_a_tool_parser_is_refused_per_line(shared_vllm_engine: Any) -> None:
     outcomes = shared_vllm_engine.run([chat("auto", tools=[WEATHER]), chat("fine", 2, max_tokens=4)])
     assert outcomes[0].failed and outcomes[0].error_code == "tool_parser_missing"

@@ -132,37 +132,61 @@ def _messages(body: dict[str, Any]) -> tuple[tuple[dict[str, Any], ...], bool]:
                 and message.get("role") in _PLAIN_ROLES:
             out.append(message)  # the common case: {"role", "content": str}, nothing to convert
             continue
-        if not isinstance(message, dict):
-            raise RequestError("invalid_type", f"messages[{i}] must be an object")
-        role = message.get("role")
-        if role not in _ROLES:
-            raise RequestError("invalid_value", f"messages[{i}].role {role!r} is not one of {sorted(_ROLES)}")
-        if message.get("function_call"):
-            raise RequestError("unsupported_parameter", f"messages[{i}]: 'function_call' is deprecated and not "
-                               "supported; use 'tool_calls'")
-        where = f"messages[{i}]"
-        if role == "assistant" and message.get("tool_calls"):
-            content = message.get("content")
-            out.append({"role": "assistant", "content": "" if content is None else _text(content, where),
-                        "tool_calls": fn_tools.assistant_calls(message["tool_calls"], where)})
-            rich = True
-            continue
-        if role == "tool":
-            call_id = message.get("tool_call_id")
-            if not isinstance(call_id, str) or not call_id:
-                raise RequestError("missing_field", f"{where}: a tool message needs a string 'tool_call_id'")
-            out.append({"role": "tool", "content": _text(message.get("content", ""), where),
-                        "tool_call_id": call_id})
-            rich = True
-            continue
+        built, plain = _message(message, f"messages[{i}]")
+        out.append(built)
+        rich = rich or not plain
+    return tuple(out), rich
+
+
+# What a message of each role carries besides role and content; any other key with a value is refused.
+# ``name`` reaches the chat template as vLLM's renderer passes it (on every role); ``function_call`` is
+# only there to be refused with its own message.
+_MESSAGE_KEYS = {"system": {"name"}, "developer": {"name"}, "user": {"name"},
+                 "assistant": {"name", "tool_calls", "function_call"}, "tool": {"name", "tool_call_id"}}
+_BASE_KEYS = ("role", "content")
+
+
+def _message(message: Any, where: str) -> tuple[dict[str, Any], bool]:
+    """One message other than a plain {"role", "content": str}, checked and rebuilt; and whether it is still plain."""
+    if not isinstance(message, dict):
+        raise RequestError("invalid_type", f"{where} must be an object")
+    role = message.get("role")
+    if role not in _ROLES:
+        raise RequestError("invalid_value", f"{where}.role {role!r} is not one of {sorted(_ROLES)}")
+    carried = _MESSAGE_KEYS[role]
+    unknown = sorted(k for k, v in message.items() if v is not None and k not in carried and k not in _BASE_KEYS)
+    if unknown:
+        raise RequestError("unsupported_parameter", f"{where}: {', '.join(unknown)} not supported for role {role!r} "
+                           f"(it may carry role, content, {', '.join(sorted(carried - {'function_call'}))})")
+    if message.get("function_call"):
+        raise RequestError("unsupported_parameter", f"{where}: 'function_call' is deprecated and not "
+                           "supported; use 'tool_calls'")
+    name = message.get("name")
+    if name is not None and not isinstance(name, str):
+        raise RequestError("invalid_type", f"{where}.name must be a string")
+    built: dict[str, Any]
+    plain = False
+    if role == "assistant" and message.get("tool_calls"):
+        content = message.get("content")
+        built = {"role": "assistant", "content": "" if content is None else _text(content, where),
+                 "tool_calls": fn_tools.assistant_calls(message["tool_calls"], where)}
+    elif role == "tool":
+        call_id = message.get("tool_call_id")
+        if not isinstance(call_id, str) or not call_id:
+            raise RequestError("missing_field", f"{where}: a tool message needs a string 'tool_call_id'")
+        built = {"role": "tool", "content": _text(message.get("content", ""), where), "tool_call_id": call_id}
+    else:
         content = message.get("content", "")
         if role == "user" and isinstance(content, list) \
                 and any(isinstance(p, dict) and p.get("type") == "image_url" for p in content):
-            out.append({"role": "user", "content": _image_parts(content, where)})
-            rich = True
-            continue
-        out.append({"role": "system" if role == "developer" else role, "content": _text(content, where)})
-    return tuple(out), rich
+            built = {"role": "user", "content": _image_parts(content, where)}
+        else:
+            built = {"role": "system" if role == "developer" else role, "content": _text(content, where)}
+            plain = True
+    if name is not None:
+        built["name"] = name  # the template reads it (vLLM's renderer passes it on): not the plain path
+        plain = False
+    return built, plain
 
 
 def _image_parts(content: list[Any], where: str) -> list[dict[str, Any]]:
