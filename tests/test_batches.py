@@ -24,7 +24,7 @@ from spoolbatch.store.files import parse_file_id
 from spoolbatch.store.jobstate import JobState
 from spoolbatch.store.spool import Spool
 from spoolbatch.worker.daemon import Daemon
-from tests.conftest import chat_line, drop, write_jsonl
+from tests.conftest import chat_line, drop, job_events, write_jsonl
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("10s", 10), ("24h", 86400), ("7d", 604800), ("90m", 5400)])
@@ -107,6 +107,44 @@ def test_outbox_entries_are_written_once_per_endpoint(spool: Spool) -> None:
     entry = outbox.Delivery.load(spool, name)
     assert entry is not None and orjson.loads(entry.body)["data"] == {"id": "batch_j"}
     assert outbox.retry_delay(1, 5) == 5 and outbox.retry_delay(3, 5) == 20 and outbox.retry_delay(30, 5) == 3600
+
+
+def test_a_delivery_failing_past_72_hours_is_given_up(spool: Spool) -> None:
+    import httpx
+
+    from spoolbatch.config import load_config
+    from spoolbatch.notify.webhooks import WebhookSender
+
+    url = "http://127.0.0.1:9/hook"
+    secret = "whsec_" + base64.b64encode(b"k" * 32).decode()
+    (spool.root / "config.toml").write_text(f'[[webhooks]]\nurl = "{url}"\nsecret = "{secret}"\n')
+    config = load_config(spool.root, env={})
+    spool.ensure_api_dirs()
+    now = time.time()
+    for job, age_hours in (("old", 72.1), ("young", 71.9)):
+        assert outbox.enqueue(spool, job, JobState.COMPLETED, now - age_hours * 3600, [(url, ("batch.completed",))])
+        entry = outbox.Delivery.load(spool, outbox.entry_name(job, url))
+        assert entry is not None
+        entry.created_at = now - age_hours * 3600  # written when the batch ended, and failing since
+        entry.save(spool)
+    posted: list[str] = []
+
+    def down(request: httpx.Request) -> httpx.Response:
+        posted.append(request.headers["webhook-id"])
+        return httpx.Response(503)
+
+    sender = WebhookSender(config, client=httpx.Client(transport=httpx.MockTransport(down)))
+    assert sender.send_due() == 0 and len(posted) == 2
+    old = outbox.Delivery.load(spool, outbox.entry_name("old", url))
+    young = outbox.Delivery.load(spool, outbox.entry_name("young", url))
+    assert old is not None and young is not None
+    assert (old.state, old.attempts, old.last_outcome) == (outbox.DeliveryState.GAVE_UP, 1, "HTTP 503")
+    assert young.state == outbox.DeliveryState.PENDING and young.next_at > now
+    (event,) = job_events(spool, "old", "webhook")
+    assert (event["state"], event["attempt"], event["outcome"], event["next_in"]) == ("gave_up", 1, "HTTP 503", None)
+    assert job_events(spool, "young", "webhook")[0]["state"] == "pending"
+    assert list(outbox.due(spool, now + 10 * 86400)) == [young.name]  # never tried again
+    assert sender.send_due(now + 10 * 86400) == 0 and len(posted) == 3  # the young one only
 
 
 def test_a_batch_whose_window_passed_while_queued_expires_unrun(spool: Spool, config: Config, tmp_path: Path) -> None:
