@@ -13,9 +13,11 @@ from typing import Any
 import orjson
 import pytest
 
+from spoolbatch.config import Config
 from spoolbatch.store.spool import Spool
+from spoolbatch.worker.daemon import Daemon
 
-from .conftest import REPO, chat_line, drop, wait_for
+from .conftest import REPO, chat_line, drop, wait_for, write_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -96,17 +98,33 @@ print("ok")
 """
 
 
-def test_read_commands_never_import_vllm_or_torch(spool: Spool, start_daemon: Any, tmp_path: Path) -> None:
-    drop(spool, "done1.jsonl", [chat_line(1), b"not json"])
-    assert start_daemon("--once").wait(timeout=60) == 0
-    # Stand-ins that record any import attempt, even one guarded by try/except ImportError.
+HEAVY = ("vllm", "torch", "transformers")
+
+
+def poisoned(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """An environment whose vllm, torch and transformers are stand-ins that record any import attempt, even one
+    guarded by try/except ImportError, in the marker file (also returned)."""
     poison = tmp_path / "poison"
-    for name in ("vllm", "torch"):
+    for name in HEAVY:
         (poison / name).mkdir(parents=True)
         (poison / name / "__init__.py").write_text(POISON)
     marker = tmp_path / "imported.txt"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(poison), os.environ.get("PYTHONPATH", "")]),
            "POISON_MARKER": str(marker)}
+    return env, marker
+
+
+def heavy_imports(importtime: bytes) -> list[str]:
+    """The vllm, torch or transformers modules that ``-X importtime`` output names."""
+    names = [line.rsplit("|", 1)[-1].strip() for line in importtime.decode().splitlines()
+             if line.startswith("import time:")]
+    return [m for m in names if m.split(".")[0] in HEAVY]
+
+
+def test_read_commands_never_import_vllm_or_torch(spool: Spool, start_daemon: Any, tmp_path: Path) -> None:
+    drop(spool, "done1.jsonl", [chat_line(1), b"not json"])
+    assert start_daemon("--once").wait(timeout=60) == 0
+    env, marker = poisoned(tmp_path)
     proc = subprocess.run([sys.executable, "-X", "importtime", "-c", textwrap.dedent(READ_COMMANDS),
                            str(spool.root)], cwd=REPO, env=env, capture_output=True, timeout=60)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
@@ -125,6 +143,49 @@ def test_read_commands_never_import_vllm_or_torch(spool: Spool, start_daemon: An
     assert not marker.exists()
     assert not [ln for ln in proc.stderr.decode().splitlines() if ln.rsplit("|", 1)[-1].strip().split(".")[0]
                 in ("vllm", "torch")]
+
+
+@pytest.mark.parametrize("args", [["submit", "{new}", "--json"], ["models", "--json"], ["cancel", "queued", "--json"],
+                                  ["retry", "done1", "--json"], ["gc", "--json"], ["usage", "--json"]],
+                         ids=lambda args: args[0])
+def test_steering_commands_never_import_vllm_or_torch(spool: Spool, config: Config, tmp_path: Path,
+                                                       args: list[str]) -> None:
+    """Every command but run, each as a user runs it: its own process, on a spool with a finished job
+    (one bad line, for retry) and a queued one (for cancel)."""
+    drop(spool, "done1.jsonl", [chat_line(1), b"not json"])
+    daemon = Daemon(config, echo=False)
+    while daemon.loop_once().worked:
+        pass
+    drop(spool, "queued.jsonl", [chat_line(2)])
+    new = write_jsonl(tmp_path / "new.jsonl", [chat_line(3)])
+    env, marker = poisoned(tmp_path)
+    argv = [a.format(new=new) for a in args]
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "spoolbatch", *argv, "--spool", str(spool.root)],
+                          cwd=REPO, env=env, capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    orjson.loads(proc.stdout)  # it answered
+    assert not marker.exists(), f"imported: {marker.read_text()}"
+    assert not heavy_imports(proc.stderr)
+
+
+def test_the_servers_app_never_imports_vllm_or_torch(spool: Spool, tmp_path: Path) -> None:
+    env, marker = poisoned(tmp_path)
+    script = textwrap.dedent(f"""
+        import sys
+        from spoolbatch.config import load_config
+        from spoolbatch.server.app import create_app
+        create_app(load_config({str(spool.root)!r}, env={{}}))
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in {HEAVY!r})
+        assert not heavy, heavy
+        assert "spoolbatch.server.routes.batches" in sys.modules
+        print("ok")
+    """)
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", script], cwd=REPO, env=env,
+                          capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    assert proc.stdout.decode().rstrip().endswith("ok")
+    assert not marker.exists(), f"imported: {marker.read_text()}"
+    assert not heavy_imports(proc.stderr)
 
 
 def test_eta_is_shared_among_the_alive_workers_of_a_job() -> None:
