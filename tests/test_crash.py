@@ -210,13 +210,14 @@ def test_kill9_keeps_duplicate_detection_across_resumes(spool: Spool, start_daem
     assert ckpt["ids_count"] * 8 == spool.ids(JOB).stat().st_size
 
 
-def test_sigterm_stops_at_chunk_boundary_and_resumes(spool: Spool, start_daemon: Any) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_stops_at_chunk_boundary_and_resumes(spool: Spool, start_daemon: Any, sig: int) -> None:
     records = [chat_line(i) for i in range(400)]
     drop(spool, f"{JOB}.jsonl", records)
     proc = start_daemon("--chunk-size", "50", "--fake-latency", "0.01")
     wait_for(lambda: lines_consumed(spool) >= 50, timeout=30, interval=0.01)
     time.sleep(0.2)  # land inside a chunk (each takes about 0.5 s)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)  # SIGINT: Ctrl-C once, as `run` in a terminal gets it
     assert proc.wait(timeout=30) == 0
 
     beat = orjson.loads(spool.heartbeat.read_bytes())

@@ -6,12 +6,14 @@ import signal
 import threading
 
 import orjson
+import pytest
 
 from spoolbatch.config import Config
 from spoolbatch.worker.daemon import Daemon
 
 
-def test_sigterm_while_the_main_thread_holds_the_heartbeat_lock_returns(config: Config) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_while_the_main_thread_holds_the_heartbeat_lock_returns(config: Config, sig: int) -> None:
     # A handler runs in the main thread between its bytecodes: here, inside an update of the
     # heartbeat. The old handler updated the heartbeat itself and waited for that lock for good
     # (three idle daemons polling every 0.1 s hung on SIGTERM in a full run: tests/test_priority.py).
@@ -20,7 +22,7 @@ def test_sigterm_while_the_main_thread_holds_the_heartbeat_lock_returns(config: 
 
     def signal_inside_the_lock() -> None:
         with daemon.heartbeat._lock:
-            daemon._on_signal(signal.SIGTERM, None)
+            daemon._on_signal(sig, None)
         done.set()
 
     runner = threading.Thread(target=signal_inside_the_lock, daemon=True)
