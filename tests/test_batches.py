@@ -147,6 +147,37 @@ def test_a_delivery_failing_past_72_hours_is_given_up(spool: Spool) -> None:
     assert sender.send_due(now + 10 * 86400) == 0 and len(posted) == 3  # the young one only
 
 
+def test_batch_usage_counts_the_prompt_tokens_read_from_the_prefix_cache(spool: Spool, config: Config) -> None:
+    from dataclasses import replace
+
+    from openai.types import Batch
+
+    from spoolbatch.engines.fake import FakeEngine
+    from spoolbatch.format.types import Outcome, Request
+
+    class CachingEngine(FakeEngine):
+        """Reports that each answer read 3 prompt tokens from a prefix cache, as vLLM's outputs say."""
+
+        def run(self, requests: list[Request]) -> list[Outcome]:  # type: ignore[override]
+            return [replace(o, cached_tokens=3) for o in super().run(requests)]
+
+    drop(spool, "cached.jsonl", [chat_line(i) for i in range(25)])
+    daemon = Daemon(config, engine_factory=CachingEngine, echo=False)
+    while daemon.loop_once().worked:
+        pass
+    ckpt = Checkpoint.load(spool.checkpoint("cached"))
+    assert ckpt is not None and ckpt.status == JobState.COMPLETED and ckpt.prefix_cache_hits == 75
+    usage = Batch.model_validate(get_batch(spool, "cached").to_openai()).usage
+    assert usage is not None and usage.input_tokens == ckpt.prompt_tokens > 75
+    assert usage.input_tokens_details.cached_tokens == 75
+    drop(spool, "plain.jsonl", [chat_line(i) for i in range(5)])
+    plain_daemon = Daemon(config, echo=False)  # the fake engine, which reports no cache
+    while plain_daemon.loop_once().worked:
+        pass
+    plain = get_batch(spool, "plain").to_openai()["usage"]
+    assert plain["input_tokens"] > 0 and plain["input_tokens_details"]["cached_tokens"] == 0
+
+
 def test_a_batch_whose_window_passed_while_queued_expires_unrun(spool: Spool, config: Config, tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "late.jsonl", [chat_line(i) for i in range(5)])
     job = submit(path, config, batch=BatchSpec(completion_window="10s")).jobs[0]

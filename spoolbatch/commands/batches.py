@@ -153,8 +153,10 @@ class BatchView:
             "cancelled_at": stamp(finished if state == JobState.CANCELLED else None),
             "request_counts": {"total": max(self.total(), done + failed), "completed": done, "failed": failed},
             "usage": {"input_tokens": ckpt.prompt_tokens if ckpt else 0,
-                      "input_tokens_details": {"cached_tokens": 0},
+                      # Prompt tokens read from vLLM's prefix cache (0 where the engine does not say).
+                      "input_tokens_details": {"cached_tokens": ckpt.prefix_cache_hits if ckpt else 0},
                       "output_tokens": ckpt.completion_tokens if ckpt else 0,
+                      # The checkpoint keeps no reasoning total (each result body has its own count).
                       "output_tokens_details": {"reasoning_tokens": 0},
                       "total_tokens": ckpt.total_tokens if ckpt else 0},
             "metadata": rec.metadata if rec else None,
