@@ -122,10 +122,11 @@ def test_a_messages_name_is_carried_to_the_engine() -> None:
                              {"role": "user", "content": "hi", "name": "alice"},
                              {"role": "assistant", "content": "hello", "name": "bot"})
     assert spec.rich  # rendered by the engine's full chat renderer, which hands the name to the template
-    # Keys sent as null are as absent: an OpenAI answer's message replayed as it came stays plain.
+    # Keys holding nothing (null, []) are as absent: an OpenAI answer's message replayed as it came stays plain.
     plain = parse_spec(CHAT, {"model": "m", "messages": [{"role": "user", "content": "hi", "name": None},
                                                          {"role": "assistant", "content": "yo", "refusal": None,
-                                                          "audio": None, "function_call": None}]})
+                                                          "audio": None, "function_call": None,
+                                                          "annotations": []}]})
     assert plain.messages == ({"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"})
     assert not plain.rich
 

@@ -144,6 +144,7 @@ def _messages(body: dict[str, Any]) -> tuple[tuple[dict[str, Any], ...], bool]:
 _MESSAGE_KEYS = {"system": {"name"}, "developer": {"name"}, "user": {"name"},
                  "assistant": {"name", "tool_calls", "function_call"}, "tool": {"name", "tool_call_id"}}
 _BASE_KEYS = ("role", "content")
+_EMPTY: tuple[Any, ...] = (None, [], {})
 
 
 def _message(message: Any, where: str) -> tuple[dict[str, Any], bool]:
@@ -154,7 +155,8 @@ def _message(message: Any, where: str) -> tuple[dict[str, Any], bool]:
     if role not in _ROLES:
         raise RequestError("invalid_value", f"{where}.role {role!r} is not one of {sorted(_ROLES)}")
     carried = _MESSAGE_KEYS[role]
-    unknown = sorted(k for k, v in message.items() if v is not None and k not in carried and k not in _BASE_KEYS)
+    # A key that holds nothing (null, [] or {}: a replayed answer's refusal, audio, annotations) is as absent.
+    unknown = sorted(k for k, v in message.items() if v not in _EMPTY and k not in carried and k not in _BASE_KEYS)
     if unknown:
         raise RequestError("unsupported_parameter", f"{where}: {', '.join(unknown)} not supported for role {role!r} "
                            f"(it may carry role, content, {', '.join(sorted(carried - {'function_call'}))})")
