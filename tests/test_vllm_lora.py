@@ -39,6 +39,7 @@ pytestmark = pytest.mark.vllm
 PROMPTS = ["The quick brown fox", "request batch job", "model engine answer", "open close start stop",
            "the first worker", "a small red dog"]
 ADAPTERS = ("sql", "chat")
+WIDE = {"wide-8": 8, "wide-4": 4}  # adapters of every linear layer: name -> rank
 MODELS = ("base", *ADAPTERS)
 TOKENS = 8
 
@@ -89,6 +90,13 @@ def lora(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Lora
     reference = {"base": greedy(str(tiny_model_dir), PROMPTS)}
     for seed, name in enumerate(ADAPTERS, start=1):
         adapter = write_adapter(tiny_model_dir, folder / name, seed=seed)
+        reference[name] = greedy(str(merge_adapter(tiny_model_dir, adapter, root / f"merged-{name}")), PROMPTS)
+    # Adapters of every linear layer, of two ranks (vLLM pads the smaller to max_lora_rank). Their references
+    # are taken here, before the module's engine starts: closing an engine tears down vLLM's process-wide
+    # parallel groups, which a LoRA engine still running in the process needs.
+    for seed, (name, rank) in enumerate(WIDE.items(), start=3):
+        adapter = write_adapter(tiny_model_dir, folder / name, seed=seed, rank=rank, alpha=2 * rank, scale=0.2,
+                                targets=EVERY_LINEAR)
         reference[name] = greedy(str(merge_adapter(tiny_model_dir, adapter, root / f"merged-{name}")), PROMPTS)
     broken = folder / "broken"  # a PEFT config that reads, weights that do not: vLLM itself refuses it
     write_adapter(tiny_model_dir, broken, seed=9)
@@ -203,31 +211,17 @@ def test_one_engine_answers_base_and_adapter_lines_each_with_its_own_weights(lor
     assert text(again[0]) == lora.reference["chat"][1] and engine.starts == 2
 
 
-def test_adapters_of_every_linear_layer_each_answer_as_their_merged_model(tiny_model_dir: Path,
-                                                                           tmp_path: Path) -> None:
-    """Adapters on q, k, v, o and the MLP's gate, up and down, of two ranks (vLLM pads the smaller to
-    max_lora_rank): every LoRA path of the engine (merged q/k/v and gate/up, the row-parallel o and down), in one
-    batch with base lines, each line's greedy answer that of its merged model."""
-    from spoolbatch.engines.vllm_engine import VllmEngine
-
-    model = str(tiny_model_dir)
-    folder = tmp_path / "adapters"
-    reference = {"base": greedy(model, PROMPTS)}
-    for seed, (name, rank) in enumerate((("wide-8", 8), ("wide-4", 4)), start=3):
-        adapter = write_adapter(tiny_model_dir, folder / name, seed=seed, rank=rank, alpha=2 * rank, scale=0.2,
-                                targets=EVERY_LINEAR)
-        reference[name] = greedy(str(merge_adapter(tiny_model_dir, adapter, tmp_path / f"merged-{name}")), PROMPTS)
-        assert sum(a != b for a, b in zip(reference[name], reference["base"], strict=True)) >= 3, name
-    engine = VllmEngine(EngineSettings(dtype="float32", adapters=(AdapterSource(str(folder), model),)))
-    engine.load(model)
-    try:
-        requests = [completion(f"{m}-{i}", model if m == "base" else m, p) for i, p in enumerate(PROMPTS)
-                    for m in ("base", "wide-8", "wide-4")]
-        for request, outcome in zip(requests, engine.run(requests), strict=True):
-            name = request.custom_id.rsplit("-", 1)[0]
-            assert text(outcome) == reference[name][PROMPTS.index(request.spec.prompt)], request.custom_id
-    finally:
-        engine.close()
+def test_adapters_of_every_linear_layer_each_answer_as_their_merged_model(lora: Lora, engine: Any) -> None:
+    """Adapters on q, k, v, o and the MLP's gate, up and down, of ranks 8 and 4: every LoRA path of the engine
+    (merged q/k/v and gate/up, the row-parallel o and down, a padded rank), in one batch with base lines, each
+    line's greedy answer that of its merged model (the other adapters here touch q_proj and v_proj only)."""
+    for name in WIDE:
+        assert sum(a != b for a, b in zip(lora.reference[name], lora.reference["base"], strict=True)) >= 3, name
+    requests = [completion(f"{m}-{i}", lora.model if m == "base" else m, p) for i, p in enumerate(PROMPTS)
+                for m in ("base", *WIDE)]
+    for request, outcome in zip(requests, engine.run(requests), strict=True):
+        name = request.custom_id.rsplit("-", 1)[0]
+        assert text(outcome) == lora.reference[name][PROMPTS.index(request.spec.prompt)], request.custom_id
 
 
 def job_lines(lora: Lora) -> tuple[list[dict[str, Any]], dict[str, tuple[str, int]]]:
