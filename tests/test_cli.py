@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -197,3 +198,40 @@ def test_submit_json_lists_every_bad_line_up_to_a_bound(spool: Spool, tmp_path: 
     data = orjson.loads(out)
     assert code == 5 and data["bad_lines"] == 1500 and len(data["bad"]) == 1000
     assert data["bad"][0]["line"] == 2 and data["bad"][-1]["line"] == 1001
+
+
+def test_commands_that_change_the_spool_write_the_audit_trail(spool: Spool, tmp_path: Path) -> None:
+    """submit, cancel, retry and gc each write a line of logs/audit.log (SPEC: every change), whatever the outcome;
+    read commands and a gc --dry-run write none."""
+    import pwd
+
+    from spoolbatch.store.audit import read_audit
+
+    me = pwd.getpwuid(os.getuid()).pw_name
+    good = write_jsonl(tmp_path / "good.jsonl", [chat_line(i) for i in range(3)])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"custom_id": "x"}\n')
+    assert cli(spool, "submit", str(good), "--project", "team-a")[0] == 0
+    assert cli(spool, "submit", str(bad))[0] != 0
+    assert cli(spool, "list")[0] == 0 and cli(spool, "status")[0] == 0
+    assert cli(spool, "cancel", "good")[0] == 0
+    assert cli(spool, "cancel", "nosuchjob")[0] != 0
+    mixed = write_jsonl(tmp_path / "mixed.jsonl", [chat_line(0), {"custom_id": "y"}])
+    assert cli(spool, "submit", str(mixed), "--allow-bad-lines")[0] == 0
+    assert cli(spool, "run", "--once", "--engine", "fake", "--settle-seconds", "0", "-q")[0] == 0
+    code, out, _ = cli(spool, "retry", "mixed", "--json")
+    assert code == 0
+    assert cli(spool, "gc", "--dry-run")[0] == 0
+    assert cli(spool, "gc")[0] == 0
+    lines = read_audit(spool)
+    assert [(e["route"], e["id"], e["project"], e["status"] == 0, e["outcome"]) for e in lines] == [
+        ("spoolbatch submit", "good", "team-a", True, "ok"),
+        ("spoolbatch submit", None, "default", False, "invalid_method"),  # the bad line's code
+        ("spoolbatch cancel", "good", None, True, "ok"),
+        ("spoolbatch cancel", "nosuchjob", None, False, "job_not_found"),
+        ("spoolbatch submit", "mixed", "default", True, "ok"),
+        ("spoolbatch retry", orjson.loads(out)["job"], None, True, "ok"),  # the job it made
+        ("spoolbatch gc", None, None, True, "ok"),
+    ]
+    assert [e["status"] for e in lines] == [0, 5, 0, 4, 0, 0, 0]  # the exit codes
+    assert all(e["method"] == "CLI" and e["user"] == me and e["key"] is None for e in lines)

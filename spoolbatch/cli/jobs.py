@@ -11,6 +11,7 @@ import orjson
 import typer
 
 from spoolbatch.cli.app import JsonOpt, ProjectOpt, SpoolOpt, config, err, handles_errors, out, print_json
+from spoolbatch.cli.audit import Change, audited
 from spoolbatch.cli.tables import Col, FitTable, print_table
 from spoolbatch.store.spool import Spool
 
@@ -161,7 +162,9 @@ def cancel(job: JobArg, spool: SpoolOpt = None, json: JsonOpt = False) -> None:
     from spoolbatch.commands.control import CancelOutcome
     from spoolbatch.commands.control import cancel as do_cancel
 
-    done = do_cancel(Spool(config(spool).spool), job)
+    cfg = config(spool)
+    with audited(cfg, "cancel", Change(id=job)):
+        done = do_cancel(Spool(cfg.spool), job)
     what = {CancelOutcome.REMOVED: "removed from the queue",
             CancelOutcome.CANCELLED_QUEUED: "removed from the queue (kept as a cancelled job)",
             CancelOutcome.STOP_REQUESTED: "cancel requested: the daemon stops it at the next chunk boundary, "
@@ -179,7 +182,10 @@ def retry(job: JobArg, spool: SpoolOpt = None, json: JsonOpt = False) -> None:
     """Resubmit a job's deadletter records as a new job."""
     from spoolbatch.commands.control import retry as do_retry
 
-    new, n = do_retry(Spool(config(spool).spool), job)
+    cfg = config(spool)
+    with audited(cfg, "retry", Change(id=job)) as change:
+        new, n = do_retry(Spool(cfg.spool), job)
+        change.id = new
     if json:
         print_json({"job": new, "records": n})
     else:

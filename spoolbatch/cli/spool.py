@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from spoolbatch.cli.app import JsonOpt, SpoolOpt, config, handles_errors, out, print_json
+from spoolbatch.cli.audit import audited
 from spoolbatch.cli.units import size
 from spoolbatch.errors import ConfigError
 from spoolbatch.store.spool import Spool
@@ -45,7 +46,12 @@ def gc(
 
     if older_than is not None and older_than < 0:
         raise ConfigError("--older-than must not be negative")
-    report = do_gc(config(spool), older_than_days=older_than, dry_run=dry_run)
+    cfg = config(spool)
+    if dry_run:
+        report = do_gc(cfg, older_than_days=older_than, dry_run=True)
+    else:
+        with audited(cfg, "gc"):
+            report = do_gc(cfg, older_than_days=older_than, dry_run=False)
     if json:
         print_json(report.to_dict())
         return

@@ -9,8 +9,9 @@ from typing import Annotated, Any
 import typer
 
 from spoolbatch.cli.app import JsonOpt, SpoolOpt, config, handles_errors, out, print_json
+from spoolbatch.cli.audit import Change, audited
 from spoolbatch.cli.units import duration
-from spoolbatch.config import is_project_name
+from spoolbatch.config import DEFAULT_PROJECT, is_project_name
 from spoolbatch.errors import BadLines, ConfigError
 
 
@@ -56,9 +57,11 @@ def submit(
         if not is_project_name(project):
             raise ConfigError(f"--project {project[:80]!r}: a project name is letters, digits, '-' and '_'")
         batch = dataclasses.replace(batch or BatchSpec(), project=project)
+    cfg = config(spool)
     try:
-        result = do_submit(file, config(spool), name=name, split=split, allow_bad_lines=allow_bad_lines,
-                           batch=batch)
+        with audited(cfg, "submit", Change(project=project or DEFAULT_PROJECT)) as change:
+            result = do_submit(file, cfg, name=name, split=split, allow_bad_lines=allow_bad_lines, batch=batch)
+            change.id = result.group or result.jobs[0]
     except BadLines as exc:
         if not json:
             raise

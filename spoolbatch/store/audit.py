@@ -1,9 +1,11 @@
-"""The audit trail: one JSON line in ``logs/audit.log`` per API call that changes something, and per refused key.
+"""The audit trail: one JSON line in ``logs/audit.log`` per API call or CLI command that changes something, and
+per refused key.
 
 A line holds when (``ts``), who (``project``, and ``key``: the first 8 hex digits of the key's
 sha256, never the key), what (``method``, ``route`` as declared, e.g. ``/v1/batches/{batch_id}/cancel``,
 and the ``id`` it named or made) and how it ended (``status``, and ``outcome``: ``ok``, or the
-error's code, ``refused_key`` for a key turned away). It is appended and rotated like the other
+error's code, ``refused_key`` for a key turned away); a CLI command's line (cli/audit.py) has
+``method`` ``CLI`` and, for who, the ``user`` that ran it. It is appended and rotated like the other
 logs (store/logfile.py: ``log_max_bytes``, ``log_keep``), so several servers on one spool share it.
 """
 
@@ -35,6 +37,7 @@ class AuditEntry:
     key: str | None = None  # the key's fingerprint (first 8 hex digits of its sha256); None: no key given
     id: str | None = None  # the batch or file it named, or made
     ts: float = field(default_factory=time.time)
+    user: str | None = None  # a CLI command's: the login that ran it (the API's lines have ``key`` instead)
 
 
 class AuditLog:
@@ -47,7 +50,8 @@ class AuditLog:
 
     def write(self, entry: AuditEntry) -> None:
         """Append one line; a failed write is logged, never raised (the answer has gone out already)."""
-        line = orjson.dumps({"ts": round(entry.ts, 3), **{k: v for k, v in asdict(entry).items() if k != "ts"}})
+        fields = {k: v for k, v in asdict(entry).items() if k != "ts" and (k != "user" or v is not None)}
+        line = orjson.dumps({"ts": round(entry.ts, 3), **fields})
         try:
             append_line(self.path, line + b"\n", max_bytes=self.max_bytes, keep=self.keep)
         except OSError as exc:
