@@ -235,3 +235,16 @@ def test_commands_that_change_the_spool_write_the_audit_trail(spool: Spool, tmp_
     ]
     assert [e["status"] for e in lines] == [0, 5, 0, 4, 0, 0, 0]  # the exit codes
     assert all(e["method"] == "CLI" and e["user"] == me and e["key"] is None for e in lines)
+
+
+@pytest.mark.parametrize(("raised", "status", "outcome"), [(KeyboardInterrupt(), 130, "interrupted"),
+                                                           (PermissionError("no"), 1, "permission_error")])
+def test_a_command_cut_short_is_not_audited_as_ok(spool: Spool, config: Config, raised: BaseException, status: int,
+                                                  outcome: str) -> None:
+    from spoolbatch.cli.audit import Change, audited
+    from spoolbatch.store.audit import read_audit
+
+    with pytest.raises(type(raised)), audited(config, "cancel", Change(id="j")):
+        raise raised
+    (line,) = read_audit(spool)
+    assert (line["route"], line["id"], line["status"], line["outcome"]) == ("spoolbatch cancel", "j", status, outcome)

@@ -53,6 +53,12 @@ def audited(cfg: Config, command: str, change: Change | None = None) -> Iterator
     except SpoolbatchError as exc:
         status, outcome = exc.exit_code, str(getattr(exc, "code", None) or _snake(type(exc).__name__))
         raise
+    except KeyboardInterrupt:
+        status, outcome = 130, "interrupted"  # the exit code the CLI's error wrapper gives it
+        raise
+    except BaseException as exc:  # a bug or an OS error: the command fails with a traceback, and the line says so
+        status, outcome = 1, _snake(type(exc).__name__)
+        raise
     finally:
         spool = Spool(cfg.spool)
         if spool.audit_log().parent.is_dir():  # not on a path that is no spool
